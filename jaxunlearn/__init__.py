@@ -1,0 +1,1 @@
+"""jaxunlearn: LLM unlearning in JAX/Flax."""

@@ -1,0 +1,95 @@
+"""Pure building blocks shared by the decoder families: norms, RoPE, masks, attention.
+
+All functions take and return arrays; numerics follow transformers' PyTorch models
+(RMSNorm and softmax in fp32, RoPE tables in fp32 then cast), which the parity tests check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import CheckpointError
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """y = w * x / sqrt(mean(x^2) + eps), the statistic in fp32 like transformers."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> jax.Array:
+    """Inverse frequencies for rotate-half RoPE, with linear or Llama-3.1 scaling."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low = float(scaling["low_freq_factor"])
+        high = float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+    raise CheckpointError(
+        f"rope_scaling type {kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+    )
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, head_dim] for integer positions [B, T]."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on x [B, T, heads, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def attention_mask(
+    query_pos: jax.Array, key_pos: jax.Array, key_valid: jax.Array, sliding_window: int | None
+) -> jax.Array:
+    """Boolean [B, T, S]: causal, key not padding, and within the sliding window if any."""
+    allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :].astype(bool)
+    if sliding_window is not None:
+        allowed &= (query_pos[:, :, None] - key_pos[:, None, :]) < sliding_window
+    return allowed
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    q [B, T, H, D], k/v [B, S, KV, D] with H a multiple of KV, allowed [B, T, S].
+    Scores and softmax in fp32. A fully masked row (a padding query) gets uniform weights
+    rather than NaN, like transformers' SDPA path.
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    groups = h // kv
+    qg = q.reshape(b, t, kv, groups, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(d)
+    big_negative = jnp.finfo(jnp.float32).min
+    scores = jnp.where(allowed[:, None, None, :, :], scores, big_negative)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)

@@ -1,0 +1,199 @@
+"""The Llama family in Flax NNX: Llama-2, Llama-3.x, Mistral, Qwen2, SmolLM2.
+
+Layer parameters are stacked on a leading `layers` axis and run with `jax.lax.scan`, so a
+30-layer model compiles as fast as a 1-layer one and per-block rematerialization is one
+`jax.checkpoint` around the scanned body. Every parameter carries `logical_axes`
+metadata that `jaxunlearn.parallel` maps onto a mesh.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..errors import CheckpointError
+from . import layers as L
+from .cache import KVCache
+from .config import ModelConfig, to_dtype
+from .outputs import CausalLMOutput
+
+# (jaxunlearn parameter path, HF safetensors name, GGUF name, kind). "{i}" is a layer index
+# for parameters stacked on the `layers` axis. The kind fixes the layout conversion:
+# "linear" is stored [out, in] by HF and [in, out] here (and in HF-Flax, as `kernel`).
+NAME_TABLE = (
+    ("embed", "model.embed_tokens.weight", "token_embd.weight", "embedding"),
+    ("layers/attn_norm", "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", "norm"),
+    ("layers/q_proj", "model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", "linear"),
+    ("layers/q_bias", "model.layers.{i}.self_attn.q_proj.bias", "blk.{i}.attn_q.bias", "bias"),
+    ("layers/k_proj", "model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", "linear"),
+    ("layers/k_bias", "model.layers.{i}.self_attn.k_proj.bias", "blk.{i}.attn_k.bias", "bias"),
+    ("layers/v_proj", "model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", "linear"),
+    ("layers/v_bias", "model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias", "bias"),
+    ("layers/o_proj", "model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", "linear"),
+    ("layers/o_bias", "model.layers.{i}.self_attn.o_proj.bias", "blk.{i}.attn_output.bias", "bias"),
+    ("layers/mlp_norm", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", "norm"),
+    ("layers/gate_proj", "model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", "linear"),
+    ("layers/gate_bias", "model.layers.{i}.mlp.gate_proj.bias", "blk.{i}.ffn_gate.bias", "bias"),
+    ("layers/up_proj", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", "linear"),
+    ("layers/up_bias", "model.layers.{i}.mlp.up_proj.bias", "blk.{i}.ffn_up.bias", "bias"),
+    ("layers/down_proj", "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", "linear"),
+    ("layers/down_bias", "model.layers.{i}.mlp.down_proj.bias", "blk.{i}.ffn_down.bias", "bias"),
+    ("final_norm", "model.norm.weight", "output_norm.weight", "norm"),
+    ("lm_head", "lm_head.weight", "output.weight", "linear"),
+)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, init="normal"):
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class DecoderBlocks(nnx.Module):
+    """All decoder layers' parameters, stacked on a leading `layers` axis."""
+
+    def __init__(self, c: ModelConfig, rngs: nnx.Rngs):
+        n, d, f = c.num_layers, c.hidden_size, c.intermediate_size
+        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        dt = to_dtype(c.param_dtype)
+        self.attn_norm = _param(rngs, (n, d), ("layers", "norm"), dt, "ones")
+        self.q_proj = _param(rngs, (n, d, q), ("layers", "embed", "heads"), dt)
+        self.k_proj = _param(rngs, (n, d, kv), ("layers", "embed", "kv_heads"), dt)
+        self.v_proj = _param(rngs, (n, d, kv), ("layers", "embed", "kv_heads"), dt)
+        self.o_proj = _param(rngs, (n, q, d), ("layers", "heads", "embed"), dt)
+        if c.attention_bias:
+            self.q_bias = _param(rngs, (n, q), ("layers", "heads"), dt, "zeros")
+            self.k_bias = _param(rngs, (n, kv), ("layers", "kv_heads"), dt, "zeros")
+            self.v_bias = _param(rngs, (n, kv), ("layers", "kv_heads"), dt, "zeros")
+        if c.attention_out_bias:
+            self.o_bias = _param(rngs, (n, d), ("layers", "norm"), dt, "zeros")
+        self.mlp_norm = _param(rngs, (n, d), ("layers", "norm"), dt, "ones")
+        self.gate_proj = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), dt)
+        self.up_proj = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), dt)
+        self.down_proj = _param(rngs, (n, f, d), ("layers", "mlp", "embed"), dt)
+        if c.mlp_bias:
+            self.gate_bias = _param(rngs, (n, f), ("layers", "mlp"), dt, "zeros")
+            self.up_bias = _param(rngs, (n, f), ("layers", "mlp"), dt, "zeros")
+            self.down_bias = _param(rngs, (n, d), ("layers", "norm"), dt, "zeros")
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+def _linear(x, w, b=None):
+    y = x @ w
+    return y if b is None else y + b
+
+
+def decoder_block(c: ModelConfig, p: dict, h, cos, sin, allowed, cache_kv, cache_index):
+    """One pre-norm decoder layer: h + attn(norm(h)), then + mlp(norm(.))."""
+    b, t, _ = h.shape
+    x = L.rms_norm(h, p["attn_norm"], c.rms_norm_eps)
+    q = _linear(x, p["q_proj"], p.get("q_bias")).reshape(b, t, c.num_heads, c.head_dim)
+    k = _linear(x, p["k_proj"], p.get("k_bias")).reshape(b, t, c.num_kv_heads, c.head_dim)
+    v = _linear(x, p["v_proj"], p.get("v_bias")).reshape(b, t, c.num_kv_heads, c.head_dim)
+    q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
+    if cache_kv is not None:
+        ck, cv = cache_kv
+        k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+        cache_kv = (k, v)
+    attn = L.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+    h = h + _linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
+    x = L.rms_norm(h, p["mlp_norm"], c.rms_norm_eps)
+    gate = _linear(x, p["gate_proj"], p.get("gate_bias"))
+    up = _linear(x, p["up_proj"], p.get("up_bias"))
+    h = h + _linear(jax.nn.silu(gate) * up, p["down_proj"], p.get("down_bias"))
+    return h, cache_kv
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Decoder-only LM; `model(input_ids, attention_mask=...)` returns fp32 logits [B, T, V]."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        dt = to_dtype(c.param_dtype)
+        self.embed = _param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), dt)
+        self.layers = DecoderBlocks(c, rngs)
+        self.final_norm = _param(rngs, (c.hidden_size,), ("norm",), dt, "ones")
+        if not c.tie_word_embeddings:
+            self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), dt)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None):
+        return self.forward(input_ids, attention_mask, positions).logits
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        c = self.config
+        return KVCache.zeros(
+            c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim,
+            to_dtype(dtype or c.dtype),
+        )
+
+    def forward(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+    ) -> CausalLMOutput:
+        c = self.config
+        dt = to_dtype(c.dtype)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        start = cache.index if cache is not None else 0
+        if positions is None:
+            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+
+        if cache is not None:
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(cache.valid.dtype), (0, start))
+            key_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, start))
+        else:
+            key_valid, key_pos = attention_mask, positions
+        allowed = L.attention_mask(positions, key_pos, key_valid, c.sliding_window)
+
+        inv_freq = L.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling_dict)
+        cos, sin = L.rope_cos_sin(positions, inv_freq, dt)
+
+        embed = self.embed[...]
+        h = jnp.take(embed, input_ids, axis=0).astype(dt)
+        block_params = {k: v.astype(dt) for k, v in self.layers.arrays().items()}
+
+        def body(h, xs):
+            p, kv = xs
+            h, kv = decoder_block(c, p, h, cos, sin, allowed, kv, start)
+            return h, (h if output_hidden_states else None, kv)
+
+        policy = REMAT_POLICIES.get(c.remat, "missing")
+        if policy == "missing":
+            raise CheckpointError(f"unknown remat policy {c.remat!r}; use one of {sorted(REMAT_POLICIES)}")
+        if c.remat != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+
+        kv_in = (cache.k, cache.v) if cache is not None else None
+        h_emb = h
+        h, (per_layer, kv_out) = jax.lax.scan(body, h, (block_params, kv_in))
+        h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
+        head = embed.T if c.tie_word_embeddings else self.lm_head[...]
+        logits = jnp.einsum("btd,dv->btv", h, head.astype(dt), preferred_element_type=jnp.float32)
+
+        hidden = None
+        if output_hidden_states:
+            # transformers' convention: embeddings, outputs of layers 0..L-2, final normed state.
+            hidden = jnp.concatenate([h_emb[None], per_layer[:-1], h[None]], axis=0)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=kv_out[0], v=kv_out[1], valid=key_valid, positions=key_pos, index=start + t)
+        return CausalLMOutput(logits=logits.astype(jnp.float32), hidden_states=hidden, cache=new_cache)

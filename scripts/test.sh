@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# From a fresh clone: set up the environment (skipped when already done) and run the
+# whole test suite. Extra arguments go to pytest. Exits non-zero on any failure,
+# including pytest's exit 5 (no tests collected).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+exec .venv/bin/python -m pytest "$@"
