@@ -108,8 +108,8 @@ def load_model(config: ModelConfig, source: TensorSource, mesh=None, rules=None)
     return nnx.merge(graphdef, state)
 
 
-def iter_hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, array in HF layout) for every parameter of the model, layers unstacked."""
+def iter_hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray, str]]:
+    """(HF name, array in HF layout, kind) for every parameter of the model, layers unstacked."""
     config: ModelConfig = model.config
     table = {path: (hf, kind) for path, hf, kind in _rows(config)}
     _, state = nnx.split(model)
@@ -118,9 +118,9 @@ def iter_hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:
         array = np.asarray(jax.device_get(variable.get_value()))
         if "{i}" in hf:
             for i in range(array.shape[0]):
-                yield hf.format(i=i), to_hf_layout(array[i], kind)
+                yield hf.format(i=i), to_hf_layout(array[i], kind), kind
         else:
-            yield hf, to_hf_layout(array, kind)
+            yield hf, to_hf_layout(array, kind), kind
 
 
 class DictSource:

@@ -1,0 +1,138 @@
+"""`load_pretrained` and `save_pretrained`: the HF-like front door to every format."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..models.registry import family_for
+from ..tokenizer import load_hf_tokenizer, tokenizer_from_gguf
+from . import gguf_io
+from .convert import iter_hf_tensors, load_model
+from .hf_flax import FILENAME as FLAX_FILE
+from .hf_flax import FlaxMsgpackSource, write_flax_msgpack
+from .safetensors_io import SafetensorsSource, write_safetensors
+from .sources import resolve
+from .torch_bin import load_torch_bin, refuse
+
+FORMATS = ("hf", "hf-flax")
+
+
+def read_hf_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_pretrained(
+    path_or_hub_id,
+    dtype: str = "float32",
+    compute_dtype: str | None = None,
+    mesh=None,
+    rules=None,
+    remat: str = "none",
+    allow_pickle: bool = False,
+    with_tokenizer: bool = True,
+):
+    """Load a checkpoint into a jaxunlearn model: returns (model, tokenizer).
+
+    `path_or_hub_id`: an HF directory (safetensors, flax_model.msgpack, or - with
+    allow_pickle - pytorch_model.bin), a .gguf file, a hub id, or a built-in asset name.
+    `dtype` is the parameter dtype, `compute_dtype` the activation dtype (default: dtype).
+    With `mesh`, every parameter is placed directly onto its sharding.
+    """
+    ckpt = resolve(path_or_hub_id)
+    runtime = dict(param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat)
+    tokenizer = None
+    if ckpt.kind == "gguf":
+        reader = gguf_io.open_gguf(ckpt.path)
+        config = gguf_io.config_from_gguf(reader, ckpt.path).replace(**runtime)
+        source = gguf_io.GGUFSource(reader, config, ckpt.path)
+        if with_tokenizer:
+            tokenizer = tokenizer_from_gguf(reader, ckpt.path)
+    else:
+        hf = read_hf_config(ckpt.path)
+        family = family_for(hf.get("model_type"))
+        config = family.config_from_hf(hf).replace(**runtime)
+        if ckpt.kind == "hf":
+            source = SafetensorsSource(ckpt.path)
+        elif ckpt.kind == "hf-flax":
+            source = FlaxMsgpackSource(ckpt.path / FLAX_FILE, family.name_table)
+        elif not allow_pickle:
+            raise refuse(ckpt.path)
+        else:
+            source = load_torch_bin(ckpt.path)
+        if with_tokenizer and any(ckpt.path.glob("tokenizer*")):
+            tokenizer = load_hf_tokenizer(ckpt.path)
+    model = load_model(config, source, mesh=mesh, rules=rules)
+    return model, tokenizer
+
+
+def parse_size(size: str | int) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    text = size.strip().upper()
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * units[unit])
+    return int(text)
+
+
+def save_pretrained(
+    model,
+    tokenizer,
+    out_dir,
+    format: str = "hf",
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+) -> Path:
+    """Write the model (and tokenizer) so transformers loads it.
+
+    format "hf": config.json + model.safetensors (sharded past `max_shard_size`);
+    format "hf-flax": config.json + flax_model.msgpack (transformers 4.x Flax layout).
+    The directory appears atomically; an existing one is refused unless `overwrite`.
+    """
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists; choose another destination or pass overwrite=True (--overwrite)")
+    config = model.config
+    family = family_for(config.model_type)
+    with atomic_directory(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(family.config_to_hf(config), indent=2, sort_keys=True) + "\n")
+        tensors = list(iter_hf_tensors(model))
+        if format == "hf":
+            write_safetensors([(n, a) for n, a, _ in tensors], tmp, parse_size(max_shard_size))
+        else:
+            write_flax_msgpack([(n, a) for n, a, _ in tensors], {n: k for n, _, k in tensors}, tmp / FLAX_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path):
+    """Yield a temporary sibling directory; on success it replaces `out`, on error it vanishes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
