@@ -87,7 +87,8 @@ def llama_config_to_hf(c: ModelConfig) -> dict:
         bos_token_id=c.bos_token_id,
         eos_token_id=list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id,
         pad_token_id=c.pad_token_id,
-        torch_dtype=c.param_dtype,
+        torch_dtype=c.param_dtype,  # transformers 4.x name
+        dtype=c.param_dtype,  # transformers 5.x name
     )
     cfg.pop("rope_parameters", None)
     cfg["rope_theta"] = c.rope_theta

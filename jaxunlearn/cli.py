@@ -1,0 +1,80 @@
+"""`jaxunlearn` command line. Errors a user can fix print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import JaxUnlearnError
+
+
+def _convert(args) -> None:
+    from pathlib import Path
+
+    from .checkpoints.api import load_pretrained, save_pretrained
+
+    if Path(args.dst).exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{args.dst} already exists; choose another destination or pass --overwrite")
+    model, tokenizer = load_pretrained(args.src, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    out = save_pretrained(
+        model, tokenizer, args.dst, format=args.to, overwrite=args.overwrite, max_shard_size=args.max_shard_size
+    )
+    print(f"wrote {args.to} checkpoint of {model.config.model_type} "
+          f"({model.config.num_parameters() / 1e6:.1f}M parameters) to {out}")
+
+
+def _generate(args) -> None:
+    from .checkpoints.api import load_pretrained
+    from .generation import encode_prompts, greedy_generate, strip_after_eos
+
+    model, tokenizer = load_pretrained(args.model, dtype=args.dtype)
+    if tokenizer is None:
+        raise JaxUnlearnError(f"{args.model} has no tokenizer files; generation needs one")
+    ids, mask, pad_id = encode_prompts(tokenizer, args.prompt, chat=args.chat)
+    tokens = greedy_generate(model, ids, mask, args.max_new_tokens, tokenizer.eos_token_id, pad_id)
+    for prompt, row in zip(args.prompt, strip_after_eos(tokens, tokenizer.eos_token_id)):
+        print(f"> {prompt}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxunlearn", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between formats",
+                       description="Convert SRC (HF dir, HF-Flax dir, .gguf file, hub id or built-in asset "
+                                   "such as smollm2-135m-instruct) into DST.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", choices=("hf", "hf-flax"), default="hf", help="output format (default hf: safetensors)")
+    p.add_argument("--dtype", default="float32", help="parameter dtype: float32 or bfloat16")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickled pytorch_model.bin (loaded with torch weights_only=True)")
+    p.add_argument("--max-shard-size", default="5GB", help="shard safetensors past this size (default 5GB)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("generate", help="greedy generation from a checkpoint")
+    p.add_argument("model", help="checkpoint: HF dir, .gguf, hub id or built-in asset")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                   help="wrap prompts in the tokenizer's chat template (default on)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except JaxUnlearnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

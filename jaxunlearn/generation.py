@@ -1,0 +1,79 @@
+"""Batched greedy decoding with a KV cache, from left-padded prompts, jitted once per shape."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _greedy(graphdef, state, input_ids, attention_mask, eos_ids, pad_id, max_new_tokens: int):
+    model = nnx.merge(graphdef, state)
+    b, t = input_ids.shape
+    cache = model.init_cache(b, t + max_new_tokens)
+    out = model.forward(input_ids, attention_mask, cache=cache)
+    first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+    tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
+
+    def cond(carry):
+        i, _tok, _tokens, done, _cache = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, tok, tokens, done, cache = carry
+        tok = jnp.where(done, pad_id, tok)
+        tokens = tokens.at[:, i].set(tok)
+        done = done | jnp.isin(tok, eos_ids)
+        step = model.forward(tok[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
+        nxt = jnp.argmax(step.logits[:, -1], axis=-1).astype(jnp.int32)
+        return i + 1, nxt, tokens, done, step.cache
+
+    done = jnp.zeros((b,), bool)
+    _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (0, first, tokens, done, out.cache))
+    return tokens
+
+
+def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_token_ids, pad_token_id: int):
+    """Greedy continuation of left-padded prompts: int32 [B, max_new_tokens].
+
+    Each row stops at its first EOS (which is kept); later slots hold `pad_token_id`.
+    """
+    graphdef, state = nnx.split(model)
+    eos = jnp.asarray(np.atleast_1d(np.asarray(eos_token_ids, np.int32)))
+    out = _greedy(
+        graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
+        eos, jnp.int32(pad_token_id), int(max_new_tokens),
+    )
+    return np.asarray(out)
+
+
+def strip_after_eos(tokens: np.ndarray, eos_token_ids) -> list[list[int]]:
+    """Per row, the generated ids up to (not including) the first EOS."""
+    eos = set(np.atleast_1d(eos_token_ids).tolist())
+    rows = []
+    for row in tokens.tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+def encode_prompts(tokenizer, prompts: list[str], chat: bool = False):
+    """Left-padded (ids, mask) numpy arrays for generation; chat applies the chat template."""
+    if chat:
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = np.full((len(encoded), width), pad_id, np.int32)
+    mask = np.zeros((len(encoded), width), np.int32)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e):] = e
+        mask[row, width - len(e):] = 1
+    return ids, mask, pad_id

@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random HF models (PyTorch reference) and the real SmolLM2.
+
+Shapes are kept few and small so JAX compiles stay cheap on a 2-core CPU; anything costly
+(the real model, tiny checkpoints on disk) is built once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 101
+
+# name -> (transformers config class name, kwargs). hidden <= 128, 2-3 layers.
+TINY_CONFIGS = {
+    "llama_mha": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=4)),
+    "llama_gqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2)),
+    "llama_mqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=3)),
+    "llama_tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "llama_bias": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
+    "llama3_rope": ("LlamaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0, max_position_embeddings=64,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8})),
+    "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
+    "mistral_window": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=4, head_dim=16)),
+}
+
+
+def tiny_hf_config(name: str):
+    import transformers
+
+    cls_name, kwargs = TINY_CONFIGS[name]
+    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    base.update(kwargs)
+    return getattr(transformers, cls_name)(**base)
+
+
+def tiny_torch_model(name: str, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hf_config(name), attn_implementation="eager")
+    with torch.no_grad():  # larger weights than the 0.02 init: peaked, tie-free distributions
+        for p in model.parameters():
+            p.mul_(5.0 if p.dim() > 1 else 1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """name -> directory holding a tiny random HF checkpoint written by transformers."""
+    root = tmp_path_factory.mktemp("tiny_hf")
+    cache = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            out = root / name
+            tiny_torch_model(name).save_pretrained(out)
+            cache[name] = out
+        return cache[name]
+
+    return get
+
+
+def padded_batch(seed: int = 0, batch: int = 3, length: int = 11):
+    """ids and a mask with a right-padded, a left-padded and a full row."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, VOCAB, (batch, length)).astype(np.int32)
+    mask = np.ones((batch, length), np.int32)
+    mask[0, -4:] = 0  # right padding
+    mask[1, :3] = 0  # left padding
+    return ids, mask
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (GGUF asset), loaded once."""
+    import jaxunlearn
+
+    return jaxunlearn.load_pretrained("smollm2-135m-instruct")
+
+
+def run_python(code: str, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "jaxunlearn", *args], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=REPO)
