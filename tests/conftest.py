@@ -91,9 +91,10 @@ def smollm2():
     return jaxunlearn.load_pretrained("smollm2-135m-instruct")
 
 
-def run_python(code: str, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_python(code: str, *args: str, env_extra: dict | None = None, timeout: int = 600):
+    """Run `python -c code args...` in a fresh process (own XLA flags, own JAX devices)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=REPO)
 
 

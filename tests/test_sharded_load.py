@@ -1,0 +1,52 @@
+"""Loading onto an 8-device CPU mesh places shards directly and gives one-device logits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import jaxunlearn
+from conftest import padded_batch, run_python
+
+pytestmark = pytest.mark.subprocess
+
+CHILD = r"""
+import json, sys
+import numpy as np, jax
+import jaxunlearn
+from jaxunlearn.parallel import make_mesh
+from flax import nnx
+assert jax.device_count() == 8, jax.device_count()
+mesh = make_mesh(data=2, fsdp=2, tensor=2)
+model, _ = jaxunlearn.load_pretrained(sys.argv[1], mesh=mesh)
+specs = {"/".join(map(str, p)): [str(a) for a in v.get_value().sharding.spec]
+         for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+shard_shapes = {"/".join(map(str, p)): list(v.get_value().addressable_shards[0].data.shape)
+                for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+ids, mask = np.load(sys.argv[2]), np.load(sys.argv[3])
+with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else jax.set_mesh(mesh):
+    logits = jax.jit(lambda m, i, a: m(i, a))(model, ids, mask)
+np.save(sys.argv[4], np.asarray(logits))
+print(json.dumps({"specs": specs, "shard_shapes": shard_shapes}))
+"""
+
+
+def test_sharded_load_matches_single_device(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints("llama_gqa")
+    ids, mask = padded_batch(batch=4)
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    files = [str(tmp_path / f) for f in ("ids.npy", "mask.npy", "out.npy")]
+    proc = run_python(CHILD, str(path), *files, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    # embed [vocab=101, embed=64]: 101 is not divisible by tensor=2, so only fsdp shards it.
+    assert info["specs"]["embed"] == ["None", "fsdp"]
+    assert info["shard_shapes"]["embed"] == [101, 32]
+    assert info["specs"]["layers/q_proj"] == ["None", "fsdp", "tensor"]
+    assert info["shard_shapes"]["layers/q_proj"] == [2, 32, 32]
+    single, _ = jaxunlearn.load_pretrained(path)
+    expected = np.asarray(single(ids, mask))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5, rtol=1e-5)
