@@ -5,7 +5,7 @@
     jaxunlearn.save_pretrained(model, tokenizer, "out", format="hf")
 """
 
-from .checkpoints.api import load_pretrained, save_pretrained
+from .checkpoints.api import load_pretrained, load_tokenizer, save_pretrained
 from .errors import CheckpointError, ConfigError, DataError, JaxUnlearnError
 from .models.config import ModelConfig
 from .models.registry import create_model, supported_model_types
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "load_pretrained",
+    "load_tokenizer",
     "save_pretrained",
     "create_model",
     "supported_model_types",

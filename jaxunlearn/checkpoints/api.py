@@ -75,6 +75,16 @@ def load_pretrained(
     return model, tokenizer
 
 
+def load_tokenizer(path_or_hub_id):
+    """Only the tokenizer of a checkpoint (HF directory, .gguf, hub id or built-in asset)."""
+    ckpt = resolve(path_or_hub_id)
+    if ckpt.kind == "gguf":
+        return tokenizer_from_gguf(gguf_io.open_gguf(ckpt.path), ckpt.path)
+    if not any(ckpt.path.glob("tokenizer*")):
+        raise CheckpointError(f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {ckpt.path}")
+    return load_hf_tokenizer(ckpt.path)
+
+
 def parse_size(size: str | int) -> int:
     if isinstance(size, int):
         return size
