@@ -261,3 +261,13 @@ def test_template_needing_missing_token(tok):
         get_template("llama3-instruct", tok)
     with pytest.raises(DataError, match="unknown template"):
         get_template("alpaca", tok)
+
+
+@pytest.mark.subprocess
+def test_tofu_hub_offline_is_a_clear_error():
+    from conftest import run_python
+
+    code = "from jaxunlearn.data import load_tofu\nload_tofu('forget01', data_dir='hub')"
+    proc = run_python(code, env_extra={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode != 0
+    assert "locuslab/TOFU" in proc.stderr and "local copy" in proc.stderr
