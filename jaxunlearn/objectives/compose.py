@@ -1,0 +1,94 @@
+"""Objectives composed by name: "ME+GD", "IDK+AP", "NPO+KL", "GA", "GD" (finetuning) ...
+
+L = forget_weight * L_forget + retain_weight * L_retain (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from ..errors import ConfigError
+from .base import ObjectiveOptions, Term
+from .terms import FORGET_TERMS, RETAIN_TERMS
+
+
+def known_terms() -> list[str]:
+    return [*FORGET_TERMS, *RETAIN_TERMS]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    terms: tuple[tuple[Term, float], ...]  # (term, weight)
+    options: ObjectiveOptions = ObjectiveOptions()
+
+    @property
+    def policy_streams(self) -> tuple[str, ...]:
+        return _union(t.policy_streams for t, _ in self.terms)
+
+    @property
+    def ref_streams(self) -> tuple[str, ...]:
+        return _union(t.ref_streams for t, _ in self.terms)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Every stream the batches must carry."""
+        return _union([self.policy_streams, self.ref_streams])
+
+    @property
+    def needs_reference(self) -> bool:
+        return bool(self.ref_streams)
+
+    @property
+    def needs_hidden(self) -> bool:
+        return any(t.needs_hidden for t, _ in self.terms)
+
+    def denominators(self, batch) -> dict[str, jnp.ndarray]:
+        return {t.name: jnp.maximum(t.denominator(batch, self.options), 1.0) for t, _ in self.terms}
+
+    def loss(self, pol, ref, batch, denominators) -> tuple[jnp.ndarray, dict]:
+        """Weighted total and each term's value, with the global-batch denominators."""
+        values = {t.name: t.numerator(pol, ref, batch, self.options) / denominators[t.name] for t, _ in self.terms}
+        total = sum(w * values[t.name] for t, w in self.terms)
+        return total, values
+
+
+def _union(groups) -> tuple[str, ...]:
+    out: list[str] = []
+    for group in groups:
+        out += [s for s in group if s not in out]
+    return tuple(out)
+
+
+def build_objective(
+    name: str,
+    forget_weight: float = 1.0,
+    retain_weight: float = 1.0,
+    options: ObjectiveOptions | None = None,
+) -> Objective:
+    """Parse "FORGET+RETAIN" (either part alone is fine) into weighted terms."""
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    if not parts or len(parts) > 2:
+        raise ConfigError(f"objective {name!r} must be FORGET, RETAIN or FORGET+RETAIN; known terms: "
+                          f"{', '.join(known_terms())}")
+    terms = []
+    for part in parts:
+        key = next((k for k in FORGET_TERMS if k.upper() == part.upper()), None)
+        if key is not None:
+            terms.append((FORGET_TERMS[key], float(forget_weight)))
+            continue
+        key = next((k for k in RETAIN_TERMS if k.upper() == part.upper()), None)
+        if key is None:
+            raise ConfigError(
+                f"unknown objective term {part!r} in {name!r}; forget terms: {', '.join(FORGET_TERMS)}; "
+                f"retain terms: {', '.join(RETAIN_TERMS)}"
+            )
+        terms.append((RETAIN_TERMS[key], float(retain_weight)))
+    kinds = [t.kind for t, _ in terms]
+    if len(kinds) != len(set(kinds)):
+        raise ConfigError(f"objective {name!r} has two {kinds[0]} terms; combine one forget and one retain term")
+    if len(terms) == 2 and terms[0][0].kind == "retain":
+        terms.reverse()
+    return Objective(name="+".join(t.name for t, _ in terms), terms=tuple(terms), options=options or ObjectiveOptions())
