@@ -37,6 +37,37 @@ def _generate(args) -> None:
         print(f"> {prompt}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
 
 
+def _train_command(kind: str):
+    def run(args) -> None:
+        from .config import load_config
+        from .training import api
+
+        cfg = load_config(args.config, args.overrides)
+        fn = api.unlearn if kind == "unlearn" else api.finetune
+        summary = fn(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        summary.pop("model", None)
+        final = summary.get("final") or (summary.get("tasks") or [{}])[-1].get("final", {})
+        print(f"{kind} done: {cfg.output.dir} (final loss {final.get('loss', float('nan')):.4f})")
+
+    return run
+
+
+def _add_train_parser(sub, kind: str, help_text: str) -> None:
+    from .config import all_keys
+
+    p = sub.add_parser(
+        kind, help=help_text,
+        description=f"{help_text}. Settings come from defaults, then --config FILE (YAML), then key=value "
+                    "overrides. Valid keys: " + ", ".join(all_keys()),
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=5e-6")
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in output.dir from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output.dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_command(kind))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxunlearn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -54,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow pickled pytorch_model.bin (loaded with torch weights_only=True)")
     p.add_argument("--max-shard-size", default="5GB", help="shard safetensors past this size (default 5GB)")
     p.set_defaults(func=_convert)
+
+    _add_train_parser(sub, "unlearn", "unlearn a forget set from a model (objective, data, training, output)")
+    _add_train_parser(sub, "finetune", "finetune a model on QA data (TOFU target and retain models)")
 
     p = sub.add_parser("generate", help="greedy generation from a checkpoint")
     p.add_argument("model", help="checkpoint: HF dir, .gguf, hub id or built-in asset")

@@ -102,3 +102,35 @@ def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "jaxunlearn", *args], capture_output=True, text=True,
                           env=env, timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, smollm2):
+    """A tiny random Llama with SmolLM2's tokenizer, saved as an HF directory.
+
+    Its weights, and its final norm most, are scaled up so next-token distributions are
+    peaked (low entropy), which gives the unlearning tests something to change.
+    """
+    import jax
+    from flax import nnx
+
+    import jaxunlearn
+    from jaxunlearn.models.config import ModelConfig
+
+    tokenizer = smollm2[1]
+    cfg = ModelConfig(model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=True, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2)
+    model = jaxunlearn.create_model(cfg, seed=0)
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x * 10.0, state)
+    model = nnx.merge(graphdef, state)
+    out = tmp_path_factory.mktemp("tiny_lm") / "model"
+    jaxunlearn.save_pretrained(model, tokenizer, out)
+    return out
+
+
+TINY_TRAIN = [
+    "data.forget_split=forget01", "data.max_retain_rows=64", "data.max_length=128", "data.buckets=[128]",
+    "train.batch_size=8", "train.epochs=1", "train.lr=1e-3",
+]

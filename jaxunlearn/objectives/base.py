@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import flax.struct
 import jax
 
 
@@ -32,7 +33,7 @@ class ObjectiveOptions:
     dist_pos_weight: float = 1.0
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class StreamOutputs:
     """A model's outputs on one stream: logits [B, T, V], hidden states when asked."""
 

@@ -28,6 +28,14 @@ def _sum_logp(out, b) -> jax.Array:
     return token_logp(out.logits, b["labels"])[0].sum()
 
 
+def _ref_seq_nll(ref, batch, stream: str) -> jax.Array:
+    """The reference's seqNLL: precomputed once per example when the loop provides it."""
+    pre = ref.get("_ref_seqnll") if isinstance(ref, dict) else None
+    if pre is not None and stream in pre:
+        return pre[stream]
+    return seq_nll(ref[stream].logits, batch[stream]["labels"])
+
+
 # --- forget terms -------------------------------------------------------------------------
 
 
@@ -37,7 +45,7 @@ def ga_num(pol, ref, batch, o):
 
 def npo_num(pol, ref, batch, o: ObjectiveOptions):
     b = batch["forget"]
-    diff = seq_nll(ref["forget"].logits, b["labels"]) - seq_nll(pol["forget"].logits, b["labels"])
+    diff = _ref_seq_nll(ref, batch, "forget") - seq_nll(pol["forget"].logits, b["labels"])
     return (-(2.0 / o.beta) * jax.nn.log_sigmoid(-o.beta * diff)).sum()
 
 
@@ -49,7 +57,7 @@ def simnpo_num(pol, ref, batch, o: ObjectiveOptions):
 def dpo_num(pol, ref, batch, o: ObjectiveOptions):
     f, i = batch["forget"]["labels"], batch["forget_idk"]["labels"]
     pi = -seq_nll(pol["forget_idk"].logits, i) + seq_nll(pol["forget"].logits, f)
-    rf = -seq_nll(ref["forget_idk"].logits, i) + seq_nll(ref["forget"].logits, f)
+    rf = -_ref_seq_nll(ref, batch, "forget_idk") + _ref_seq_nll(ref, batch, "forget")
     return (-(2.0 / o.beta) * jax.nn.log_sigmoid(o.beta * (pi - rf))).sum()
 
 

@@ -1,0 +1,95 @@
+"""Python entry points: `unlearn`, `finetune` (both also run continual task lists)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..checkpoints.api import load_pretrained
+from ..config import RunConfig
+from ..objectives import build_objective
+from ..parallel import initialize_distributed_from_env
+from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
+from .loop import RUN_MARKER, prepare_run_dir, train
+
+log = logging.getLogger(__name__)
+
+
+def _load(cfg: RunConfig, path: str | None = None, dtype: str | None = None):
+    m = cfg.model
+    return load_pretrained(path or m.path, dtype=dtype or m.dtype, compute_dtype=m.compute_dtype, remat=m.remat,
+                           allow_pickle=m.allow_pickle)
+
+
+def _start_run(cfg: RunConfig, command: str, resume: bool, overwrite: bool) -> Path:
+    """Process 0 checks and prepares output.dir; the others wait for it."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    initialize_distributed_from_env()
+    out = Path(cfg.output.dir)
+    if jax.process_index() == 0:
+        prepare_run_dir(out, resume, overwrite)
+        marker = {"command": command, "config": cfg.to_dict()}
+        (out / RUN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxunlearn: run directory ready")
+    return out
+
+
+def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Unlearn per the config (a continual task list when continual.split is set)."""
+    out = _start_run(cfg, "unlearn", resume, overwrite)
+    o = cfg.objective
+    objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
+    model, tokenizer = _load(cfg)
+    if cfg.continual.split:
+        return _continual(cfg, objective, model, tokenizer, out, resume, progress)
+    reference = None
+    if objective.needs_reference:
+        reference, _ = _load(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
+    forget, retain = forget_and_retain(cfg)
+    streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
+    return train(model, tokenizer, streams, objective, cfg, out, reference, resume, progress)
+
+
+def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progress: bool) -> dict:
+    """Tasks one after another, each starting from the previous result; the reference is
+    the previous result, or the original model with continual.fix_reference."""
+    from ..data.sources import continual_task_ids
+
+    tasks = cfg.continual.tasks or continual_task_ids(cfg.continual.split, cfg.data.data_dir)
+    original = model
+    results = []
+    for i, task in enumerate(tasks):
+        task_dir = out / f"task_{i + 1:02d}_id{task}"
+        done = task_dir / "summary.json"
+        if resume and done.exists():
+            log.info("task %s already done; loading its result", task)
+            model, _ = _load(cfg, str(task_dir / "model"))
+            results.append(json.loads(done.read_text()))
+            continue
+        task_dir.mkdir(parents=True, exist_ok=True)
+        (task_dir / RUN_MARKER).write_text(json.dumps({"task": task, "order": tasks}) + "\n")
+        reference = (original if cfg.continual.fix_reference else model) if objective.needs_reference else None
+        forget, retain = forget_and_retain(cfg, task_id=task, unlearned=tasks[: i + 1])
+        streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
+        summary = train(model, tokenizer, streams, objective, cfg, task_dir, reference, resume, progress,
+                        export=True)
+        model = summary.pop("model")
+        summary.update(task=task, forget_rows=len(forget), retain_rows=len(retain))
+        results.append(summary)
+    report = {"tasks": results, "order": tasks}
+    (out / "summary.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report["model"] = model
+    return report
+
+
+def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
+    out = _start_run(cfg, "finetune", resume, overwrite)
+    objective = build_objective("GD", retain_weight=1.0)
+    model, tokenizer = _load(cfg)
+    streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
+    return train(model, tokenizer, streams, objective, cfg, out, None, resume, progress)

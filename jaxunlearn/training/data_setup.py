@@ -1,0 +1,77 @@
+"""From a RunConfig's data section to paired, tokenized streams."""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import RunConfig
+from ..data import build_streams, continual_task, get_template, load_qa_file, load_real_world, load_refusals, load_tofu
+from ..data.templates import default_template_name
+from ..data.tokenize import TokenizedRows, encode_qa
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def template_for(cfg: RunConfig, tokenizer):
+    name = cfg.data.template
+    if name == "auto":
+        name = default_template_name(tokenizer)
+        log.info("template: %s (auto)", name)
+    return get_template(name, tokenizer)
+
+
+def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None) -> tuple[list, list]:
+    d = cfg.data
+    if d.source == "tofu":
+        forget, retain = load_tofu(d.forget_split, d.data_dir), load_tofu(d.retain_split, d.data_dir)
+    elif d.source == "closer_look":
+        split = cfg.continual.split or d.forget_split
+        forget, retain = continual_task(split, task_id or 1, unlearned, d.data_dir)
+    elif d.source == "real_world":
+        forget, retain = load_real_world("forget", d.data_dir), load_real_world("neighbor", d.data_dir)
+    elif d.source == "files":
+        if not d.forget_file:
+            raise ConfigError("data.source=files needs data.forget_file (and usually data.retain_file)")
+        forget = load_qa_file(d.forget_file, d.question_key, d.answer_key)
+        retain = load_qa_file(d.retain_file, d.question_key, d.answer_key) if d.retain_file else []
+    else:
+        raise ConfigError(f"unknown data.source {d.source!r}")
+    if d.max_forget_rows:
+        forget = forget[: d.max_forget_rows]
+    if d.max_retain_rows:
+        retain = retain[: d.max_retain_rows]
+    return forget, retain
+
+
+def unlearning_streams(cfg: RunConfig, tokenizer, objective, forget, retain) -> dict[str, TokenizedRows]:
+    refusals = None
+    if any("idk" in s for s in objective.streams):
+        refusals = load_refusals(cfg.data.data_dir, cfg.data.refusals_file)
+    missing_retain = [s for s in objective.streams if ("retain" in s or "mismatch" in s)] if not retain else []
+    if missing_retain:
+        raise DataError(
+            f"objective {objective.name} needs the stream(s) {', '.join(missing_retain)}, but the data has no "
+            "retain set; configure one (data.retain_split or data.retain_file) or use a forget-only objective"
+        )
+    return build_streams(tokenizer, template_for(cfg, tokenizer), forget, retain, refusals, objective.streams,
+                         cfg.data.max_length, cfg.train.seed)
+
+
+def finetune_rows(cfg: RunConfig) -> list[dict]:
+    d = cfg.data
+    if d.train_file:
+        rows = load_qa_file(d.train_file, d.question_key, d.answer_key)
+    else:
+        rows = load_tofu(d.train_split, d.data_dir)
+    return rows[: d.max_train_rows] if d.max_train_rows else rows
+
+
+def finetune_streams(cfg: RunConfig, tokenizer, rows) -> dict[str, TokenizedRows]:
+    """Plain answer-NLL training on `rows`, as the single stream the GD term reads."""
+    if not rows:
+        raise DataError("the finetuning set is empty")
+    template = template_for(cfg, tokenizer)
+    encoded = encode_qa(tokenizer, template, [r["question"] for r in rows], [r["answer"] for r in rows],
+                        cfg.data.max_length, what="finetune")
+    return {"retain": encoded}

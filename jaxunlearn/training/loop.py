@@ -1,0 +1,243 @@
+"""The training loop shared by unlearning, finetuning and continual unlearning.
+
+Imperative shell around the jitted step: data iterator, progress bar, metrics JSON Lines,
+Orbax checkpoints, resume, non-finite stop, and the export at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from ..checkpoints.api import save_pretrained
+from ..config import RunConfig
+from ..data import BatchIterator, pad_rows, pad_token_id
+from ..data.batching import bucket_length
+from ..errors import ConfigError, JaxUnlearnError
+from ..models.config import to_dtype
+from ..objectives import Objective
+from ..parallel import make_mesh
+from .checkpointing import Checkpointer
+from .optimizer import linear_warmup_decay, make_optimizer, paper_num_steps, paper_warmup
+from .step import (
+    check_batch_divisible,
+    init_state,
+    jit_train_step,
+    make_train_step,
+    param_shardings,
+    place_batch,
+    sequence_nll,
+)
+
+log = logging.getLogger(__name__)
+RUN_MARKER = "run.json"
+
+
+class TrainingError(JaxUnlearnError):
+    """Training stopped (e.g. a non-finite loss)."""
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Refuse to write over another run unless resuming it or told to overwrite."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            if not (out / RUN_MARKER).exists():
+                raise ConfigError(f"--resume: {out} holds no jaxunlearn run ({RUN_MARKER} missing)")
+            return out
+        if not overwrite:
+            raise ConfigError(
+                f"output directory {out} already holds a run; pass --resume to continue it or --overwrite to "
+                "replace it (or choose another output.dir)"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def rmu_trainable_mask(params, layer: int, which: str, num_layers: int):
+    """1 on the MLP weights of layers l-2..l (RMU trains only those), 0 elsewhere."""
+    names = ("down_proj",) if which == "down_proj" else ("gate_proj", "up_proj", "down_proj")
+    if not 0 <= layer < num_layers - 1:
+        raise ConfigError(f"objective.options.rmu_layer={layer} must be in 0..{num_layers - 2} for this model")
+    rows = np.zeros(num_layers, np.float32)
+    rows[max(0, layer - 2): layer + 1] = 1.0
+
+    def one(path, x):
+        key = jax.tree_util.keystr(path)
+        if "layers" in key and any(f"'{n}'" in key for n in names):
+            return jnp.asarray(rows.reshape((-1,) + (1,) * (x.ndim - 1)))
+        return jnp.zeros((), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _place_params(params, mesh):
+    shardings = param_shardings(params, mesh)
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
+
+
+def _cast(params, dtype_name: str | None):
+    if not dtype_name:
+        return params
+    dt = to_dtype(dtype_name)
+    return jax.tree.map(lambda x: x.astype(dt), params)
+
+
+def precompute_reference_nll(graphdef, ref_params, streams, objective: Objective, cfg: RunConfig, pad_id):
+    """seqNLL of the reference for every row of the streams NPO/DPO read, computed once."""
+    allowed = {"NPO", "DPO"}
+    users = [t.name for t, _ in objective.terms if t.needs_reference]
+    if not set(users) <= allowed:
+        raise ConfigError(
+            f"train.precompute_reference works for NPO and DPO only; {objective.name} needs full reference "
+            "outputs every step"
+        )
+    out = {}
+    for s in objective.ref_streams:
+        rows, values = streams[s], []
+        for start in range(0, len(rows), 16):
+            index = list(range(start, min(start + 16, len(rows))))
+            index += [index[-1]] * (16 - len(index))  # one shape per bucket
+            length = bucket_length(int(rows.lengths()[index].max()), tuple(cfg.data.buckets), cfg.data.pad_to)
+            b = pad_rows(rows, index, length, pad_id)
+            nll = sequence_nll(graphdef, ref_params, b["input_ids"], b["attention_mask"], b["labels"])
+            values.append(np.asarray(nll)[: min(16, len(rows) - start)])
+        out[s] = np.concatenate(values).astype(np.float32)
+    return out
+
+
+def train(
+    model,
+    tokenizer,
+    streams,
+    objective: Objective,
+    cfg: RunConfig,
+    out_dir: Path,
+    reference=None,
+    resume: bool = False,
+    progress: bool = True,
+    export: bool | None = None,
+) -> dict:
+    """Run the configured number of steps of `objective` and export the result.
+
+    `model` is the policy's starting point (an NNX model); `reference` the frozen model
+    for the terms that need one. Returns a summary with the final model under "model".
+    """
+    t = cfg.train
+    out_dir = Path(out_dir)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    check_batch_divisible(t.batch_size, t.micro_batches, mesh)
+    missing = [s for s in objective.streams if s not in streams]
+    if missing:
+        raise ConfigError(f"objective {objective.name} needs the stream(s) {missing}, which the data lacks")
+    if objective.needs_reference and reference is None:
+        raise ConfigError(
+            f"objective {objective.name} needs a frozen reference model, but none was given "
+            "(model.reference_path, or reference= in the Python API)"
+        )
+
+    graphdef, params = nnx.split(model)
+    params = _place_params(params, mesh)
+    ref_params = None
+    if objective.needs_reference:
+        _, ref_params = nnx.split(reference)
+        ref_params = _place_params(_cast(ref_params, cfg.model.reference_dtype), mesh)
+
+    n = len(next(iter(streams.values())))
+    total = t.max_steps or paper_num_steps(n, t.epochs, t.batch_size)
+    warmup = t.warmup_steps if t.warmup_steps is not None else paper_warmup(n, t.batch_size)
+    schedule = linear_warmup_decay(t.lr, total, warmup)
+    tx = make_optimizer(schedule, t.weight_decay, t.adam_b1, t.adam_b2, t.adam_eps, t.clip_grad_norm)
+    mask = None
+    if any(term.name == "RMU" for term, _ in objective.terms):
+        o = objective.options
+        mask = rmu_trainable_mask(params, o.rmu_layer, o.rmu_trainable, model.config.num_layers)
+
+    pad_id = pad_token_id(tokenizer)
+    iterator = BatchIterator(
+        streams, t.batch_size, t.seed, pad_id, tuple(cfg.data.buckets), cfg.data.pad_to,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    precomputed = None
+    if t.precompute_reference and objective.needs_reference:
+        precomputed = precompute_reference_nll(graphdef, ref_params, streams, objective, cfg, pad_id)
+        ref_params = None
+
+    state = jax.jit(lambda p: init_state(p, tx, t.seed))(params)
+    checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.output.keep_checkpoints,
+                                every=cfg.output.checkpoint_every)
+    if resume and checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(state)
+        iterator.load_state_dict(meta["data"])
+        log.info("resumed from step %d", int(state.step))
+    start = int(state.step)
+
+    step_fn = make_train_step(graphdef, objective, tx, schedule, t.micro_batches, mask,
+                              use_reference=precomputed is None)
+    jitted = jit_train_step(step_fn, state, ref_params, mesh)
+    is_main = jax.process_index() == 0
+    metrics_path = out_dir / "metrics.jsonl"
+    bar = tqdm(total=total, initial=start, desc=objective.name, unit="step", dynamic_ncols=True,
+               disable=not (progress and is_main))
+    tokens_done, t0 = 0, time.perf_counter()
+    last = {}
+    try:
+        for step in range(start, total):
+            index = iterator.global_indices(iterator.step)
+            batch = next(iterator)
+            if precomputed is not None:
+                per = t.batch_size // jax.process_count()
+                local = index[jax.process_index() * per:(jax.process_index() + 1) * per]
+                batch["_ref_seqnll"] = {s: v[local] for s, v in precomputed.items()}
+            state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
+            metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
+            if not metrics["finite"]:
+                checkpointer.wait()
+                good = checkpointer.latest_step()
+                where = f"step {good} in {out_dir / 'checkpoints'}" if good is not None else "none saved yet"
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}); stopped. "
+                    f"The last good checkpoint is {where}. Lower train.lr or set train.clip_grad_norm"
+                )
+            tokens_done += metrics.pop("tokens")
+            elapsed = time.perf_counter() - t0
+            last = {"step": step + 1, **{k: v for k, v in metrics.items() if k != "finite"},
+                    "tokens_per_s": tokens_done / max(elapsed, 1e-9), "epoch": iterator.epoch_of(step + 1)}
+            if is_main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+            bar.update(1)
+            if checkpointer.should_save(step + 1, last=step + 1 == total):
+                checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
+    finally:
+        bar.close()
+        checkpointer.close()
+
+    params = state.params
+    if jax.process_count() > 1:  # every process gets the full arrays; process 0 writes them
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    final = nnx.merge(graphdef, params)
+    summary = {"steps": total, "warmup_steps": warmup, "rows": n, "final": last, "out_dir": str(out_dir)}
+    if (cfg.output.export if export is None else export) and is_main:
+        summary["export"] = str(save_pretrained(final, tokenizer, out_dir / "model", overwrite=True))
+        if cfg.output.export_hf_flax:
+            summary["export_hf_flax"] = str(
+                save_pretrained(final, tokenizer, out_dir / "model-hf-flax", format="hf-flax", overwrite=True)
+            )
+    if is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["model"] = final
+    return summary

@@ -1,0 +1,176 @@
+"""The train step: one `jax.jit` over a mesh, the policy state donated, the reference a
+separate frozen argument.
+
+    state, metrics = step(state, ref_params, batch)
+
+Streams that the policy needs are concatenated along the batch and run in one forward
+(they share one padded length). The reference forward runs only for the streams its terms
+need, under stop_gradient, outside the differentiated function. Gradient accumulation
+scans over micro-batches with global-batch denominators, so it equals the full batch. A
+non-finite loss or gradient leaves the state unchanged and reports `finite = False`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ..errors import ConfigError
+from ..objectives import Objective, StreamOutputs
+from ..parallel import logical_sharding
+
+BATCH_AXES = ("data", "fsdp")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def param_shardings(params: nnx.State, mesh, rules=None):
+    """NamedSharding per parameter from its logical axes (Variable wrappers kept)."""
+
+    def one(v):
+        return v.replace(logical_sharding(v.get_metadata()["logical_axes"], v.get_value().shape, mesh, rules))
+
+    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch_divisible(global_batch: int, micro_batches: int, mesh) -> None:
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    per_micro = global_batch // micro_batches
+    if per_micro % ways:
+        raise ConfigError(
+            f"the batch of {global_batch} ({micro_batches} micro-batches of {per_micro}) cannot be split over "
+            f"data x fsdp = {ways} devices; choose train.batch_size a multiple of {ways * micro_batches}"
+        )
+
+
+def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(seed)
+    )
+
+
+def run_streams(graphdef, params, batch, streams, hidden: bool) -> dict[str, StreamOutputs]:
+    """One forward over the given streams concatenated along the batch."""
+    if not streams:
+        return {}
+    model = nnx.merge(graphdef, params)
+    ids = jnp.concatenate([batch[s]["input_ids"] for s in streams])
+    mask = jnp.concatenate([batch[s]["attention_mask"] for s in streams])
+    out = model.forward(ids, mask, output_hidden_states=hidden)
+    b = batch[streams[0]]["input_ids"].shape[0]
+    result = {}
+    for k, s in enumerate(streams):
+        sl = slice(k * b, (k + 1) * b)
+        hs = out.hidden_states[:, sl] if hidden else None
+        result[s] = StreamOutputs(out.logits[sl], hs)
+    return result
+
+
+def _micro(batch, m: int):
+    return jax.tree.map(lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:]), batch)
+
+
+def make_train_step(
+    graphdef,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    schedule,
+    micro_batches: int = 1,
+    trainable_mask=None,
+    use_reference: bool = True,
+):
+    """The un-jitted step function; `jit_train_step` adds shardings and donation."""
+    hidden = objective.needs_hidden
+    ref_streams = objective.ref_streams if use_reference else ()
+
+    def loss_fn(params, ref_out, mb, den):
+        pol = run_streams(graphdef, params, mb, objective.policy_streams, hidden)
+        return objective.loss(pol, ref_out, mb, den)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro_step(params, ref_params, mb, den):
+        ref_out = jax.lax.stop_gradient(run_streams(graphdef, ref_params, mb, ref_streams, hidden))
+        if "_ref_seqnll" in mb:
+            ref_out = dict(ref_out, _ref_seqnll=mb["_ref_seqnll"])
+        (loss, values), grads = grad_fn(params, ref_out, mb, den)
+        return loss, values, grads
+
+    def step(state: TrainState, ref_params, batch):
+        den = objective.denominators(batch)
+        if micro_batches == 1:
+            loss, values, grads = micro_step(state.params, ref_params, batch, den)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, mb):
+                loss_acc, values_acc, grads_acc = carry
+                loss, values, grads = micro_step(state.params, ref_params, mb, den)
+                values_acc = jax.tree.map(jnp.add, values_acc, values)
+                return (loss_acc + loss, values_acc, jax.tree.map(jnp.add, grads_acc, grads)), None
+
+            init_values = {t.name: jnp.zeros((), jnp.float32) for t, _ in objective.terms}
+            (loss, values, grads), _ = jax.lax.scan(
+                body, (jnp.zeros((), jnp.float32), init_values, zeros), _micro(batch, micro_batches)
+            )
+        if trainable_mask is not None:
+            grads = jax.tree.map(lambda g, m: g * m, grads, trainable_mask)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if trainable_mask is not None:
+            updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, trainable_mask)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.split(state.rng)[0])
+        kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        tokens = sum(batch[s]["attention_mask"].sum() for s in objective.policy_streams)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite,
+                   "tokens": tokens, **{f"loss/{k}": v for k, v in values.items()}}
+        return kept, metrics
+
+    return step
+
+
+def jit_train_step(step_fn, state: TrainState, ref_params, mesh):
+    """jax.jit with explicit shardings: the state keeps its own, the batch splits over
+    (data, fsdp), the reference keeps its own and is never donated."""
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    ref_sh = jax.tree.map(lambda x: x.sharding, ref_params) if ref_params is not None else None
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_sh, ref_sh, batch_sharding(mesh)),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def place_batch(batch, mesh):
+    """Global arrays from each process's slice of the batch (or the whole of it)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def sequence_nll(graphdef, params, ids, mask, labels):
+    """seqNLL per row (used to precompute the reference's NPO/DPO log-probs once)."""
+    from ..objectives.token_stats import seq_nll
+
+    logits = nnx.merge(graphdef, params).forward(ids, mask).logits
+    return seq_nll(logits, labels)
