@@ -199,8 +199,10 @@ def train(
                 per = t.batch_size // jax.process_count()
                 local = index[jax.process_index() * per:(jax.process_index() + 1) * per]
                 batch["_ref_seqnll"] = {s: v[local] for s, v in precomputed.items()}
+            t_step = time.perf_counter()
             state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
             metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
+            t_step = time.perf_counter() - t_step
             if not metrics["finite"]:
                 checkpointer.wait()
                 good = checkpointer.latest_step()
@@ -212,7 +214,8 @@ def train(
             tokens_done += metrics.pop("tokens")
             elapsed = time.perf_counter() - t0
             last = {"step": step + 1, **{k: v for k, v in metrics.items() if k != "finite"},
-                    "tokens_per_s": tokens_done / max(elapsed, 1e-9), "epoch": iterator.epoch_of(step + 1)}
+                    "step_seconds": t_step, "tokens_per_s": tokens_done / max(elapsed, 1e-9),
+                    "epoch": iterator.epoch_of(step + 1)}
             if is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")
