@@ -68,6 +68,27 @@ def _add_train_parser(sub, kind: str, help_text: str) -> None:
     p.set_defaults(func=_train_command(kind))
 
 
+def _eval(args) -> None:
+    from pathlib import Path
+
+    from .config import load_config
+    from .evaluation.api import evaluate
+    from .evaluation.report import markdown_table
+
+    cfg = load_config(args.config, args.overrides)
+    if (Path(cfg.output.dir) / "summary.json").exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{cfg.output.dir} already holds an evaluation; pass --overwrite or set output.dir")
+    summary = evaluate(cfg, progress=not args.no_progress)
+    print(markdown_table(summary, f"Evaluation of {cfg.model.path}"))
+    print(f"results in {cfg.output.dir} ({summary['seconds']:.0f} s)")
+
+
+def _report(args) -> None:
+    from .evaluation.report import compare_runs
+
+    print(compare_runs(args.runs, args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxunlearn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -88,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub, "unlearn", "unlearn a forget set from a model (objective, data, training, output)")
     _add_train_parser(sub, "finetune", "finetune a model on QA data (TOFU target and retain models)")
+
+    from .config import all_keys
+
+    p = sub.add_parser("eval", help="evaluate a model (TOFU, Closer Look and MIA metrics)",
+                       description="Evaluate model.path on eval.sets and write per_example.jsonl, summary.json, "
+                                   "report.md and plots to output.dir. Valid keys: " + ", ".join(all_keys()))
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config")
+    p.add_argument("--overwrite", action="store_true", help="replace an evaluation already in output.dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("report", help="put several evaluations side by side (markdown + plot)")
+    p.add_argument("runs", nargs="+", help="evaluation directories (holding summary.json)")
+    p.add_argument("--out", help="also write comparison.md and comparison.png here")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("generate", help="greedy generation from a checkpoint")
     p.add_argument("model", help="checkpoint: HF dir, .gguf, hub id or built-in asset")

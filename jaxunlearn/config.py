@@ -99,6 +99,23 @@ class ContinualSection:
 
 
 @dataclasses.dataclass
+class EvalSection:
+    sets: list[str] = dataclasses.field(default_factory=lambda: ["forget", "retain", "real_authors", "world_facts"])
+    forget_split: str | None = None  # default: data.forget_split + "_perturbed"
+    holdout_split: str | None = None  # MIA: default the holdout split of the forget split's size; "none" skips
+    num_rows: int | None = 300  # TOFU scores the first 300 rows of each set
+    batch_size: int = 16
+    max_length: int = 200  # generation: prompt + answer tokens
+    generate: bool = True
+    cosine: bool = True  # sentence embeddings (all-MiniLM-L6-v2)
+    nli_judge: str = "none"  # none | causal-lm | hub | an HF model name
+    nli_model: str = "smollm2-135m-instruct"  # the causal-lm judge's checkpoint
+    retain_eval: str | None = None  # eval dir of a retain model (per_example.jsonl) for forget quality
+    reference_model: str | None = None  # MIA reference-difference attack
+    task_id: int = 1  # source=closer_look: the continual task whose forget rows are evaluated
+
+
+@dataclasses.dataclass
 class RunConfig:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
@@ -107,6 +124,7 @@ class RunConfig:
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
     output: OutputSection = dataclasses.field(default_factory=OutputSection)
     continual: ContinualSection = dataclasses.field(default_factory=ContinualSection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,55 @@
+"""`evaluate(cfg)`: load the model and judges, evaluate, write the results."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..checkpoints.api import load_pretrained
+from ..config import RunConfig
+from ..training.data_setup import template_for
+from .evaluate import add_forget_quality, evaluate_model, read_records
+from .report import write_eval
+
+log = logging.getLogger(__name__)
+
+
+def make_judge(cfg: RunConfig, model=None, tokenizer=None):
+    name = cfg.eval.nli_judge
+    if name == "none":
+        return None
+    if name == "causal-lm":
+        from .nli import CausalLMNLIJudge
+
+        judge_model, judge_tok = load_pretrained(cfg.eval.nli_model)
+        return CausalLMNLIJudge(judge_model, judge_tok, cfg.eval.nli_model)
+    from .nli import PAPER_NLI_MODEL, HubNLIJudge
+
+    return HubNLIJudge(PAPER_NLI_MODEL if name == "hub" else name)
+
+
+def evaluate(cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate `model` (default: cfg.model.path) and write per-example, summary, report, plots."""
+    t0 = time.perf_counter()
+    if model is None:
+        model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
+    template = template_for(cfg, tokenizer)
+    embedder = None
+    if cfg.eval.cosine and cfg.eval.generate:
+        from .bert import SentenceEmbedder
+
+        embedder = SentenceEmbedder()
+    judge = make_judge(cfg) if cfg.eval.generate else None
+    reference = load_pretrained(cfg.eval.reference_model)[0] if cfg.eval.reference_model else None
+    retain_records = read_records(cfg.eval.retain_eval) if cfg.eval.retain_eval else None
+    records, summary = evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress)
+    if cfg.eval.retain_eval:
+        add_forget_quality(summary, records, retain_records, cfg.eval.retain_eval)
+    summary["model"] = str(cfg.model.path)
+    summary["seconds"] = time.perf_counter() - t0
+    out = Path(out_dir or cfg.output.dir)
+    log.info("evaluation took %.1f s", summary["seconds"])
+    write_eval(out, records, summary, retain_records)
+    return summary

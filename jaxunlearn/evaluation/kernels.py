@@ -1,0 +1,120 @@
+"""Jitted scoring of many (prompt, candidate) rows, and batched generation, per bucket shape.
+
+`score_rows` returns, per row, the supervised tokens' log-probs, whether the argmax equals
+the token (exact memorization, extraction strength) and the mean/std of the log-prob
+under the model's own next-token distribution (Min-K%++). Rows are grouped by length
+into fixed-size batches padded to bucket lengths, so each shape compiles once; the batch
+axis is split over the mesh's data axis when a mesh is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ..data.batching import bucket_length, pad_rows
+from ..data.eval_sets import left_pad
+from ..data.tokenize import TokenizedRows
+from ..generation import greedy_generate
+from ..objectives.token_stats import log_probs, shifted
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _score(graphdef, params, ids, mask, labels):
+    logits = nnx.merge(graphdef, params).forward(ids, mask).logits
+    lg, targets, sup = shifted(logits, labels)
+    logp = log_probs(lg)
+    tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    p = jnp.exp(logp)
+    mu = (p * logp).sum(-1)
+    sigma = jnp.sqrt(jnp.maximum((p * logp * logp).sum(-1) - mu * mu, 0.0))
+    correct = jnp.argmax(lg, axis=-1) == targets
+    return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": mu, "sigma": sigma,
+            "correct": correct & sup}
+
+
+@dataclasses.dataclass
+class RowScores:
+    """Per row: supervised token log-probs and statistics (1-D arrays of that row's tokens)."""
+
+    token_logp: list[np.ndarray]
+    correct: list[np.ndarray]
+    mu: list[np.ndarray]
+    sigma: list[np.ndarray]
+
+    @property
+    def sum_logp(self) -> np.ndarray:
+        return np.array([x.sum() for x in self.token_logp], np.float64)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array([len(x) for x in self.token_logp], np.int64)
+
+    @property
+    def avg_nll(self) -> np.ndarray:
+        return -self.sum_logp / np.maximum(self.counts, 1)
+
+
+def _place(x, mesh):
+    if mesh is None:
+        return jnp.asarray(x)
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+
+
+def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
+               buckets: tuple[int, ...] = (64, 128, 256, 512), mesh=None, progress=None) -> RowScores:
+    """Score every row; rows are processed longest-first in fixed-size batches."""
+    graphdef, params = nnx.split(model)
+    n = len(rows)
+    order = np.argsort(-rows.lengths(), kind="stable")
+    out = {k: [None] * n for k in ("token_logp", "correct", "mu", "sigma")}
+    for start in range(0, n, batch_size):
+        index = list(order[start:start + batch_size])
+        real = len(index)
+        index += [index[-1]] * (batch_size - real)  # a full batch keeps one compiled shape
+        length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
+        b = pad_rows(rows, index, length, pad_id)
+        res = jax.device_get(_score(graphdef, params, *(_place(b[k], mesh) for k in ("input_ids", "attention_mask",
+                                                                                     "labels"))))
+        for j in range(real):
+            m = res["mask"][j]
+            i = index[j]
+            out["token_logp"][i] = res["token_logp"][j][m].astype(np.float64)
+            out["correct"][i] = res["correct"][j][m]
+            out["mu"][i] = res["mu"][j][m].astype(np.float64)
+            out["sigma"][i] = res["sigma"][j][m].astype(np.float64)
+        if progress is not None:
+            progress.update(real)
+    return RowScores(**out)
+
+
+def generate_texts(model, tokenizer, prompts: list[np.ndarray], pad_id: int, eos_ids, batch_size: int = 16,
+                   max_length: int = 200, buckets: tuple[int, ...] = (64, 128, 256), progress=None) -> list[str]:
+    """Greedy answers from left-padded prompts; prompt + answer at most `max_length` tokens."""
+    n = len(prompts)
+    order = np.argsort([-len(p) for p in prompts], kind="stable")
+    texts: list[str | None] = [None] * n
+    eos = set(np.atleast_1d(eos_ids).tolist())
+    for start in range(0, n, batch_size):
+        index = list(order[start:start + batch_size])
+        real = len(index)
+        index += [index[-1]] * (batch_size - real)
+        width = bucket_length(max(len(prompts[i]) for i in index), buckets, None)
+        if width >= max_length:
+            width = max(len(prompts[i]) for i in index)
+        ids, mask = left_pad([prompts[i] for i in index], pad_id, width)
+        new = max(1, max_length - width)
+        tokens = greedy_generate(model, ids, mask, new, sorted(eos), pad_id)
+        for j in range(real):
+            row = tokens[j].tolist()
+            cut = next((k for k, t in enumerate(row) if t in eos), len(row))
+            texts[index[j]] = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+        if progress is not None:
+            progress.update(real)
+    return texts

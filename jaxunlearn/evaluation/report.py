@@ -1,0 +1,133 @@
+"""Write evaluation results: JSON Lines, summary JSON, a markdown table and PNG plots;
+and put several runs side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import PER_EXAMPLE, SUMMARY
+
+COLUMNS = ("probability", "rougeL_recall", "truth_ratio", "token_entropy", "cosine", "entailment",
+           "exact_memorization", "extraction_strength")
+HEADLINE = ("forget_quality", "model_utility", "model_utility_closer_look", "forget_efficacy")
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def markdown_table(summary: dict, title: str = "") -> str:
+    lines = [f"## {title}" if title else "", "", "| set | rows | " + " | ".join(COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, stats in summary["sets"].items():
+        lines.append(f"| {name} | {stats['rows']} | " + " | ".join(_fmt(stats.get(c)) for c in COLUMNS) + " |")
+    lines += ["", "| headline | value |", "|---|---|"]
+    for key in HEADLINE:
+        if key in summary:
+            lines.append(f"| {key} | {_fmt(summary[key])} |")
+    for key in ("mia_auc", "privleak"):
+        for attack, v in (summary.get(key) or {}).items():
+            lines.append(f"| {key} ({attack}) | {_fmt(v)} |")
+    for key in ("embedding_model", "nli_judge"):
+        if key in summary:
+            lines.append(f"| {key} | {summary[key]} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_eval(out_dir: Path, records: list[dict], summary: dict, retain_records: list[dict] | None = None) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (PER_EXAMPLE + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.rename(out_dir / PER_EXAMPLE)
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown_table(summary, f"Evaluation of {summary.get('model', '')}"))
+    plot_sets(summary, out_dir / "metrics.png")
+    plot_truth_ratios(records, retain_records, out_dir / "truth_ratio.png")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sets(summary: dict, path: Path) -> None:
+    plt = _plt()
+    sets = list(summary["sets"])
+    cols = [c for c in COLUMNS[:6] if any(c in summary["sets"][s] for s in sets)]
+    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 3, 3.5))
+    width = 0.8 / max(len(sets), 1)
+    for k, s in enumerate(sets):
+        vals = [summary["sets"][s].get(c, np.nan) for c in cols]
+        ax.bar(np.arange(len(cols)) + k * width, vals, width, label=s)
+    ax.set_xticks(np.arange(len(cols)) + width * (len(sets) - 1) / 2, cols, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("metrics per evaluation set")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_truth_ratios(records: list[dict], retain_records: list[dict] | None, path: Path) -> None:
+    mine = [r["truth_ratio"] for r in records if r["set"] == "forget" and "truth_ratio" in r]
+    if not mine:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.linspace(0, max(2.0, float(np.max(mine))), 30)
+    ax.hist(mine, bins=bins, alpha=0.6, label="this model")
+    if retain_records:
+        theirs = [r["truth_ratio"] for r in retain_records if r["set"] == "forget" and "truth_ratio" in r]
+        ax.hist(theirs, bins=bins, alpha=0.6, label="retain model")
+    ax.set_xlabel("forget-set truth ratio R = P_wrong / P_correct")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare_runs(run_dirs: list[str], out: Path | None = None) -> str:
+    """A side-by-side markdown table (and bar plot) of several evaluation directories."""
+    from ..errors import ConfigError
+
+    rows = []
+    for d in run_dirs:
+        path = Path(d) / SUMMARY
+        if not path.exists():
+            path = Path(d) / "eval" / SUMMARY
+        if not path.exists():
+            raise ConfigError(f"no evaluation summary in {d} (expected {SUMMARY}); run jaxunlearn eval first")
+        rows.append((Path(d).name, json.loads(path.read_text())))
+    keys = [("forget", c) for c in ("probability", "rougeL_recall", "truth_ratio")]
+    keys += [("retain", c) for c in ("probability", "rougeL_recall", "truth_ratio")]
+    header = ["run", *[f"{s} {c}" for s, c in keys], *HEADLINE]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, s in rows:
+        vals = [s["sets"].get(st, {}).get(c) for st, c in keys] + [s.get(h) for h in HEADLINE]
+        lines.append("| " + " | ".join([name, *map(_fmt, vals)]) + " |")
+    table = "\n".join(lines) + "\n"
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.md").write_text(table)
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        width = 0.8 / len(rows)
+        labels = [f"{s}\n{c}" for s, c in keys]
+        for k, (name, s) in enumerate(rows):
+            vals = [s["sets"].get(st, {}).get(c, np.nan) for st, c in keys]
+            ax.bar(np.arange(len(keys)) + k * width, vals, width, label=name)
+        ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2, labels, fontsize=7)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "comparison.png", dpi=100)
+        plt.close(fig)
+    return table

@@ -1,0 +1,84 @@
+"""Which rows each evaluation set holds, per data source, and how its candidates are keyed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import RunConfig
+from ..data.sources import continual_eval_rows, load_real_world, load_tofu
+from ..data.rows import read_rows
+from ..errors import ConfigError, DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class SetSpec:
+    name: str  # forget | retain | real_authors | world_facts | holdout
+    rows: list
+    base_key: str | None  # truth-ratio base answer (None: the answer itself)
+    kind: str  # "forget" | "retain" (truth-ratio aggregation, entailment direction)
+    normalized_probability: bool  # real authors / world facts
+    reference_key: str  # cosine / entailment reference text
+
+
+KNOWN_SETS = ("forget", "retain", "real_authors", "world_facts", "holdout")
+
+
+def _holdout_for(forget_split: str) -> str:
+    digits = "".join(c for c in forget_split if c.isdigit())
+    return f"holdout{digits}"
+
+
+def load_sets(cfg: RunConfig) -> list[SetSpec]:
+    e, d = cfg.eval, cfg.data
+    unknown = [s for s in e.sets if s not in KNOWN_SETS]
+    if unknown:
+        raise ConfigError(f"unknown eval.sets {unknown}; known: {', '.join(KNOWN_SETS)}")
+    names = list(e.sets)
+    holdout = e.holdout_split or (_holdout_for(d.forget_split) if d.source == "tofu" else "none")
+    if "forget" in names and holdout != "none" and "holdout" not in names:
+        names.append("holdout")
+    specs = []
+    for name in names:
+        rows = _rows(cfg, name, holdout)
+        if not rows:
+            raise DataError(f"evaluation set {name!r} is empty; check data.source / eval.forget_split")
+        ref_key = "original_answer" if rows and "original_answer" in rows[0] else "answer"
+        specs.append(SetSpec(
+            name=name,
+            rows=rows,
+            base_key=None if name in ("real_authors", "world_facts", "holdout") else "paraphrased_answer",
+            kind="forget" if name in ("forget", "holdout") else "retain",
+            normalized_probability=name in ("real_authors", "world_facts"),
+            reference_key=ref_key,
+        ))
+    return specs
+
+
+def _rows(cfg: RunConfig, name: str, holdout: str) -> list[dict]:
+    e, d = cfg.eval, cfg.data
+    source = d.source
+    if name == "holdout":
+        return load_tofu(holdout, d.data_dir)
+    if source == "real_world":
+        file = {"forget": "forget_perturbed", "retain": "neighbor_perturbed"}.get(name)
+        if file is None:
+            return _tofu_or_closer(cfg, name)
+        rows = load_real_world(file, d.data_dir)
+        # the paper scores the short golden answer of the real-world sets
+        return [{**r, "answer": r.get("golden_answer", r["answer"])} for r in rows]
+    if name == "forget":
+        if source == "closer_look":
+            return continual_eval_rows(cfg.continual.split or d.forget_split, e.task_id, d.data_dir)
+        return load_tofu(e.forget_split or f"{d.forget_split}_perturbed", d.data_dir)
+    return _tofu_or_closer(cfg, name)
+
+
+def _tofu_or_closer(cfg: RunConfig, name: str) -> list[dict]:
+    d = cfg.data
+    split = {"retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
+             "world_facts": "world_facts_perturbed"}[name]
+    if d.source in ("closer_look", "real_world"):
+        from ..data.sources import _closer_dir
+
+        return read_rows(_closer_dir(d.data_dir) / "tofu" / f"{split}.json")
+    return load_tofu(split, d.data_dir)
