@@ -59,9 +59,16 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
         n = len(evalset)
         bar = tqdm(total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
                    desc=f"eval {spec.name}", unit="row", disable=not progress, dynamic_ncols=True)
-        scores = score_rows(model, evalset.candidates, pad, e.batch_size, buckets, progress=bar)
-        gt, para, pert = _per_candidate(evalset, scores.avg_nll)
+        # the answer rows get full statistics (memorization, Min-K%++); the others log-probs only
         gt_rows = np.flatnonzero(evalset.kind == GT)
+        other_rows = np.flatnonzero(evalset.kind != GT)
+        scores = score_rows(model, evalset.candidates.take(gt_rows), pad, e.batch_size, buckets, progress=bar)
+        avg_nll = np.zeros(len(evalset.candidates))
+        avg_nll[gt_rows] = scores.avg_nll
+        if len(other_rows):
+            avg_nll[other_rows] = score_rows(model, evalset.candidates.take(other_rows), pad, e.batch_size,
+                                             buckets, progress=bar, full_stats=False).avg_nll
+        gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [{"set": spec.name, "index": i, "question": r["question"], "answer": evalset.references[i],
                 "avg_nll": float(gt[i]), "probability": float(np.exp(-gt[i]))} for i, r in enumerate(evalset.rows)]
         stats: dict = {"rows": n}
@@ -86,7 +93,7 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
         em, es = [], []
         for i, row_idx in enumerate(gt_rows):
             ex = evalset.example[row_idx]
-            tok_lp, correct = scores.token_logp[row_idx], scores.correct[row_idx]
+            tok_lp, correct = scores.token_logp[i], scores.correct[i]
             em.append(M.exact_memorization(correct))
             es.append(M.extraction_strength(correct))
             rec[ex]["exact_memorization"], rec[ex]["extraction_strength"] = em[-1], es[-1]
@@ -94,7 +101,7 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
                 "loss": M.mia_loss(tok_lp),
                 "zlib": M.mia_zlib(tok_lp, evalset.references[ex]),
                 "min_k": M.mia_min_k(tok_lp),
-                "min_k_plus_plus": M.mia_min_k_plus_plus(tok_lp, scores.mu[row_idx], scores.sigma[row_idx]),
+                "min_k_plus_plus": M.mia_min_k_plus_plus(tok_lp, scores.mu[i], scores.sigma[i]),
             }
         stats["exact_memorization"], stats["extraction_strength"] = float(np.mean(em)), float(np.mean(es))
         if e.generate and spec.name != "holdout":

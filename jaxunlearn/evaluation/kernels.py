@@ -25,10 +25,16 @@ from ..generation import greedy_generate
 from ..objectives.token_stats import log_probs, shifted
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _score(graphdef, params, ids, mask, labels):
+@functools.partial(jax.jit, static_argnames=("graphdef", "full_stats"))
+def _score(graphdef, params, ids, mask, labels, full_stats: bool):
     logits = nnx.merge(graphdef, params).forward(ids, mask).logits
     lg, targets, sup = shifted(logits, labels)
+    if not full_stats:  # log p(target) only: a logsumexp and a gather, no [B, T, V] temporaries
+        lg = lg.astype(jnp.float32)
+        tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
+        zeros = jnp.zeros_like(tok)
+        return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": zeros, "sigma": zeros,
+                "correct": jnp.zeros_like(sup)}
     logp = log_probs(lg)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     p = jnp.exp(logp)
@@ -68,8 +74,11 @@ def _place(x, mesh):
 
 
 def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
-               buckets: tuple[int, ...] = (64, 128, 256, 512), mesh=None, progress=None) -> RowScores:
-    """Score every row; rows are processed longest-first in fixed-size batches."""
+               buckets: tuple[int, ...] = (64, 128, 256, 512), mesh=None, progress=None,
+               full_stats: bool = True) -> RowScores:
+    """Score every row; rows are processed longest-first in fixed-size batches.
+
+    full_stats=False computes only the token log-probs (mu, sigma, correct come back 0)."""
     graphdef, params = nnx.split(model)
     n = len(rows)
     order = np.argsort(-rows.lengths(), kind="stable")
@@ -80,8 +89,8 @@ def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
         index += [index[-1]] * (batch_size - real)  # a full batch keeps one compiled shape
         length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
         b = pad_rows(rows, index, length, pad_id)
-        res = jax.device_get(_score(graphdef, params, *(_place(b[k], mesh) for k in ("input_ids", "attention_mask",
-                                                                                     "labels"))))
+        arrays = (_place(b[k], mesh) for k in ("input_ids", "attention_mask", "labels"))
+        res = jax.device_get(_score(graphdef, params, *arrays, full_stats=full_stats))
         for j in range(real):
             m = res["mask"][j]
             i = index[j]

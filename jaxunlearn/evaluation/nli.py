@@ -45,7 +45,10 @@ def _last_logits(graphdef, params, ids, mask):
 
 
 class CausalLMNLIJudge:
-    """Zero-shot NLI with a chat LM: 'entailment' when log p(yes) > log p(no)."""
+    """Zero-shot NLI with a chat LM: 'entailment' when log p(yes) - log p(no) exceeds the
+    same margin on a content-free pair ("N/A", "N/A"): contextual calibration (Zhao et
+    al. 2021) removes the small model's prior toward "no". A small LM is a weak judge;
+    reports say which judge produced the numbers."""
 
     QUESTION = ("Premise: {p}\nHypothesis: {h}\n"
                 "Does the premise imply the hypothesis? Answer with yes or no.")
@@ -55,11 +58,16 @@ class CausalLMNLIJudge:
         self.name = f"zero-shot causal-LM NLI with {model_name} (offline fallback, not {PAPER_NLI_MODEL})"
         self.yes = self._first_ids(["yes", "Yes", " yes", " Yes"])
         self.no = self._first_ids(["no", "No", " no", " No"])
+        self.baseline = float(self.margins(["N/A"], ["N/A"])[0])
 
     def _first_ids(self, words) -> np.ndarray:
         return np.unique([self.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words])
 
     def labels(self, premises: list[str], hypotheses: list[str]) -> list[str]:
+        return [ENTAILMENT if m > self.baseline else "not_entailment" for m in self.margins(premises, hypotheses)]
+
+    def margins(self, premises: list[str], hypotheses: list[str]) -> np.ndarray:
+        """log p(yes) - log p(no) for the answer's first token, per pair."""
         from ..generation import encode_prompts
 
         graphdef, params = nnx.split(self.model)
@@ -79,5 +87,5 @@ class CausalLMNLIJudge:
             logp = np.asarray(logp)[:real]
             yes = np.logaddexp.reduce(logp[:, self.yes], axis=-1)
             no = np.logaddexp.reduce(logp[:, self.no], axis=-1)
-            out += [ENTAILMENT if y > n else "not_entailment" for y, n in zip(yes, no)]
-        return out
+            out.append(yes - no)
+        return np.concatenate(out)

@@ -1,0 +1,220 @@
+"""Evaluation: metrics by hand, kernels against full forwards, BERT against transformers,
+aggregation on a hand-built fixture, and the end-to-end `eval`/`report` path."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+
+import numpy as np
+import pytest
+from scipy.stats import ks_2samp, mannwhitneyu
+
+import jaxunlearn
+from conftest import TINY_TRAIN
+from jaxunlearn.config import load_config
+from jaxunlearn.data.tokenize import TokenizedRows
+from jaxunlearn.errors import ConfigError, DataError
+from jaxunlearn.evaluation import metrics as M
+from jaxunlearn.evaluation.evaluate import aggregate, check_vocab, read_records
+from jaxunlearn.evaluation.kernels import generate_texts, score_rows
+
+
+def test_probability_and_truth_ratio_by_hand():
+    gt = np.array([0.5, 1.0, 2.0])
+    assert M.probability(gt) == pytest.approx((math.exp(-0.5) + math.exp(-1) + math.exp(-2)) / 3)
+    pert = np.array([[1.0, 2.0], [1.0, 1.0], [0.5, 3.0]])
+    want = np.mean([math.exp(-g) / (math.exp(-g) + sum(math.exp(-p) for p in row)) for g, row in zip(gt, pert)])
+    assert M.normalized_probability(gt, pert) == pytest.approx(want)
+    para = np.array([1.0, 0.5, 2.0])
+    r = M.truth_ratios(para, pert)
+    np.testing.assert_allclose(r, [math.exp(1.0 - 1.5), math.exp(0.5 - 1.0), math.exp(2.0 - 1.75)])
+    assert M.truth_ratio_retain(r) == pytest.approx(np.mean([max(0, 1 - x) for x in r]))
+    assert M.truth_ratio_forget(r) == pytest.approx(np.mean([min(x, 1 / x) for x in r]))
+    assert M.truth_ratio_forget_closer_look(r) == pytest.approx(1 - M.truth_ratio_forget(r))
+
+
+def test_forget_quality_is_the_ks_p_value():
+    rng = np.random.RandomState(0)
+    a, b = rng.lognormal(0, 1, 300), rng.lognormal(0.3, 1, 300)
+    assert M.forget_quality(a, b) == pytest.approx(ks_2samp(a, b).pvalue)
+    assert M.forget_quality(a, a) == pytest.approx(1.0)
+    # TOFU's code tests exp(pert - para) = 1/R: the KS test is invariant to that monotone map
+    assert M.forget_quality(1 / a, 1 / b) == pytest.approx(M.forget_quality(a, b))
+
+
+def test_generation_metrics_by_hand():
+    assert M.token_entropy(["a", "b", "a", "c"]) == pytest.approx(
+        -(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25)) / math.log2(4))
+    assert M.token_entropy(["x"]) == 0.0 and M.token_entropy(["x", "x", "x"]) == 0.0
+    rouge = M.rouge_l_recall(["the cat sat", "nothing here"], ["the cat sat on the mat", "a dog"])
+    assert rouge[0] == pytest.approx(3 / 6) and rouge[1] == 0.0
+    cos = M.cosine_similarity(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 1.0], [-1.0, -1.0]]))
+    np.testing.assert_allclose(cos, [0.0, 0.0])
+    assert M.cosine_similarity(np.array([[3.0, 4.0]]), np.array([[4.0, 3.0]]))[0] == pytest.approx(24 / 25)
+    flags = M.entailment_flags(["entailment", "entailment", "neutral"], np.array([0.5, 0.05, 0.9]))
+    np.testing.assert_array_equal(flags, [1, 0, 0])
+
+
+def test_memorization_by_hand():
+    assert M.exact_memorization([True, False, True, True]) == 0.75
+    assert M.extraction_strength([True, True, True]) == 1.0
+    assert M.extraction_strength([True, False, True, True]) == pytest.approx(1 - 2 / 4)
+    assert M.extraction_strength([True, True, False]) == 0.0
+
+
+def test_mia_scores_auc_and_privleak_by_hand():
+    lp = np.array([-0.1, -2.0, -0.5, -3.0, -1.0])
+    assert M.mia_loss(lp) == pytest.approx(1.32)
+    assert M.mia_zlib(lp, "hello") == pytest.approx(6.6 / len(zlib.compress(b"hello")))
+    assert M.mia_min_k(lp, 0.4) == pytest.approx(2.5)  # two lowest of five: -3, -2
+    mu, sigma = np.full(5, -1.0), np.full(5, 2.0)
+    assert M.mia_min_k_plus_plus(lp, mu, sigma, 0.4) == pytest.approx(-np.mean([(-3 + 1) / 2, (-2 + 1) / 2]))
+    f, h = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0.2, 0.4, 0.9])
+    brute = np.mean([1.0 if y > x else 0.5 if y == x else 0.0 for x in f for y in h])
+    assert M.auc(f, h) == pytest.approx(brute)
+    assert M.auc(f, h) == pytest.approx(mannwhitneyu(h, f).statistic / (len(f) * len(h)))
+    assert M.privleak(0.9, 0.5) == pytest.approx(((0.1) - (0.5)) / 0.5 * 100)
+    assert M.harmonic_mean([0.5, 0.25]) == pytest.approx(1 / 3) and M.harmonic_mean([0.5, 0.0]) == 0.0
+
+
+def test_aggregation_on_a_hand_built_fixture():
+    sets = {
+        "forget": {"rougeL_recall": 0.2, "probability": 0.1, "truth_ratio": 0.6, "truth_ratio_closer_look": 0.4,
+                   "cosine": 0.3, "entailment": 0.0, "token_entropy": 0.9},
+        "retain": {"probability": 0.8, "rougeL_recall": 0.7, "truth_ratio": 0.5, "token_entropy": 0.9,
+                   "cosine": 0.8, "entailment": 0.6},
+        "real_authors": {"probability": 0.6, "rougeL_recall": 0.9, "truth_ratio": 0.7, "token_entropy": 0.8,
+                         "cosine": 0.7, "entailment": 0.5},
+        "world_facts": {"probability": 0.5, "rougeL_recall": 0.8, "truth_ratio": 0.6, "token_entropy": 0.85,
+                        "cosine": 0.75, "entailment": 0.55},
+    }
+    nine = [0.8, 0.7, 0.5, 0.6, 0.9, 0.7, 0.5, 0.8, 0.6]
+    records = [{"set": "forget", "mia": {"loss": v}} for v in (0.5, 1.0)] + \
+              [{"set": "holdout", "mia": {"loss": v}} for v in (2.0, 0.7)]
+    out = aggregate(sets, records)
+    assert out["model_utility"] == pytest.approx(9 / sum(1 / x for x in nine))
+    eighteen = [sets[s][k] for s in ("retain", "real_authors", "world_facts")
+                for k in ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")]
+    assert out["model_utility_closer_look"] == pytest.approx(18 / sum(1 / x for x in eighteen))
+    assert out["forget_efficacy"] == pytest.approx(1 - np.mean([0.2, 0.1, 0.4, 0.3, 0.0]))
+    assert out["mia_auc"]["loss"] == pytest.approx(0.75)  # holdout > forget in 3 of 4 pairs
+
+
+def _rows(seed=0, n=5, vocab=101):
+    rng = np.random.RandomState(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        length = rng.randint(6, 30)
+        x = rng.randint(3, vocab, length).astype(np.int32)
+        y = x.copy()
+        y[: rng.randint(1, 5)] = -100
+        ids.append(x)
+        labels.append(y)
+    return TokenizedRows(ids, labels)
+
+
+def test_score_kernel_matches_full_forward(tiny_checkpoints):
+    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+    rows = _rows()
+    full = score_rows(model, rows, pad_id=0, batch_size=4, buckets=(16, 32))
+    light = score_rows(model, rows, pad_id=0, batch_size=4, buckets=(16, 32), full_stats=False)
+    for i, (x, y) in enumerate(zip(rows.ids, rows.labels)):
+        logits = np.asarray(model(x[None]))[0, :-1].astype(np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+            logits.max(-1, keepdims=True)
+        sup = y[1:] != -100
+        want = logp[np.arange(len(x) - 1), np.where(sup, y[1:], 0)][sup]
+        np.testing.assert_allclose(full.token_logp[i], want, atol=1e-4)
+        np.testing.assert_allclose(light.token_logp[i], want, atol=1e-4)
+        p = np.exp(logp[sup])
+        np.testing.assert_allclose(full.mu[i], (p * logp[sup]).sum(-1), atol=1e-4)
+        np.testing.assert_array_equal(full.correct[i], logits[sup].argmax(-1) == y[1:][sup])
+    np.testing.assert_allclose(full.avg_nll, light.avg_nll, rtol=1e-5)
+
+
+def test_generate_texts_matches_step_by_step(tiny_lm, smollm2):
+    from test_generation import full_forward_greedy
+
+    tok = smollm2[1]
+    model, _ = jaxunlearn.load_pretrained(tiny_lm)
+    prompts = [np.asarray(tok(t)["input_ids"], np.int32) for t in ("Who wrote this?", "Tell me a story about it")]
+    texts = generate_texts(model, tok, prompts, pad_id=2, eos_ids=[2], batch_size=2, max_length=24, buckets=(16,))
+    for p, text in zip(prompts, texts):
+        steps = full_forward_greedy(model, p[None], np.ones_like(p)[None], 24 - 16)[0].tolist()
+        cut = steps.index(2) if 2 in steps else len(steps)
+        assert text == tok.decode(steps[:cut], skip_special_tokens=True).strip()
+
+
+def test_bert_encoder_matches_transformers():
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import BertModel
+
+    from jaxunlearn.evaluation.bert import SentenceEmbedder, minilm_path
+
+    emb = SentenceEmbedder()
+    texts = ["The capital of France is Paris.", "Paris is France's capital city.", "Turtles swim slowly."]
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tok.no_padding()
+    enc = tok.encode_batch(texts)
+    width = max(len(e.ids) for e in enc)
+    ids, mask = np.zeros((3, width), np.int64), np.zeros((3, width), np.int64)
+    for i, e in enumerate(enc):
+        ids[i, : len(e.ids)], mask[i, : len(e.ids)] = e.ids, 1
+    with torch.no_grad():
+        ref = BertModel.from_pretrained(str(minilm_path())).eval()(
+            torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    ours = np.asarray(emb.model(ids.astype(np.int32), mask.astype(np.int32)))
+    assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
+    pooled = (ref * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
+    np.testing.assert_allclose(emb.encode(texts), pooled, atol=1e-4)
+    e = emb.encode(texts)
+    assert e[0] @ e[1] > 0.8 and e[0] @ e[2] < 0.3
+
+
+def test_vocab_mismatch_and_missing_retain_eval(tiny_checkpoints, smollm2, tmp_path):
+    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+    with pytest.raises(DataError, match="tokenizer has 49152 tokens but the model's vocabulary is 101"):
+        check_vocab(model, smollm2[1])
+    with pytest.raises(ConfigError, match="retain model's evaluation.*jaxunlearn eval"):
+        read_records(tmp_path)
+
+
+def test_empty_split(tmp_path):
+    from jaxunlearn.evaluation.sets import load_sets
+
+    (tmp_path / "tofu").mkdir()
+    for name in ("forget01_perturbed", "holdout01"):
+        (tmp_path / "tofu" / f"{name}.json").write_text("")
+    cfg = load_config(None, [f"data.data_dir={tmp_path}", "data.forget_split=forget01", "eval.sets=[forget]"])
+    with pytest.raises(DataError, match="evaluation set 'forget' is empty"):
+        load_sets(cfg)
+
+
+@pytest.mark.subprocess
+def test_eval_and_report_cli_end_to_end(tiny_lm, tmp_path):
+    from conftest import run_cli
+
+    common = [f"model.path={tiny_lm}", *TINY_TRAIN, "eval.num_rows=4", "eval.batch_size=4", "eval.max_length=48",
+              "data.buckets=[64,128]"]
+    a = run_cli("eval", *common, f"output.dir={tmp_path / 'a'}", "--no-progress")
+    assert a.returncode == 0, a.stderr[-3000:]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert set(summary["sets"]) == {"forget", "retain", "real_authors", "world_facts", "holdout"}
+    assert {"model_utility", "mia_auc"} <= set(summary) and summary["embedding_model"] == "all-MiniLM-L6-v2"
+    recs = [json.loads(x) for x in (tmp_path / "a" / "per_example.jsonl").read_text().splitlines()]
+    forget = [r for r in recs if r["set"] == "forget"]
+    assert len(forget) == 4 and {"truth_ratio", "generation", "rougeL_recall", "cosine", "mia"} <= set(forget[0])
+    assert (tmp_path / "a" / "report.md").exists() and (tmp_path / "a" / "truth_ratio.png").exists()
+    # forget quality against a "retain model" evaluation: the same model gives p = 1
+    b = run_cli("eval", *common, f"output.dir={tmp_path / 'b'}", f"eval.retain_eval={tmp_path / 'a'}",
+                "eval.generate=false", "--no-progress")
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["forget_quality"] == pytest.approx(1.0)
+    again = run_cli("eval", *common, f"output.dir={tmp_path / 'a'}")
+    assert again.returncode != 0 and "already holds an evaluation" in again.stderr
+    rep = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp"))
+    assert rep.returncode == 0 and "| a |" in rep.stdout and (tmp_path / "cmp" / "comparison.png").exists()
