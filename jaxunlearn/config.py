@@ -113,6 +113,7 @@ class EvalSection:
     retain_eval: str | None = None  # eval dir of a retain model (per_example.jsonl) for forget quality
     reference_model: str | None = None  # MIA reference-difference attack
     task_id: int = 1  # source=closer_look: the continual task whose forget rows are evaluated
+    every_steps: int | None = None  # unlearn: also evaluate every k steps (into output.dir/eval/step_k)
 
 
 @dataclasses.dataclass

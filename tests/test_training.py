@@ -209,3 +209,13 @@ def test_unknown_config_key_names_closest():
 
 def test_data_rows_are_real():
     assert len(load_tofu("forget01")) == 40
+
+
+def test_periodic_evaluation_inside_unlearning(tiny_lm, tmp_path):
+    cfg = config(tiny_lm, tmp_path, "objective.name=GA", "train.max_steps=2", "output.export=false",
+                 "eval.every_steps=1", "eval.num_rows=2", "eval.generate=false", "eval.sets=[forget]",
+                 "eval.holdout_split=none")
+    unlearn(cfg, progress=False)
+    probs = [json.loads((tmp_path / "run" / "eval" / f"step_{k}" / "summary.json").read_text())
+             ["sets"]["forget"]["probability"] for k in (1, 2)]
+    assert probs[1] < probs[0]  # gradient ascent lowers the forget answers' probability

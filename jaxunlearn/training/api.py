@@ -51,7 +51,25 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
         reference, _ = _load(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
     forget, retain = forget_and_retain(cfg)
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
-    return train(model, tokenizer, streams, objective, cfg, out, reference, resume, progress)
+    return train(model, tokenizer, streams, objective, cfg, out, reference, resume, progress,
+                 on_step=_periodic_eval(cfg, tokenizer, out))
+
+
+def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
+    """Evaluate every eval.every_steps steps into out/eval/step_K (single-process runs)."""
+    import jax
+
+    every = cfg.eval.every_steps
+    if not every or jax.process_count() > 1:
+        return None
+
+    def on_step(step: int, get_model) -> None:
+        if step % every == 0:
+            from ..evaluation.api import evaluate
+
+            evaluate(cfg, get_model(), tokenizer, out_dir=out / "eval" / f"step_{step}", progress=False)
+
+    return on_step
 
 
 def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progress: bool) -> dict:

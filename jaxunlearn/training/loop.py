@@ -127,11 +127,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     export: bool | None = None,
+    on_step=None,
 ) -> dict:
     """Run the configured number of steps of `objective` and export the result.
 
     `model` is the policy's starting point (an NNX model); `reference` the frozen model
-    for the terms that need one. Returns a summary with the final model under "model".
+    for the terms that need one; `on_step(step, model)`, if given, runs after each step
+    (periodic evaluation). Returns a summary with the final model under "model".
     """
     t = cfg.train
     out_dir = Path(out_dir)
@@ -223,6 +225,8 @@ def train(
             bar.update(1)
             if checkpointer.should_save(step + 1, last=step + 1 == total):
                 checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
+            if on_step is not None:
+                on_step(step + 1, lambda: nnx.merge(graphdef, state.params))
     finally:
         bar.close()
         checkpointer.close()
