@@ -219,3 +219,15 @@ def test_periodic_evaluation_inside_unlearning(tiny_lm, tmp_path):
     probs = [json.loads((tmp_path / "run" / "eval" / f"step_{k}" / "summary.json").read_text())
              ["sets"]["forget"]["probability"] for k in (1, 2)]
     assert probs[1] < probs[0]  # gradient ascent lowers the forget answers' probability
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_lm, tmp_path):
+    from jaxunlearn.training.loop import TrainingError
+
+    cfg = config(tiny_lm, tmp_path, "objective.name=GA", "objective.forget_weight=1", "train.max_steps=6",
+                 "train.warmup_steps=0", "train.lr=1e30", "output.checkpoint_every=1", "output.export=false")
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step (\d).*last good checkpoint is step"):
+        unlearn(cfg, progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] == len(lines)  # every finite step checkpointed, the bad one not

@@ -31,6 +31,16 @@ def check_vocab(model, tokenizer) -> None:
         )
 
 
+def _data_mesh(batch_size: int):
+    """Spread scoring batches over every device when there are several (data axis)."""
+    import jax
+
+    from ..parallel import make_mesh
+
+    n = jax.device_count()
+    return make_mesh(data=n) if n > 1 and batch_size % n == 0 else None
+
+
 def _per_candidate(evalset, avg_nll):
     n = len(evalset)
     gt, para = np.zeros(n), np.zeros(n)
@@ -52,6 +62,7 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
     e = cfg.eval
     pad = pad_token_id(tokenizer)
     buckets = tuple(cfg.data.buckets)
+    mesh = _data_mesh(e.batch_size)
     records, summary = [], {"sets": {}}
     for spec in load_sets(cfg):
         evalset = build_eval_set(tokenizer, template, spec.rows, spec.name, cfg.data.max_length, e.num_rows,
@@ -62,12 +73,12 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
         # the answer rows get full statistics (memorization, Min-K%++); the others log-probs only
         gt_rows = np.flatnonzero(evalset.kind == GT)
         other_rows = np.flatnonzero(evalset.kind != GT)
-        scores = score_rows(model, evalset.candidates.take(gt_rows), pad, e.batch_size, buckets, progress=bar)
+        scores = score_rows(model, evalset.candidates.take(gt_rows), pad, e.batch_size, buckets, mesh, bar)
         avg_nll = np.zeros(len(evalset.candidates))
         avg_nll[gt_rows] = scores.avg_nll
         if len(other_rows):
             avg_nll[other_rows] = score_rows(model, evalset.candidates.take(other_rows), pad, e.batch_size,
-                                             buckets, progress=bar, full_stats=False).avg_nll
+                                             buckets, mesh, bar, full_stats=False).avg_nll
         gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [{"set": spec.name, "index": i, "question": r["question"], "answer": evalset.references[i],
                 "avg_nll": float(gt[i]), "probability": float(np.exp(-gt[i]))} for i, r in enumerate(evalset.rows)]
