@@ -83,6 +83,15 @@ def _eval(args) -> None:
     print(f"results in {cfg.output.dir} ({summary['seconds']:.0f} s)")
 
 
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    result = run_demo(args.config, args.out, args.overrides, progress=not args.no_progress)
+    print(result["table"])
+    print(f"demo done in {result['seconds']:.0f} s: report in {args.out}/report "
+          f"(README.md, comparison.png), unlearned HF models in {args.out}/unlearn/*/model")
+
+
 def _report(args) -> None:
     from .evaluation.report import compare_runs
 
@@ -120,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation already in output.dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("demo", help="scaled-down TOFU end to end with the real SmolLM2-135M (CPU, minutes)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("report", help="put several evaluations side by side (markdown + plot)")
     p.add_argument("runs", nargs="+", help="evaluation directories (holding summary.json)")

@@ -259,9 +259,10 @@ def _merge(a: dict, b: dict) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: RunConfig | None = None) -> RunConfig:
     """Defaults <- YAML file (may name `base:` files to extend) <- key=value overrides."""
-    data: dict = {}
-    if path is not None:
-        data = read_yaml(Path(path))
+    return config_from_dict(read_yaml(Path(path)) if path is not None else {}, overrides, base)
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None, base: RunConfig | None = None) -> RunConfig:
     for text in overrides or []:
         data = _merge(data, parse_override(text))
     cfg = base or RunConfig()

@@ -71,11 +71,17 @@ def logical_sharding(axes, shape, mesh: Mesh, rules=None) -> NamedSharding:
 
 
 def initialize_distributed_from_env() -> bool:
-    """Start jax.distributed when the launcher set JAXUNLEARN_COORDINATOR & co.
+    """Start jax.distributed when a launcher asked for it through the environment.
 
-    On TPU pods `jax.distributed.initialize()` discovers everything itself; elsewhere the
-    coordinator address, process count and id come from the environment.
+    JAXUNLEARN_DISTRIBUTED=auto: `jax.distributed.initialize()` discovers everything itself
+    (TPU pods, SLURM). Otherwise JAXUNLEARN_COORDINATOR, JAXUNLEARN_NUM_PROCESSES and
+    JAXUNLEARN_PROCESS_ID name the coordinator, process count and this process.
     """
+    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+        return True
+    if os.environ.get("JAXUNLEARN_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()
+        return True
     coordinator = os.environ.get("JAXUNLEARN_COORDINATOR")
     if not coordinator:
         return False

@@ -9,7 +9,7 @@ import pytest
 from jaxunlearn.config import load_config
 from jaxunlearn.objectives import build_objective
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.name != "demo.yaml")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
@@ -25,3 +25,14 @@ def test_paper_me_gd_preset():
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.seed) == (1e-5, 5, 32, 1001)
     assert cfg.data.pad_to == 500 and cfg.objective.options.me_positions == "all_padded"
     assert cfg.model.dtype == "bfloat16" and cfg.data.template == "llama2-chat"
+
+
+def test_demo_config_stages_load():
+    from jaxunlearn.config import config_from_dict, read_yaml
+
+    data = read_yaml(Path(__file__).parents[1] / "configs/demo.yaml")
+    demo = data.pop("demo")
+    config_from_dict(dict(data), demo["finetune"])
+    for overrides in demo["methods"].values():
+        cfg = config_from_dict(dict(data), [*demo["unlearn_common"], *overrides])
+        build_objective(cfg.objective.name, cfg.objective.forget_weight, cfg.objective.retain_weight)

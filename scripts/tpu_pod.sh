@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run one jaxunlearn command on every host of a TPU pod slice. From your workstation:
+#
+#   gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all \
+#     --command="cd jaxunlearn && scripts/tpu_pod.sh unlearn --config configs/paper/tofu/me_gd.yaml \
+#                mesh.data=1 mesh.fsdp=-1 output.dir=gs-fuse/runs/me_gd"
+#
+# Every host runs the same command; jax.distributed discovers the pod itself
+# (JAXUNLEARN_DISTRIBUTED=auto), each host feeds its slice of the global batch, process 0
+# writes metrics and exports. output.dir must be on storage every host sees.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q -e . "jax[tpu]==0.10.2"
+fi
+export JAXUNLEARN_DISTRIBUTED=auto
+exec .venv/bin/jaxunlearn "$@"
