@@ -52,9 +52,11 @@ def run_demo(config_path: str | Path, out: str | Path, overrides: list[str] | No
     pert_retain = load_tofu("retain_perturbed", base().data.data_dir)[: demo["retain_rows"]]
     eval_dir = files / "eval" / "tofu"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("demo_forget_perturbed", pert_forget), ("retain_perturbed", pert_retain)):
+    # a TOFU-shaped directory holding just the demo's rows, so the standard evaluation reads it
+    forget_eval = f"{demo['forget_split']}_perturbed"
+    for name, rows in ((forget_eval, pert_forget), ("retain_perturbed", pert_retain)):
         (eval_dir / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    eval_keys = [f"data.data_dir={files / 'eval'}", "eval.forget_split=demo_forget_perturbed"]
+    eval_keys = [f"data.data_dir={files / 'eval'}", f"eval.forget_split={forget_eval}"]
 
     cache = out / "cache"
     results: dict = {"stages": {}}
