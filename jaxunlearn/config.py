@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def _coerce(key: str, value, tp):
         if type(None) in typing.get_args(tp):
             return None
         raise ConfigError(f"{key} may not be null")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if origin in (typing.Union, types.UnionType) and args:
         return _coerce(key, value, args[0])
     if origin is list:
         if not isinstance(value, list):

@@ -61,19 +61,22 @@ def strip_after_eos(tokens: np.ndarray, eos_token_ids) -> list[list[int]]:
     return rows
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat: bool = False):
-    """Left-padded (ids, mask) numpy arrays for generation; chat applies the chat template."""
+def encode_prompts(tokenizer, prompts: list[str], chat: bool = False, round_width: bool = False):
+    """Left-padded (ids, mask, pad_id) for generation; chat applies the chat template.
+
+    round_width pads to the next power of two, so repeated calls compile few shapes."""
+    from .data.eval_sets import left_pad
+    from .data.tokenize import pad_token_id
+
     if chat:
         prompts = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pad_id = pad_token_id(tokenizer)
+    encoded = [np.asarray(e, np.int32) for e in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     width = max(len(e) for e in encoded)
-    ids = np.full((len(encoded), width), pad_id, np.int32)
-    mask = np.zeros((len(encoded), width), np.int32)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):] = e
-        mask[row, width - len(e):] = 1
+    if round_width:
+        width = 1 << (width - 1).bit_length()
+    ids, mask = left_pad(encoded, pad_id, width)
     return ids, mask, pad_id

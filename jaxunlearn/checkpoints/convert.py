@@ -94,7 +94,7 @@ def load_model(config: ModelConfig, source: TensorSource, mesh=None, rules=None)
         shape = tuple(variable.get_value().shape)
         layered = "{i}" in hf
         array = _read_param(source, hf, kind, shape, layered, dtype)
-        used.update(hf.format(i=i) for i in range(shape[0])) if layered else used.add(hf)
+        used.update(hf.format(i=i) for i in range(shape[0] if layered else 1))
         if mesh is not None:
             sharding = logical_sharding(variable.get_metadata()["logical_axes"], shape, mesh, rules)
             values[path] = jax.make_array_from_callback(shape, sharding, lambda idx, a=array: a[idx])

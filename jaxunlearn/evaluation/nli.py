@@ -78,11 +78,7 @@ class CausalLMNLIJudge:
                      zip(premises[start:start + self.batch_size], hypotheses[start:start + self.batch_size])]
             real = len(texts)
             texts += [texts[-1]] * (self.batch_size - real)
-            ids, mask, _ = encode_prompts(self.tokenizer, texts, chat=chat)
-            width = 1 << (ids.shape[1] - 1).bit_length()  # few shapes
-            pad = width - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=ids[0, 0] if pad == 0 else 0)
-            mask = np.pad(mask, ((0, 0), (pad, 0)))
+            ids, mask, _ = encode_prompts(self.tokenizer, texts, chat=chat, round_width=True)
             logp = jax.nn.log_softmax(_last_logits(graphdef, params, jnp.asarray(ids), jnp.asarray(mask)), -1)
             logp = np.asarray(logp)[:real]
             yes = np.logaddexp.reduce(logp[:, self.yes], axis=-1)
