@@ -32,7 +32,16 @@ TINY_CONFIGS = {
                       "original_max_position_embeddings": 8})),
     "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
     "mistral_window": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=4, head_dim=16)),
+    "phi": ("PhiConfig", dict(num_attention_heads=4, partial_rotary_factor=0.5)),
+    "gpt2": ("GPT2Config", dict(num_attention_heads=4)),
+    "gpt_neox": ("GPTNeoXConfig", dict(num_attention_heads=4, rotary_pct=0.25)),
+    "gpt_neox_sequential": ("GPTNeoXConfig", dict(num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=False)),
+    "gemma": ("GemmaConfig", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16)),
+    "gemma2": ("Gemma2Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=3, sliding_window=4,
+        query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=8.0)),
 }
+FAMILY_CONFIGS = ("phi", "gpt2", "gpt_neox", "gpt_neox_sequential", "gemma", "gemma2")
 
 
 def tiny_hf_config(name: str):

@@ -36,6 +36,8 @@ class TensorSource(Protocol):
 
 
 def to_hf_layout(array: np.ndarray, kind: str) -> np.ndarray:
+    """HF stores nn.Linear weights [out, in]; ours are [in, out]. GPT-2's Conv1D weights
+    (kind conv1d) are [in, out] in both, like every other kind."""
     return np.ascontiguousarray(array.T) if kind == "linear" else array
 
 

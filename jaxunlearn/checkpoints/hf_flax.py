@@ -16,7 +16,10 @@ from flax import serialization
 from ..errors import CheckpointError
 
 FILENAME = "flax_model.msgpack"
-_LEAF = {"linear": "kernel", "embedding": "embedding", "norm": "weight", "bias": "bias"}
+_LEAF = {"linear": "kernel", "conv1d": "kernel", "embedding": "embedding", "norm": "weight",
+         "layernorm": "scale", "bias": "bias"}
+# Flax kernels are the transpose of the PyTorch weight for nn.Linear and Conv1D alike.
+_TRANSPOSED = ("linear", "conv1d")
 
 
 def flax_path(hf_name: str, kind: str) -> tuple[str, ...]:
@@ -64,7 +67,7 @@ class FlaxMsgpackSource:
     def get(self, name: str) -> np.ndarray:
         array, kind = self._tensors[name]
         array = np.asarray(array)
-        return np.ascontiguousarray(array.T) if kind == "linear" else array
+        return np.ascontiguousarray(array.T) if kind in _TRANSPOSED else array
 
 
 def _match(hf_pattern: str, kind: str, key: tuple[str, ...]) -> str | None:
@@ -92,5 +95,5 @@ def write_flax_msgpack(tensors, kinds: dict[str, str], path: Path) -> None:
         *parents, leaf = flax_path(name, kind)
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = np.ascontiguousarray(array.T) if kind == "linear" else array
+        node[leaf] = np.ascontiguousarray(array.T) if kind in _TRANSPOSED else array
     path.write_bytes(serialization.msgpack_serialize(tree))

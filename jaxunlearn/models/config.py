@@ -56,10 +56,15 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     remat: str = "none"  # "none" | "full" | "dots": per-block rematerialization policy
     hf_config_json: str = "{}"  # the original config.json, as text so the config stays hashable
+    # Family-specific architecture switches as sorted (key, value) pairs (models/decoder.py).
+    arch: tuple = ()
 
     @property
     def rope_scaling_dict(self) -> dict | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.arch).get(key, default)
 
     @property
     def hf_config(self) -> dict:

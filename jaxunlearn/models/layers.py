@@ -75,21 +75,52 @@ def attention_mask(
     return allowed
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array,
+                          scale: float | None = None, softcap: float | None = None) -> jax.Array:
     """Grouped-query attention.
 
     q [B, T, H, D], k/v [B, S, KV, D] with H a multiple of KV, allowed [B, T, S].
-    Scores and softmax in fp32. A fully masked row (a padding query) gets uniform weights
-    rather than NaN, like transformers' SDPA path.
+    Scores (times `scale`, default D^-1/2, then Gemma-2's tanh soft-capping if given) and
+    softmax in fp32. A fully masked row (a padding query) gets uniform weights rather than
+    NaN, like transformers' SDPA path.
     """
     b, t, h, d = q.shape
     kv = k.shape[2]
     groups = h // kv
     qg = q.reshape(b, t, kv, groups, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(d)
+    scores = scores * (scale if scale is not None else 1.0 / math.sqrt(d))
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
     big_negative = jnp.finfo(jnp.float32).min
     scores = jnp.where(allowed[:, None, None, :, :], scores, big_negative)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array | None, eps: float) -> jax.Array:
+    """LayerNorm with fp32 statistics."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * weight.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def rms_norm_plus_one(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """Gemma's RMSNorm: the scale is (1 + w), applied in fp32 before casting back."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf, torch's nn.GELU()
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}

@@ -67,4 +67,4 @@ def hf_json(cfg: dict) -> str:
 
 
 # Importing the family modules registers them.
-from . import llama_family  # noqa: E402,F401
+from . import gemma, gpt2, gpt_neox, llama_family, phi  # noqa: E402,F401

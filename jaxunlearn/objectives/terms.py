@@ -78,11 +78,12 @@ def _me_positions(b, o: ObjectiveOptions) -> jax.Array:
 
 def me_num(pol, ref, batch, o: ObjectiveOptions):
     b = batch["forget"]
-    logp = log_probs(pol["forget"].logits[:, :-1])
-    vocab = logp.shape[-1]
-    if o.me_direction == "uniform_ce":  # KL(U || P) = -log V - mean_v log P_v
-        per_pos = -math.log(vocab) - logp.mean(-1)
+    logits = pol["forget"].logits[:, :-1].astype(jnp.float32)
+    vocab = logits.shape[-1]
+    if o.me_direction == "uniform_ce":  # KL(U || P) = -log V - mean_v log P_v = lse - mean_v z_v - log V
+        per_pos = jax.nn.logsumexp(logits, axis=-1) - logits.mean(-1) - math.log(vocab)
     elif o.me_direction == "kl_to_uniform":  # KL(P || U) = log V - H(P)
+        logp = log_probs(logits)
         per_pos = math.log(vocab) + (jnp.exp(logp) * logp).sum(-1)
     else:
         raise ValueError(f"unknown me.direction {o.me_direction!r}")

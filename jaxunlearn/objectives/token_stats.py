@@ -2,6 +2,11 @@
 
 Logits at position t predict token t+1, so everything works on the shifted pair
 (logits[:, :-1], labels[:, 1:]); log-softmax is always fp32.
+
+The hot path, log p(target), never materializes a [B, T, V] log-softmax: the forward is a
+logsumexp and a gather, and a custom VJP writes the gradient softmax - onehot in one fused
+pass (autodiff of take_along_axis would build a scatter). It also works on the unshifted
+logits with left-shifted targets, so no sliced copy of the logits is made.
 """
 
 from __future__ import annotations
@@ -23,11 +28,43 @@ def log_probs(logits: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
+@jax.custom_vjp
+def target_logp(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log softmax(logits)[target], fp32 [B, T], for valid integer targets [B, T]."""
+    return _target_logp_fwd(logits, targets)[0]
+
+
+def _target_logp_fwd(logits, targets):
+    x = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(x, axis=-1)
+    tok = jnp.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
+    return tok - lse, (logits, targets, lse)
+
+
+def _target_logp_bwd(res, g):
+    logits, targets, lse = res
+    x = logits.astype(jnp.float32)
+    onehot = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == targets[..., None]
+    grad = g[..., None] * (onehot.astype(jnp.float32) - jnp.exp(x - lse[..., None]))
+    return grad.astype(logits.dtype), None
+
+
+target_logp.defvjp(_target_logp_fwd, _target_logp_bwd)
+
+
+def next_token_targets(labels: jax.Array):
+    """(targets [B, T] = labels shifted left with 0 where ignored, supervised mask [B, T]);
+    the last position never has a target."""
+    nxt = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+    mask = nxt != IGNORE
+    return jnp.where(mask, nxt, 0), mask
+
+
 def token_logp(logits: jax.Array, labels: jax.Array):
     """(log p(target) [B, T-1] zeroed where ignored, mask [B, T-1])."""
-    lg, targets, mask = shifted(logits, labels)
-    logp = jnp.take_along_axis(log_probs(lg), targets[..., None], axis=-1)[..., 0]
-    return jnp.where(mask, logp, 0.0), mask
+    targets, mask = next_token_targets(labels)
+    logp = jnp.where(mask, target_logp(logits, targets), 0.0)
+    return logp[:, :-1], mask[:, :-1]
 
 
 def seq_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -33,8 +33,8 @@ from .step import (
     init_state,
     jit_train_step,
     make_train_step,
-    param_shardings,
     place_batch,
+    place_params,
     sequence_nll,
 )
 
@@ -79,11 +79,6 @@ def rmu_trainable_mask(params, layer: int, which: str, num_layers: int):
         return jnp.zeros((), jnp.float32)
 
     return jax.tree_util.tree_map_with_path(one, params)
-
-
-def _place_params(params, mesh):
-    shardings = param_shardings(params, mesh)
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
 
 
 def _cast(params, dtype_name: str | None):
@@ -149,11 +144,11 @@ def train(
         )
 
     graphdef, params = nnx.split(model)
-    params = _place_params(params, mesh)
+    params = place_params(params, mesh)
     ref_params = None
     if objective.needs_reference:
         _, ref_params = nnx.split(reference)
-        ref_params = _place_params(_cast(ref_params, cfg.model.reference_dtype), mesh)
+        ref_params = place_params(_cast(ref_params, cfg.model.reference_dtype), mesh)
 
     n = len(next(iter(streams.values())))
     total = t.max_steps or paper_num_steps(n, t.epochs, t.batch_size)

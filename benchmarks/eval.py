@@ -1,0 +1,154 @@
+"""The default TOFU evaluation, jaxunlearn against a transformers pipeline, on the same
+model, rows and batches.
+
+    python benchmarks/eval.py                          # SmolLM2-135M-Instruct, 20 forget rows
+    python benchmarks/eval.py --rows 40 --max-length 200
+
+Work per row (TOFU's default): the average NLL of the answer, the paraphrased answer and
+every perturbed answer (probability, truth ratio), and a greedy answer of up to
+`--max-length` prompt + answer tokens (ROUGE). jaxunlearn runs `score_rows` and
+`generate_texts` (jitted scoring kernel; KV-cache decoding in one `lax.while_loop`); the
+transformers side runs the way open-unlearning evaluates: a batched forward per group of
+candidates with an HF loss per row, and batched `model.generate` on left-padded prompts.
+Both see the same rows in the same batches with the same number of new tokens, so their
+outputs must agree: the largest NLL difference and the count of identical generations are
+printed with the times (jaxunlearn cold = including compilation, warm = compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_step.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def load_rows(split: str, rows: int, data_dir: str | None):
+    from jaxunlearn.data import load_tofu
+
+    return load_tofu(split, data_dir)[:rows]
+
+
+def jax_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buckets):
+    from jaxunlearn.evaluation.kernels import generate_texts, score_rows
+
+    t = time.perf_counter()
+    nll = score_rows(model, evalset.candidates, pad, batch, buckets).avg_nll
+    gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, batch, max_length)
+    return nll, gens, time.perf_counter() - t
+
+
+def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buckets):
+    """The same batches as jaxunlearn (longest first, same padded widths), in transformers."""
+    import torch
+    import torch.nn.functional as F
+
+    from jaxunlearn.data.batching import bucket_length, pad_rows
+    from jaxunlearn.data.eval_sets import left_pad
+
+    t = time.perf_counter()
+    rows = evalset.candidates
+    nll = np.zeros(len(rows))
+    order = np.argsort(-rows.lengths(), kind="stable")
+    with torch.no_grad():
+        for start in range(0, len(rows), batch):
+            index = list(order[start:start + batch])
+            length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
+            b = {k: torch.tensor(v, dtype=torch.long) for k, v in pad_rows(rows, index, length, pad).items()}
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), b["labels"][:, 1:], ignore_index=-100,
+                                 reduction="none")
+            count = (b["labels"][:, 1:] != -100).sum(-1).clamp(min=1)
+            nll[index] = (ce.sum(-1) / count).numpy()
+        prompts = evalset.prompts
+        order = np.argsort([-len(p) for p in prompts], kind="stable")
+        gens = [None] * len(prompts)
+        for start in range(0, len(prompts), batch):
+            index = list(order[start:start + batch])
+            width = bucket_length(max(len(prompts[i]) for i in index), (64, 128, 256), None)
+            if width >= max_length:
+                width = max(len(prompts[i]) for i in index)
+            ids, mask = left_pad([prompts[i] for i in index], pad, width)
+            out = model.generate(input_ids=torch.tensor(ids, dtype=torch.long),
+                                 attention_mask=torch.tensor(mask, dtype=torch.long),
+                                 max_new_tokens=max(1, max_length - width), do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+            for j, i in enumerate(index):
+                new = out[j, ids.shape[1]:].tolist()
+                cut = next((k for k, tok in enumerate(new) if tok == tokenizer.eos_token_id), len(new))
+                gens[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+    return nll, gens, time.perf_counter() - t
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (path or built-in asset)")
+    p.add_argument("--split", default="forget10_perturbed")
+    p.add_argument("--rows", type=int, default=20)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=200, help="generation: prompt + answer tokens")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import jaxunlearn
+    from jaxunlearn.data.eval_sets import build_eval_set
+    from jaxunlearn.data.templates import default_template_name, get_template
+    from jaxunlearn.data.tokenize import pad_token_id
+
+    model, tokenizer = jaxunlearn.load_pretrained(args.model)
+    with tempfile.TemporaryDirectory() as tmp:  # one HF checkpoint that both sides load
+        jaxunlearn.save_pretrained(model, tmp, tokenizer=tokenizer)
+        model, tokenizer = jaxunlearn.load_pretrained(tmp)
+        hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa").eval()
+    template = get_template(default_template_name(tokenizer), tokenizer)
+    rows = load_rows(args.split, args.rows, args.data_dir)
+    evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
+    pad, buckets = pad_token_id(tokenizer), (64, 128, 256, 512)
+    work = (evalset, pad, args.batch, args.max_length, buckets)
+
+    nll_j, gens_j, cold = jax_side(model, tokenizer, *work)
+    times = {"jaxunlearn": [], "transformers": []}
+    for _ in range(2):  # interleaved: jaxunlearn warm, transformers
+        nll_j, gens_j, t = jax_side(model, tokenizer, *work)
+        times["jaxunlearn"].append(t)
+        nll_t, gens_t, t = torch_side(hf, tokenizer, *work)
+        times["transformers"].append(t)
+    warm, torch_s = min(times["jaxunlearn"]), min(times["transformers"])
+    same = sum(a == b for a, b in zip(gens_j, gens_t))
+    result = {
+        "model": args.model, "split": args.split, "rows": len(rows), "candidates": len(evalset.candidates),
+        "batch": args.batch, "max_length": args.max_length, "device": common.accelerator_name(),
+        "torch_threads": torch.get_num_threads(),
+        "seconds": {"jaxunlearn_cold": cold, "jaxunlearn_warm": warm, "transformers": torch_s},
+        "speedup_warm": torch_s / warm, "speedup_cold": torch_s / cold,
+        "max_abs_avg_nll_diff": float(np.abs(nll_j - nll_t).max()),
+        "identical_generations": f"{same}/{len(gens_j)}",
+    }
+    print(f"\nTOFU evaluation of {args.model}: {len(rows)} rows of {args.split} ({len(evalset.candidates)} scored "
+          f"candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})")
+    print(common.table([
+        {"pipeline": "jaxunlearn (warm)", "seconds": warm, "speedup": torch_s / warm},
+        {"pipeline": "jaxunlearn (cold, incl. compile)", "seconds": cold, "speedup": torch_s / cold},
+        {"pipeline": "transformers", "seconds": torch_s, "speedup": 1.0},
+    ], ["pipeline", "seconds", "speedup"]))
+    print(f"outputs: max |avg NLL diff| {result['max_abs_avg_nll_diff']:.2e}; identical greedy answers "
+          f"{result['identical_generations']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

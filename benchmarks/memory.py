@@ -1,0 +1,113 @@
+"""Memory plan for 7B-8B unlearning: the compiled NPO+GD step's bytes per device.
+
+    python benchmarks/memory.py                                # full grid
+    python benchmarks/memory.py --models llama2-7b --devices 8 --seq 512
+
+The step (policy forward+backward on forget and retain, frozen reference forward, AdamW)
+is lowered on abstract arrays (nothing is allocated) over a mesh of fake CPU devices
+(`--xla_force_host_platform_device_count`) with parameters, optimizer state and the
+reference sharded FSDP-style over every device, and compiled; XLA's
+`memory_analysis()` gives the bytes per device: arguments (parameters, AdamW moments,
+reference, batch), temporaries (activations, gradients) and outputs not aliased to donated
+inputs. Policies: fp32 (fp32 parameters and compute) and bf16 (bf16 parameters, moments,
+reference and compute); remat none or full (per block). The CPU compiler's buffer plan
+approximates the GPU/TPU ones (fusion differs), so treat the fit table as a plan with
+about 10% slack, not as a promise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = {  # HF config fields
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
+                      rope_theta=500000.0),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
+}
+CHIPS = {"80 GB GPU (H100/A100)": 80e9, "TPU v4 (32 GiB)": 32 * 2**30, "TPU v5e (16 GiB)": 16 * 2**30}
+
+
+def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: int, seq: int) -> dict:
+    import dataclasses
+
+    import jax
+    import optax
+    from flax import nnx
+
+    import jaxunlearn
+    from jaxunlearn.models.registry import family_for
+    from jaxunlearn.objectives import build_objective
+    from jaxunlearn.parallel import make_mesh
+    from jaxunlearn.training.step import batch_sharding, init_state, jit_train_step, make_train_step, param_shardings
+
+    hf = dict(MODELS[model], model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=4096,
+              bos_token_id=1, eos_token_id=2, hidden_act="silu")
+    config = family_for("llama").config_from_hf(hf)
+    config = dataclasses.replace(config, param_dtype=policy, dtype=policy, remat=remat)
+    mesh = make_mesh(data=1, fsdp=devices, tensor=1, devices=jax.devices()[:devices])
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: jaxunlearn.create_model(config)))
+    shardings = param_shardings(params, mesh)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+    tx = optax.adamw(1e-5, weight_decay=0.01)
+    init = jax.jit(lambda p: init_state(p, tx, 0)).lower(params).compile()
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         jax.eval_shape(lambda p: init_state(p, tx, 0), params), init.output_shardings)
+    objective = build_objective("NPO+GD")
+    b = batch_per_device * devices
+    row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
+    batch = {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
+    step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5), state, params, mesh)
+    t = time.perf_counter()
+    m = step.lower(state, params, batch).compile().memory_analysis()
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return {"model": model, "params_B": n_params / 1e9, "devices": devices, "policy": policy, "remat": remat,
+            "batch_per_device": batch_per_device, "seq": seq,
+            "arguments_GiB": m.argument_size_in_bytes / 2**30, "temp_GiB": m.temp_size_in_bytes / 2**30,
+            "total_GiB": total / 2**30, "compile_s": time.perf_counter() - t,
+            **{chip: "yes" if total <= cap else "no" for chip, cap in CHIPS.items()}}
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["llama2-7b", "llama3-8b"], choices=sorted(MODELS))
+    p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64])
+    p.add_argument("--policies", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    p.add_argument("--remat", nargs="+", default=["none", "full"], choices=["none", "full", "dots"])
+    p.add_argument("--batch-per-device", type=int, default=1, help="rows per stream per device")
+    p.add_argument("--seq", type=int, default=512, help="padded length (TOFU's max_length is 500)")
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args(argv)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:  # must precede the first jax import
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(args.devices)}".strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import common
+    from tqdm.auto import tqdm
+
+    grid = [(m, d, pol, r) for m in args.models for d in args.devices for pol in args.policies for r in args.remat]
+    rows = []
+    for m, d, pol, r in tqdm(grid, desc="compile", unit="plan"):
+        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq))
+    print(f"\nNPO+GD step, {args.batch_per_device} row(s) per stream per device x {args.seq} tokens, "
+          "FSDP over all devices; bytes per device")
+    print(common.table(rows, ["model", "devices", "policy", "remat", "arguments_GiB", "temp_GiB", "total_GiB",
+                              *CHIPS]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

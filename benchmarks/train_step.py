@@ -1,0 +1,218 @@
+"""The unlearning step, jaxunlearn against PyTorch, on the same Llama weights and batches.
+
+    python benchmarks/train_step.py --shape llama-20m --objective NPO+GD
+    python benchmarks/train_step.py --shape smollm2-135m --objective ME+GD --rounds 3
+
+The PyTorch side is the step the way open-unlearning runs it: transformers'
+LlamaForCausalLM in eager mode (SDPA attention), one forward per stream, the frozen
+reference under no_grad, loss.backward(), torch.optim.AdamW. The jaxunlearn side is
+`make_train_step` + `jit_train_step` (one jitted step, state donated). Both start from
+the same weights and batch; their first-step losses are printed side by side. Steps are
+timed round-robin after a warm-up, so machine noise hits both alike. Peak memory comes
+from a fresh process per framework (peak RSS on CPU, the allocator's peak on GPU).
+OpenMP threads wait passively (OMP_WAIT_POLICY), so neither framework's idle threads spin
+on the cores the other is using.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+# Both frameworks share the cores in one process: OpenMP threads that spin-wait after a
+# torch op would steal them from XLA's next step (and XLA's from torch), so they sleep.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+BETA = 0.1  # NPO
+
+
+# --- PyTorch (open-unlearning style) -----------------------------------------------------
+
+
+def _torch_seq_nll(logits, labels):
+    import torch.nn.functional as F
+
+    lg, tg = logits[:, :-1].float(), labels[:, 1:]
+    ce = F.cross_entropy(lg.transpose(1, 2), tg, ignore_index=-100, reduction="none")
+    return ce.sum(-1)
+
+
+def torch_runner(shape: str, objective: str, dtype: str, device: str, lr: float):
+    import torch
+    import torch.nn.functional as F
+
+    model = common.torch_model(shape, dtype=dtype, device=device)
+    ref = common.torch_model(shape, dtype=dtype, device=device).eval() if objective.startswith("NPO") else None
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    batch = {s: {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in common.qa_batch(shape, i).items()}
+             for i, s in ((1, "forget"), (2, "retain"))}
+    f, r = batch["forget"], batch["retain"]
+
+    def step() -> float:
+        logits = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
+        if objective.startswith("NPO"):
+            with torch.no_grad():
+                ref_nll = _torch_seq_nll(ref(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits,
+                                         f["labels"])
+            nll = _torch_seq_nll(logits, f["labels"])
+            forget = (-(2.0 / BETA) * F.logsigmoid(BETA * (nll - ref_nll))).mean()
+        else:  # ME, uniform_ce over attended positions (SPEC)
+            logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+            per_pos = -math.log(logp.shape[-1]) - logp.mean(-1)
+            m = f["attention_mask"][:, 1:].float()
+            forget = (per_pos * m).sum() / m.sum()
+        retain = model(**r).loss  # GD: mean NLL of the retain answers
+        loss = forget + retain
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    def run(n: int):
+        for _ in range(n):
+            loss = step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss.item()
+
+    return run, model
+
+
+# --- jaxunlearn ----------------------------------------------------------------------------
+
+
+def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, torch_model=None):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxunlearn.objectives import build_objective
+    from jaxunlearn.parallel import make_mesh
+    from jaxunlearn.training.optimizer import make_optimizer
+    from jaxunlearn.training.step import init_state, jit_train_step, make_train_step, place_batch, place_params
+
+    model = common.jax_model(shape, torch_model, dtype, remat)
+    obj = build_objective(objective)
+    mesh = make_mesh(data=1)
+    graphdef, params = nnx.split(model)
+    params = place_params(params, mesh)
+    ref_params = jax.tree.map(jnp.copy, params) if obj.needs_reference else None
+    tx = make_optimizer(lambda _: lr, weight_decay=0.01)
+    state = jax.jit(lambda p: init_state(p, tx, 0))(params)
+    step_fn = make_train_step(graphdef, obj, tx, lambda _: lr)
+    jitted = jit_train_step(step_fn, state, ref_params, mesh)
+    batch = place_batch({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}, mesh)
+    holder = {"state": state}
+
+    def run(n: int):
+        for _ in range(n):
+            holder["state"], metrics = jitted(holder["state"], ref_params, batch)
+        return float(jax.device_get(metrics["loss"]))
+
+    def memory_analysis():
+        m = jitted.lower(holder["state"], ref_params, batch).compile().memory_analysis()
+        return None if m is None else {"argument_mib": m.argument_size_in_bytes / 2**20,
+                                       "temp_mib": m.temp_size_in_bytes / 2**20}
+
+    return run, memory_analysis
+
+
+def train_flops(shape: str, objective: str) -> float:
+    """Model FLOPs of one step: 6 N per policy token, 2 N per reference token, plus attention."""
+    s = common.SHAPES[shape]
+    d, layers, v, t, b = s["hidden_size"], s["num_hidden_layers"], s["vocab_size"], s["seq"], s["batch"]
+    kv = d // s["num_attention_heads"] * s["num_key_value_heads"]
+    per_layer = d * (2 * d + 2 * kv) + 3 * d * s["intermediate_size"]
+    n = layers * per_layer + d * v  # matmul parameters incl. the head
+    attn = 2 * 2 * layers * t * d  # QK^T and AV per token (causal: counted in full, as is customary)
+    policy_tokens, ref_tokens = 2 * b * t, (b * t if objective.startswith("NPO") else 0)
+    return 3 * (2 * n + attn) * policy_tokens + (2 * n + attn) * ref_tokens
+
+
+def child(args) -> None:
+    """One framework alone in this process: a few steps, then its peak memory as JSON."""
+    device = "cuda" if args.device == "gpu" else "cpu"
+    if args.only == "torch":
+        run, _ = torch_runner(args.shape, args.objective, args.dtype, device, args.lr)
+        run(args.steps)
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else common.peak_rss_mib()
+        print(json.dumps({"peak_mib": peak}))
+    else:
+        run, analysis = jax_runner(args.shape, args.objective, args.dtype, args.lr, args.remat)
+        run(args.steps)
+        import jax
+
+        stats = jax.devices()[0].memory_stats() if device == "cuda" else None
+        peak = stats["peak_bytes_in_use"] / 2**20 if stats else common.peak_rss_mib()
+        print(json.dumps({"peak_mib": peak, "compiled": analysis()}))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=sorted(common.SHAPES), default="llama-20m")
+    p.add_argument("--objective", choices=["NPO+GD", "ME+GD"], default="NPO+GD")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2, help="steps per timed round")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-framework peak-memory processes")
+    p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.only:
+        return child(args)
+
+    import torch
+
+    device = "cuda" if args.device == "gpu" else "cpu"
+    torch_run, torch_model = torch_runner(args.shape, args.objective, args.dtype, device, args.lr)
+    jax_run, _ = jax_runner(args.shape, args.objective, args.dtype, args.lr, args.remat,
+                            torch_model=common.torch_model(args.shape))
+    first = {"jaxunlearn": jax_run(1), "pytorch": torch_run(1)}  # warm-up (compiles), same start
+    times = common.interleaved({"jaxunlearn": jax_run, "pytorch": torch_run}, args.rounds, args.steps)
+    s = common.SHAPES[args.shape]
+    tokens = 2 * s["batch"] * s["seq"]
+    flops = train_flops(args.shape, args.objective)
+    result = {"shape": args.shape, "objective": args.objective, "dtype": args.dtype, "remat": args.remat,
+              "device": common.accelerator_name(), "torch_threads": torch.get_num_threads(),
+              "tokens_per_step": tokens, "first_step_loss": first, "rows": []}
+    for name, ts in times.items():
+        sec = common.median(ts)
+        row = {"framework": name, "s_per_step": sec, "tokens_per_s": tokens / sec, "TFLOP/s": flops / sec / 1e12}
+        peak = next((v for k, v in common.PEAK_FLOPS.items() if k in result["device"]), None)
+        if peak:
+            row["MFU"] = flops / sec / peak
+        result["rows"].append(row)
+    if not args.no_memory:
+        script = os.path.abspath(__file__)
+        base = ["--shape", args.shape, "--objective", args.objective, "--dtype", args.dtype, "--device", args.device,
+                "--remat", args.remat, "--steps", "2"]
+        for row, who in zip(result["rows"], ("jax", "torch")):
+            mem = common.rss_of_child(script, [*base, "--only", who])
+            row["peak_MiB"] = mem["peak_mib"]
+            if mem.get("compiled"):
+                row["compiled_temp_MiB"] = mem["compiled"]["temp_mib"]
+    result["speedup"] = result["rows"][1]["s_per_step"] / result["rows"][0]["s_per_step"]
+    print(f"\n{args.objective} step, {args.shape} ({s['batch']} x {s['seq']} per stream, {args.dtype}, "
+          f"{result['device']}); first-step loss jaxunlearn {first['jaxunlearn']:.6f} vs "
+          f"pytorch {first['pytorch']:.6f}")
+    print(common.table(result["rows"], ["framework", "s_per_step", "tokens_per_s", "TFLOP/s", "MFU", "peak_MiB",
+                                        "compiled_temp_MiB"]))
+    print(f"jaxunlearn / pytorch speed: {result['speedup']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
