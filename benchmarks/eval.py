@@ -10,7 +10,8 @@ every perturbed answer (probability, truth ratio), and a greedy answer of up to
 `generate_texts` (jitted scoring kernel; KV-cache decoding in one `lax.while_loop`); the
 transformers side runs the way open-unlearning evaluates: a batched forward per group of
 candidates with an HF loss per row, and batched `model.generate` on left-padded prompts.
-Both see the same rows in the same batches with the same number of new tokens, so their
+Both see the same rows in the same batches (jaxunlearn pads scoring batches to bucket
+lengths, PyTorch to each batch's longest row) and the same number of new tokens, so their
 outputs must agree: the largest NLL difference and the count of identical generations are
 printed with the times (jaxunlearn cold = including compilation, warm = compiled).
 """
@@ -23,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_step.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,16 +39,21 @@ def load_rows(split: str, rows: int, data_dir: str | None):
 
 
 def jax_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buckets):
-    from jaxunlearn.evaluation.kernels import generate_texts, score_rows
+    """evaluate_model's own calls: answer rows with full statistics, the rest log-probs only."""
+    from jaxunlearn.evaluation.evaluate import score_candidates
+    from jaxunlearn.evaluation.kernels import generate_texts
 
     t = time.perf_counter()
-    nll = score_rows(model, evalset.candidates, pad, batch, buckets).avg_nll
+    nll = score_candidates(model, evalset, pad, batch, buckets)[1]
+    scored = time.perf_counter()
     gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, batch, max_length)
-    return nll, gens, time.perf_counter() - t
+    return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
 def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buckets):
-    """The same batches as jaxunlearn (longest first, same padded widths), in transformers."""
+    """The same batches as jaxunlearn (longest first), in transformers: scoring pads each
+    batch to its longest row (shapes cost eager PyTorch nothing); generation uses the same
+    prompt widths and new-token budget as jaxunlearn so the answers can be compared."""
     import torch
     import torch.nn.functional as F
 
@@ -60,13 +67,14 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buck
     with torch.no_grad():
         for start in range(0, len(rows), batch):
             index = list(order[start:start + batch])
-            length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
+            length = int(rows.lengths()[index].max())  # eager PyTorch pads to the longest row, no buckets
             b = {k: torch.tensor(v, dtype=torch.long) for k, v in pad_rows(rows, index, length, pad).items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), b["labels"][:, 1:], ignore_index=-100,
                                  reduction="none")
             count = (b["labels"][:, 1:] != -100).sum(-1).clamp(min=1)
             nll[index] = (ce.sum(-1) / count).numpy()
+        scored = time.perf_counter()
         prompts = evalset.prompts
         order = np.argsort([-len(p) for p in prompts], kind="stable")
         gens = [None] * len(prompts)
@@ -84,7 +92,7 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buck
                 new = out[j, ids.shape[1]:].tolist()
                 cut = next((k for k, tok in enumerate(new) if tok == tokenizer.eos_token_id), len(new))
                 gens[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
-    return nll, gens, time.perf_counter() - t
+    return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
 def main(argv=None) -> dict:
@@ -108,40 +116,44 @@ def main(argv=None) -> dict:
 
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
     with tempfile.TemporaryDirectory() as tmp:  # one HF checkpoint that both sides load
-        jaxunlearn.save_pretrained(model, tmp, tokenizer=tokenizer)
-        model, tokenizer = jaxunlearn.load_pretrained(tmp)
-        hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa").eval()
+        jaxunlearn.save_pretrained(model, tokenizer, Path(tmp) / "model")
+        model, tokenizer = jaxunlearn.load_pretrained(Path(tmp) / "model")
+        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32,
+                                                  attn_implementation="sdpa").eval()
     template = get_template(default_template_name(tokenizer), tokenizer)
     rows = load_rows(args.split, args.rows, args.data_dir)
     evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
-    pad, buckets = pad_token_id(tokenizer), (64, 128, 256, 512)
+    pad, buckets = pad_token_id(tokenizer), (64, 96, 128, 192, 256, 512)  # jitted shapes for scoring
     work = (evalset, pad, args.batch, args.max_length, buckets)
 
-    nll_j, gens_j, cold = jax_side(model, tokenizer, *work)
-    times = {"jaxunlearn": [], "transformers": []}
+    _, _, cold = jax_side(model, tokenizer, *work)
+    runs = {"jaxunlearn": [], "transformers": []}
     for _ in range(2):  # interleaved: jaxunlearn warm, transformers
         nll_j, gens_j, t = jax_side(model, tokenizer, *work)
-        times["jaxunlearn"].append(t)
+        runs["jaxunlearn"].append(t)
         nll_t, gens_t, t = torch_side(hf, tokenizer, *work)
-        times["transformers"].append(t)
-    warm, torch_s = min(times["jaxunlearn"]), min(times["transformers"])
+        runs["transformers"].append(t)
+    best = {k: min(v, key=lambda t: t["score"] + t["generate"]) for k, v in runs.items()}
     same = sum(a == b for a, b in zip(gens_j, gens_t))
+    rows = []
+    for phase in ("score", "generate"):
+        j, t = best["jaxunlearn"][phase], best["transformers"][phase]
+        rows.append({"phase": phase, "jaxunlearn_s": j, "transformers_s": t, "speedup": t / j})
+    j, t = (sum(best[k].values()) for k in ("jaxunlearn", "transformers"))
+    rows.append({"phase": "total (warm)", "jaxunlearn_s": j, "transformers_s": t, "speedup": t / j})
+    c = sum(cold.values())
+    rows.append({"phase": "total (jaxunlearn cold, incl. compile)", "jaxunlearn_s": c, "transformers_s": t,
+                 "speedup": t / c})
     result = {
-        "model": args.model, "split": args.split, "rows": len(rows), "candidates": len(evalset.candidates),
+        "model": args.model, "split": args.split, "rows": len(evalset), "candidates": len(evalset.candidates),
         "batch": args.batch, "max_length": args.max_length, "device": common.accelerator_name(),
-        "torch_threads": torch.get_num_threads(),
-        "seconds": {"jaxunlearn_cold": cold, "jaxunlearn_warm": warm, "transformers": torch_s},
-        "speedup_warm": torch_s / warm, "speedup_cold": torch_s / cold,
+        "torch_threads": torch.get_num_threads(), "phases": rows,
         "max_abs_avg_nll_diff": float(np.abs(nll_j - nll_t).max()),
         "identical_generations": f"{same}/{len(gens_j)}",
     }
-    print(f"\nTOFU evaluation of {args.model}: {len(rows)} rows of {args.split} ({len(evalset.candidates)} scored "
-          f"candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})")
-    print(common.table([
-        {"pipeline": "jaxunlearn (warm)", "seconds": warm, "speedup": torch_s / warm},
-        {"pipeline": "jaxunlearn (cold, incl. compile)", "seconds": cold, "speedup": torch_s / cold},
-        {"pipeline": "transformers", "seconds": torch_s, "speedup": 1.0},
-    ], ["pipeline", "seconds", "speedup"]))
+    print(f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
+          f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})")
+    print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup"]))
     print(f"outputs: max |avg NLL diff| {result['max_abs_avg_nll_diff']:.2e}; identical greedy answers "
           f"{result['identical_generations']}")
     if args.json:

@@ -55,6 +55,20 @@ def _per_candidate(evalset, avg_nll):
     return gt, para, pert[:, : evalset.num_perturbed]
 
 
+def score_candidates(model, evalset, pad: int, batch_size: int, buckets, mesh=None, bar=None):
+    """(full statistics of the answer rows, avg NLL of every candidate row). Only the answer
+    rows need memorization and Min-K%++ statistics; the others get log-probs only."""
+    gt_rows = np.flatnonzero(evalset.kind == GT)
+    other_rows = np.flatnonzero(evalset.kind != GT)
+    scores = score_rows(model, evalset.candidates.take(gt_rows), pad, batch_size, buckets, mesh, bar)
+    avg_nll = np.zeros(len(evalset.candidates))
+    avg_nll[gt_rows] = scores.avg_nll
+    if len(other_rows):
+        avg_nll[other_rows] = score_rows(model, evalset.candidates.take(other_rows), pad, batch_size, buckets, mesh,
+                                         bar, full_stats=False).avg_nll
+    return scores, avg_nll
+
+
 def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, judge=None, reference=None,
                    progress: bool = True) -> tuple[list[dict], dict]:
     """(per-example records, summary) over the configured evaluation sets."""
@@ -70,15 +84,7 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
         n = len(evalset)
         bar = tqdm(total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
                    desc=f"eval {spec.name}", unit="row", disable=not progress, dynamic_ncols=True)
-        # the answer rows get full statistics (memorization, Min-K%++); the others log-probs only
-        gt_rows = np.flatnonzero(evalset.kind == GT)
-        other_rows = np.flatnonzero(evalset.kind != GT)
-        scores = score_rows(model, evalset.candidates.take(gt_rows), pad, e.batch_size, buckets, mesh, bar)
-        avg_nll = np.zeros(len(evalset.candidates))
-        avg_nll[gt_rows] = scores.avg_nll
-        if len(other_rows):
-            avg_nll[other_rows] = score_rows(model, evalset.candidates.take(other_rows), pad, e.batch_size,
-                                             buckets, mesh, bar, full_stats=False).avg_nll
+        scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, buckets, mesh, bar)
         gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [{"set": spec.name, "index": i, "question": r["question"], "answer": evalset.references[i],
                 "avg_nll": float(gt[i]), "probability": float(np.exp(-gt[i]))} for i, r in enumerate(evalset.rows)]
@@ -102,7 +108,7 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
             log.warning("set %s has no perturbed answers: truth ratio skipped", spec.name)
         # memorization and MIA scores of the answer candidate
         em, es = [], []
-        for i, row_idx in enumerate(gt_rows):
+        for i, row_idx in enumerate(np.flatnonzero(evalset.kind == GT)):
             ex = evalset.example[row_idx]
             tok_lp, correct = scores.token_logp[i], scores.correct[i]
             em.append(M.exact_memorization(correct))

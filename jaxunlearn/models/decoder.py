@@ -33,8 +33,9 @@ from ..errors import CheckpointError
 from . import layers as L
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
-from .llama import REMAT_POLICIES, _linear, _param
+from .llama import _linear, _param
 from .outputs import CausalLMOutput
+from .stack import scan_layers, write_layer_cache
 
 
 def _norm_params(module, rngs, c: ModelConfig, name: str, shape_prefix: tuple, axes_prefix: tuple, dt) -> None:
@@ -136,10 +137,7 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
         rot = cos.shape[-1]
         q, k = _rope(q, cos, sin, rot), _rope(k, cos, sin, rot)
     if cache_kv is not None:
-        ck, cv = cache_kv
-        k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-        v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-        cache_kv = (k, v)
+        cache_kv, k, v = write_layer_cache(cache_kv, k, v, cache_index)
     attn = L.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed,
                                    scale=c.option("attn_scale"), softcap=c.option("attn_softcap"))
     attn = _linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
@@ -217,20 +215,12 @@ class DecoderForCausalLM(nnx.Module):
         block_params = {k: v.astype(dt) for k, v in self.layers.arrays().items()}
         is_local = jnp.asarray(sliding or (False,) * c.num_layers, bool)
 
-        def body(h, xs):
-            p, kv, use_local = xs
+        def layer(p, h, layer_cache, use_local):
             mask = jnp.where(use_local, local, allowed) if sliding else allowed
-            h, kv = block(c, p, h, rope, mask, kv, start)
-            return h, (h if output_hidden_states else None, kv)
+            return block(c, p, h, rope, mask, layer_cache, start)
 
-        policy = REMAT_POLICIES.get(c.remat, "missing")
-        if policy == "missing":
-            raise CheckpointError(f"unknown remat policy {c.remat!r}; use one of {sorted(REMAT_POLICIES)}")
-        if c.remat != "none":
-            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        kv_in = (cache.k, cache.v) if cache is not None else None
         h_emb = h
-        h, (per_layer, kv_out) = jax.lax.scan(body, h, (block_params, kv_in, is_local))
+        h, per_layer, kv_out = scan_layers(c, layer, h, block_params, cache, is_local, output_hidden_states)
         h = norm(c, {k: v[...].astype(dt) for k, v in vars(self).items() if k.startswith("final_norm")},
                  "final_norm", h)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]

@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..errors import CheckpointError
 from . import layers as L
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .outputs import CausalLMOutput
+from .stack import scan_layers, write_layer_cache
 
 # (jaxunlearn parameter path, HF safetensors name, GGUF name, kind). "{i}" is a layer index
 # for parameters stacked on the `layers` axis. The kind fixes the layout conversion:
@@ -42,13 +42,6 @@ NAME_TABLE = (
     ("final_norm", "model.norm.weight", "output_norm.weight", "norm"),
     ("lm_head", "lm_head.weight", "output.weight", "linear"),
 )
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, init="normal"):
     if init == "ones":
@@ -105,10 +98,7 @@ def decoder_block(c: ModelConfig, p: dict, h, cos, sin, allowed, cache_kv, cache
     v = _linear(x, p["v_proj"], p.get("v_bias")).reshape(b, t, c.num_kv_heads, c.head_dim)
     q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
     if cache_kv is not None:
-        ck, cv = cache_kv
-        k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-        v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-        cache_kv = (k, v)
+        cache_kv, k, v = write_layer_cache(cache_kv, k, v, cache_index)
     attn = L.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
     h = h + _linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
     x = L.rms_norm(h, p["mlp_norm"], c.rms_norm_eps)
@@ -171,20 +161,11 @@ class LlamaForCausalLM(nnx.Module):
         h = jnp.take(embed, input_ids, axis=0).astype(dt)
         block_params = {k: v.astype(dt) for k, v in self.layers.arrays().items()}
 
-        def body(h, xs):
-            p, kv = xs
-            h, kv = decoder_block(c, p, h, cos, sin, allowed, kv, start)
-            return h, (h if output_hidden_states else None, kv)
+        def block(p, h, layer_cache, _):
+            return decoder_block(c, p, h, cos, sin, allowed, layer_cache, start)
 
-        policy = REMAT_POLICIES.get(c.remat, "missing")
-        if policy == "missing":
-            raise CheckpointError(f"unknown remat policy {c.remat!r}; use one of {sorted(REMAT_POLICIES)}")
-        if c.remat != "none":
-            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-
-        kv_in = (cache.k, cache.v) if cache is not None else None
         h_emb = h
-        h, (per_layer, kv_out) = jax.lax.scan(body, h, (block_params, kv_in))
+        h, per_layer, kv_out = scan_layers(c, block, h, block_params, cache, None, output_hidden_states)
         h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
         logits = jnp.einsum("btd,dv->btv", h, head.astype(dt), preferred_element_type=jnp.float32)
