@@ -48,7 +48,8 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     from jaxunlearn.models.registry import family_for
     from jaxunlearn.objectives import build_objective
     from jaxunlearn.parallel import make_mesh
-    from jaxunlearn.training.step import batch_sharding, init_state, jit_train_step, make_train_step, param_shardings
+    from jaxunlearn.training.step import (batch_sharding, init_state, jit_train_step, make_train_step,
+                                         param_shardings, state_shardings)
 
     hf = dict(MODELS[model], model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=4096,
               bos_token_id=1, eos_token_id=2, hidden_act="silu")
@@ -59,9 +60,8 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     shardings = param_shardings(params, mesh)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
     tx = optax.adamw(1e-5, weight_decay=0.01)
-    init = jax.jit(lambda p: init_state(p, tx, 0)).lower(params).compile()
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: init_state(p, tx, 0), params), init.output_shardings)
+                         jax.eval_shape(lambda p: init_state(p, tx, 0), params), state_shardings(params, tx, mesh))
     objective = build_objective("NPO+GD")
     b = batch_per_device * devices
     row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))

@@ -28,6 +28,15 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
 
 
+def _persistent_compilation_cache(path: Path) -> None:
+    """Keep XLA executables on disk so a second demo run skips compiling."""
+    import jax
+
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def run_demo(config_path: str | Path, out: str | Path, overrides: list[str] | None = None,
              progress: bool = True) -> dict:
     from .evaluation.api import evaluate
@@ -60,6 +69,7 @@ def run_demo(config_path: str | Path, out: str | Path, overrides: list[str] | No
 
     cache = out / "cache"
     results: dict = {"stages": {}}
+    _persistent_compilation_cache(cache / "xla")
 
     def cached_finetune(name: str, train_file: Path) -> Path:
         cfg = base(*demo["finetune"], f"data.train_file={train_file}")

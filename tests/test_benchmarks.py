@@ -44,5 +44,5 @@ def test_memory_benchmark_tiny(tmp_path):
     assert "TPU v5e" in out.stdout
     rows = json.loads((tmp_path / "m.json").read_text())
     one, two = rows
-    # FSDP over two devices halves the per-device parameters and optimizer state
-    assert 0.4 < two["arguments_GiB"] / one["arguments_GiB"] < 0.75
+    # FSDP over two devices splits the parameters and optimizer state (norms stay replicated)
+    assert 0.4 < two["arguments_GiB"] / one["arguments_GiB"] < 0.8

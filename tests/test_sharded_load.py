@@ -50,3 +50,30 @@ def test_sharded_load_matches_single_device(tiny_checkpoints, tmp_path):
     single, _ = jaxunlearn.load_pretrained(path)
     expected = np.asarray(single(ids, mask))
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5, rtol=1e-5)
+
+
+OPT_CHILD = r"""
+import jax, optax
+from flax import nnx
+import jaxunlearn
+from jaxunlearn.models.config import ModelConfig
+from jaxunlearn.parallel import make_mesh
+from jaxunlearn.training.step import place_params, sharded_init_state
+cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8)
+mesh = make_mesh(data=1, fsdp=4)
+params = place_params(nnx.split(jaxunlearn.create_model(cfg))[1], mesh)
+state = sharded_init_state(params, optax.adamw(1e-3), 0, mesh)
+adam = state.opt_state[0]
+pairs = [(p.sharding, m.sharding, v.sharding) for p, m, v in
+         zip(jax.tree.leaves(params), jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu))]
+assert all(p == m == v for p, m, v in pairs), pairs
+assert any(not p.is_fully_replicated for p, _, _ in pairs)
+print("OK", len(pairs))
+"""
+
+
+def test_optimizer_moments_are_sharded_like_parameters():
+    """FSDP must split AdamW's moments too (XLA alone would replicate the zero-initialized ones)."""
+    proc = run_python(OPT_CHILD, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

@@ -74,10 +74,11 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def num_parameters(self) -> int:
-        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        per_layer = d * (q + 2 * kv) + q * d + 3 * d * f + 2 * d
-        if self.attention_bias:
-            per_layer += q + 2 * kv
-        head = 0 if self.tie_word_embeddings else d * v
-        return v * d + self.num_layers * per_layer + d + head
+        """Parameters of this config's model, counted on abstract shapes (nothing allocated)."""
+        import jax
+        from flax import nnx
+
+        from .registry import family_for
+
+        abstract = nnx.eval_shape(lambda: family_for(self.model_type).module(self, rngs=nnx.Rngs(0)))
+        return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

@@ -35,7 +35,7 @@ from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .llama import _linear, _param
 from .outputs import CausalLMOutput
-from .stack import scan_layers, write_layer_cache
+from .stack import assemble_output, scan_layers, token_positions, write_layer_cache
 
 
 def _norm_params(module, rngs, c: ModelConfig, name: str, shape_prefix: tuple, axes_prefix: tuple, dt) -> None:
@@ -185,17 +185,9 @@ class DecoderForCausalLM(nnx.Module):
                 output_hidden_states: bool = False) -> CausalLMOutput:
         c = self.config
         dt = to_dtype(c.dtype)
-        b, t = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
-        start = cache.index if cache is not None else 0
-        if positions is None:
-            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-        if cache is not None:
-            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(cache.valid.dtype), (0, start))
-            key_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, start))
-        else:
-            key_valid, key_pos = attention_mask, positions
+        t = input_ids.shape[1]
+        attention_mask, positions, key_valid, key_pos, start = token_positions(input_ids, attention_mask,
+                                                                               positions, cache)
         allowed = L.attention_mask(positions, key_pos, key_valid, None)
         sliding = c.option("sliding_layers")
         local = L.attention_mask(positions, key_pos, key_valid, c.sliding_window) if sliding else allowed
@@ -230,10 +222,5 @@ class DecoderForCausalLM(nnx.Module):
         if c.option("final_softcap"):
             cap = c.option("final_softcap")
             logits = jnp.tanh(logits / cap) * cap
-        hidden = None
-        if output_hidden_states:
-            hidden = jnp.concatenate([h_emb[None], per_layer[:-1], h[None]], axis=0)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(k=kv_out[0], v=kv_out[1], valid=key_valid, positions=key_pos, index=start + t)
-        return CausalLMOutput(logits=logits, hidden_states=hidden, cache=new_cache)
+        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
+                               output_hidden_states)

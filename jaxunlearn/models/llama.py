@@ -16,7 +16,7 @@ from . import layers as L
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .outputs import CausalLMOutput
-from .stack import scan_layers, write_layer_cache
+from .stack import assemble_output, scan_layers, token_positions, write_layer_cache
 
 # (jaxunlearn parameter path, HF safetensors name, GGUF name, kind). "{i}" is a layer index
 # for parameters stacked on the `layers` axis. The kind fixes the layout conversion:
@@ -140,18 +140,9 @@ class LlamaForCausalLM(nnx.Module):
     ) -> CausalLMOutput:
         c = self.config
         dt = to_dtype(c.dtype)
-        b, t = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
-        start = cache.index if cache is not None else 0
-        if positions is None:
-            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-
-        if cache is not None:
-            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(cache.valid.dtype), (0, start))
-            key_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, start))
-        else:
-            key_valid, key_pos = attention_mask, positions
+        t = input_ids.shape[1]
+        attention_mask, positions, key_valid, key_pos, start = token_positions(input_ids, attention_mask,
+                                                                               positions, cache)
         allowed = L.attention_mask(positions, key_pos, key_valid, c.sliding_window)
 
         inv_freq = L.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling_dict)
@@ -169,12 +160,5 @@ class LlamaForCausalLM(nnx.Module):
         h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
         logits = jnp.einsum("btd,dv->btv", h, head.astype(dt), preferred_element_type=jnp.float32)
-
-        hidden = None
-        if output_hidden_states:
-            # transformers' convention: embeddings, outputs of layers 0..L-2, final normed state.
-            hidden = jnp.concatenate([h_emb[None], per_layer[:-1], h[None]], axis=0)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(k=kv_out[0], v=kv_out[1], valid=key_valid, positions=key_pos, index=start + t)
-        return CausalLMOutput(logits=logits.astype(jnp.float32), hidden_states=hidden, cache=new_cache)
+        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
+                               output_hidden_states)

@@ -56,3 +56,34 @@ def scan_layers(config, block: Callable, h, block_params: dict, cache: KVCache |
     layers = jnp.arange(config.num_layers, dtype=jnp.int32)
     (h, kv), hidden = jax.lax.scan(body, (h, kv), (block_params, layers, per_layer))
     return h, hidden, kv
+
+
+def token_positions(input_ids, attention_mask, positions, cache: KVCache | None):
+    """(attention mask, query positions, key validity, key positions, cache start) for a
+    forward over input_ids [B, T], continuing the cache when one is given."""
+    b, t = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    start = cache.index if cache is not None else 0
+    if positions is None:
+        positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+    if cache is None:
+        return attention_mask, positions, attention_mask, positions, start
+    key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(cache.valid.dtype), (0, start))
+    key_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, start))
+    return attention_mask, positions, key_valid, key_pos, start
+
+
+def assemble_output(logits, h_emb, per_layer, h_final, kv, key_valid, key_pos, start, t: int,
+                    output_hidden_states: bool):
+    """CausalLMOutput; hidden states follow transformers: embeddings, outputs of layers
+    0..L-2, final normed state."""
+    from .outputs import CausalLMOutput
+
+    hidden = None
+    if output_hidden_states:
+        hidden = jnp.concatenate([h_emb[None], per_layer[:-1], h_final[None]], axis=0)
+    new_cache = None
+    if kv is not None:
+        new_cache = KVCache(k=kv[0], v=kv[1], valid=key_valid, positions=key_pos, index=start + t)
+    return CausalLMOutput(logits=logits.astype(jnp.float32), hidden_states=hidden, cache=new_cache)

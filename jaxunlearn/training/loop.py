@@ -30,12 +30,12 @@ from .checkpointing import Checkpointer
 from .optimizer import linear_warmup_decay, make_optimizer, paper_num_steps, paper_warmup
 from .step import (
     check_batch_divisible,
-    init_state,
     jit_train_step,
     make_train_step,
     place_batch,
     place_params,
     sequence_nll,
+    sharded_init_state,
 )
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def train(
         precomputed = precompute_reference_nll(graphdef, ref_params, streams, objective, cfg, pad_id)
         ref_params = None
 
-    state = jax.jit(lambda p: init_state(p, tx, t.seed))(params)
+    state = sharded_init_state(params, tx, t.seed, mesh)
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.output.keep_checkpoints,
                                 every=cfg.output.checkpoint_every)
     if resume and checkpointer.latest_step() is not None:

@@ -70,6 +70,34 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -
     )
 
 
+def state_shardings(params, tx: optax.GradientTransformation, mesh) -> TrainState:
+    """Shardings of the TrainState built from `params` (arrays or ShapeDtypeStructs that carry
+    a sharding): each optimizer moment takes the sharding of the parameter at the end of its
+    path (optax mirrors the parameter tree), everything else is replicated. Left to XLA,
+    the zero-initialized moments would come out replicated and an FSDP run would hold full
+    AdamW state on every device."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    by_path = {tuple(path): (leaf.shape, leaf.sharding)
+               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    abstract = jax.eval_shape(lambda p: tx.init(p), params)
+
+    def one(path, leaf):
+        for k in range(len(path)):
+            shape_sharding = by_path.get(tuple(path[k:]))
+            if shape_sharding is not None and shape_sharding[0] == leaf.shape:
+                return shape_sharding[1]
+        return replicated
+
+    opt_sh = jax.tree_util.tree_map_with_path(one, abstract)
+    return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+
+
+def sharded_init_state(params, tx: optax.GradientTransformation, seed: int, mesh) -> TrainState:
+    """init_state with the optimizer state sharded like the parameters (see state_shardings)."""
+    return jax.jit(lambda p: init_state(p, tx, seed), out_shardings=state_shardings(params, tx, mesh))(params)
+
+
 def run_streams(graphdef, params, batch, streams, hidden: bool) -> dict[str, StreamOutputs]:
     """One forward per stream. Separate forwards, not one over the concatenated streams:
     slicing the joint [B, T, V] logits apart costs a copy (and its transpose in the
