@@ -129,3 +129,10 @@ def accelerator_name() -> str:
 
     d = jax.devices()[0]
     return d.device_kind if d.platform != "cpu" else "cpu"
+
+
+def write_json(path: str | None, result) -> None:
+    """The results as JSON too, when --json names a file."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=2)

@@ -19,7 +19,6 @@ printed with the times (jaxunlearn cold = including compilation, warm = compiled
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -156,9 +155,7 @@ def main(argv=None) -> dict:
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup"]))
     print(f"outputs: max |avg NLL diff| {result['max_abs_avg_nll_diff']:.2e}; identical greedy answers "
           f"{result['identical_generations']}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    common.write_json(args.json, result)
     return result
 
 

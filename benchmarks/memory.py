@@ -18,7 +18,6 @@ about 10% slack, not as a promise.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -103,9 +102,7 @@ def main(argv=None) -> list[dict]:
           "FSDP over all devices; bytes per device")
     print(common.table(rows, ["model", "devices", "policy", "remat", "arguments_GiB", "temp_GiB", "total_GiB",
                               *CHIPS]))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    common.write_json(args.json, rows)
     return rows
 
 

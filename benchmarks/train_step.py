@@ -208,9 +208,7 @@ def main(argv=None) -> dict:
     print(common.table(result["rows"], ["framework", "s_per_step", "tokens_per_s", "TFLOP/s", "MFU", "peak_MiB",
                                         "compiled_temp_MiB"]))
     print(f"jaxunlearn / pytorch speed: {result['speedup']:.2f}x")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    common.write_json(args.json, result)
     return result
 
 

@@ -16,14 +16,13 @@ from transformers import AutoModelForCausalLM
 import jaxunlearn
 from conftest import FAMILY_CONFIGS, padded_batch
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
-from jaxunlearn.generation import greedy_generate
 from jaxunlearn.objectives import build_objective
 from jaxunlearn.parallel import make_mesh
 from jaxunlearn.training.optimizer import make_optimizer
 from jaxunlearn.training.step import init_state, jit_train_step, make_train_step, place_batch, place_params
 from test_checkpoint_roundtrip import flat_params
 from test_evaluation import _rows
-from test_generation import NEW, full_forward_greedy
+from test_generation import assert_kv_cache_matches_full_forward
 from test_model_parity import torch_logits
 
 
@@ -50,16 +49,7 @@ def test_hf_flax_roundtrip_is_bit_identical(name, tiny_checkpoints, tmp_path):
 
 @pytest.mark.parametrize("name", FAMILY_CONFIGS)
 def test_kv_cache_decoding_matches_full_forward(name, tiny_checkpoints):
-    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints(name))
-    rng = np.random.RandomState(1)
-    ids = rng.randint(3, 101, (3, 7)).astype(np.int32)
-    mask = np.ones_like(ids)
-    mask[1, :2] = 0  # left padding
-    mask[2, :4] = 0
-    ids[mask == 0] = 0
-    expected = full_forward_greedy(model, ids, mask, NEW)
-    got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[-1], pad_token_id=0)
-    np.testing.assert_array_equal(got, expected)
+    assert_kv_cache_matches_full_forward(jaxunlearn.load_pretrained(tiny_checkpoints(name))[0])
 
 
 def _stream(seed: int, batch: int = 2, length: int = 12):

@@ -20,8 +20,7 @@ def full_forward_greedy(model, ids, mask, steps):
     return np.stack(out, axis=1)
 
 
-def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
-    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+def assert_kv_cache_matches_full_forward(model):
     rng = np.random.RandomState(1)
     ids = rng.randint(3, 101, (3, 7)).astype(np.int32)
     mask = np.ones_like(ids)
@@ -31,6 +30,10 @@ def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
     expected = full_forward_greedy(model, ids, mask, NEW)
     got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[-1], pad_token_id=0)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
+    assert_kv_cache_matches_full_forward(jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))[0])
 
 
 def test_generation_stops_at_eos(tiny_checkpoints):
