@@ -67,7 +67,8 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     batch = {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
     step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5), state, params, mesh)
     t = time.perf_counter()
-    m = step.lower(state, params, batch).compile().memory_analysis()
+    with jax.set_mesh(mesh):  # as the training loop runs it
+        m = step.lower(state, params, batch).compile().memory_analysis()
     n_params = sum(x.size for x in jax.tree.leaves(params))
     total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
     return {"model": model, "params_B": n_params / 1e9, "devices": devices, "policy": policy, "remat": remat,

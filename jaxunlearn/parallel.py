@@ -93,3 +93,22 @@ def initialize_distributed_from_env() -> bool:
         process_id=int(os.environ["JAXUNLEARN_PROCESS_ID"]),
     )
     return True
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Keep activations [B, ...] split over the batch mesh axes (data, fsdp).
+
+    Only inside `jax.set_mesh(mesh)` (the train step runs there); a no-op otherwise. Without
+    it XLA may keep activations with the whole batch on every device when the weights are
+    sharded on the same mesh axis along the contracted dimension (FSDP)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    ways = 1
+    for a in axes:
+        ways *= mesh.shape[a]
+    if not axes or x.shape[0] % ways:
+        return x
+    spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import CheckpointError
+from ..parallel import constrain_batch
 from .cache import KVCache
 
 REMAT_POLICIES = {
@@ -47,6 +48,7 @@ def scan_layers(config, block: Callable, h, block_params: dict, cache: KVCache |
         h, kv = carry
         p, layer, x = xs
         h, layer_cache = block(p, h, None if kv is None else (*kv, layer), x)
+        h = constrain_batch(h)
         kv = None if layer_cache is None else layer_cache[:2]
         return (h, kv), (h if output_hidden_states else None)
 
@@ -80,6 +82,7 @@ def assemble_output(logits, h_emb, per_layer, h_final, kv, key_valid, key_pos, s
     0..L-2, final normed state."""
     from .outputs import CausalLMOutput
 
+    logits = constrain_batch(logits)
     hidden = None
     if output_hidden_states:
         hidden = jnp.concatenate([h_emb[None], per_layer[:-1], h_final[None]], axis=0)

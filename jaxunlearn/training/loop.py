@@ -197,7 +197,8 @@ def train(
                 local = index[jax.process_index() * per:(jax.process_index() + 1) * per]
                 batch["_ref_seqnll"] = {s: v[local] for s, v in precomputed.items()}
             t_step = time.perf_counter()
-            state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
+            with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
+                state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
             metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
             t_step = time.perf_counter() - t_step
             if not metrics["finite"]:
