@@ -25,7 +25,6 @@ training, evaluation, sharding and checkpoint code treat every family alike.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -33,7 +32,7 @@ from ..errors import CheckpointError
 from . import layers as L
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
-from .llama import _linear, _param
+from .llama import DecoderBlocks, _linear, _param
 from .outputs import CausalLMOutput
 from .stack import assemble_output, scan_layers, token_positions, write_layer_cache
 
@@ -85,8 +84,7 @@ class Blocks(nnx.Module):
             self.up_bias = _param(rngs, (n, f), ("layers", "mlp"), dt, "zeros")
             self.down_bias = _param(rngs, (n, d), ("layers", "norm"), dt, "zeros")
 
-    def arrays(self) -> dict[str, jax.Array]:
-        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+    arrays = DecoderBlocks.arrays  # every stacked Param by name, as in the Llama module
 
 
 def norm(c: ModelConfig, p: dict, name: str, x):
@@ -213,8 +211,10 @@ class DecoderForCausalLM(nnx.Module):
 
         h_emb = h
         h, per_layer, kv_out = scan_layers(c, layer, h, block_params, cache, is_local, output_hidden_states)
-        h = norm(c, {k: v[...].astype(dt) for k, v in vars(self).items() if k.startswith("final_norm")},
-                 "final_norm", h)
+        final = {"final_norm": self.final_norm[...].astype(dt)}
+        if c.option("norm") == "layer":
+            final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)
+        h = norm(c, final, "final_norm", h)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
         logits = jnp.einsum("btd,dv->btv", h, head.astype(dt), preferred_element_type=jnp.float32)
         if c.option("lm_head_bias"):

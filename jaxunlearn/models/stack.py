@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from ..errors import CheckpointError
 from ..parallel import constrain_batch
 from .cache import KVCache
+from .outputs import CausalLMOutput
 
 REMAT_POLICIES = {
     "none": None,
@@ -80,8 +81,6 @@ def assemble_output(logits, h_emb, per_layer, h_final, kv, key_valid, key_pos, s
                     output_hidden_states: bool):
     """CausalLMOutput; hidden states follow transformers: embeddings, outputs of layers
     0..L-2, final normed state."""
-    from .outputs import CausalLMOutput
-
     logits = constrain_batch(logits)
     hidden = None
     if output_hidden_states:
