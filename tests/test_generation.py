@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import jaxunlearn
 from jaxunlearn.generation import greedy_generate
@@ -28,12 +29,19 @@ def assert_kv_cache_matches_full_forward(model):
     mask[2, :4] = 0
     ids[mask == 0] = 0
     expected = full_forward_greedy(model, ids, mask, NEW)
-    got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[-1], pad_token_id=0)
-    np.testing.assert_array_equal(got, expected)
+    for loop in ("scan", "unrolled"):  # the layers of each decoding step as a scan and unrolled
+        got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[-1], pad_token_id=0, layer_params=loop)
+        np.testing.assert_array_equal(got, expected, err_msg=loop)
 
 
 def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
     assert_kv_cache_matches_full_forward(jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))[0])
+
+
+def test_unknown_layer_loop_is_refused(tiny_checkpoints):
+    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+    with pytest.raises(ValueError, match="unknown layer_loop 'fast'"):
+        greedy_generate(model, np.ones((1, 3), np.int32), np.ones((1, 3), np.int32), 2, [2], 0, layer_params="fast")
 
 
 def test_generation_stops_at_eos(tiny_checkpoints):

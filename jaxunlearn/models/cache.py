@@ -9,15 +9,17 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class KVCache:
-    k: jax.Array  # [layers, B, S, kv_heads, head_dim]
-    v: jax.Array  # [layers, B, S, kv_heads, head_dim]
+    # Stacked [layers, B, kv_heads, S, head_dim] (the scanned layers), or a tuple of
+    # per-layer [B, kv_heads, S, head_dim] arrays (the unrolled layers; see split_layers).
+    k: jax.Array | tuple
+    v: jax.Array | tuple
     valid: jax.Array  # [B, S] 1 where a slot holds a real (non-padding) token
-    positions: jax.Array  # [B, S] RoPE position of each slot
+    positions: jax.Array  # [B, S] position of each slot
     index: jax.Array  # scalar int32: slots filled so far
 
     @classmethod
     def zeros(cls, layers, batch, length, kv_heads, head_dim, dtype) -> "KVCache":
-        shape = (layers, batch, length, kv_heads, head_dim)
+        shape = (layers, batch, kv_heads, length, head_dim)
         return cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
@@ -25,3 +27,14 @@ class KVCache:
             positions=jnp.zeros((batch, length), jnp.int32),
             index=jnp.zeros((), jnp.int32),
         )
+
+    @property
+    def per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
+
+    def split_layers(self) -> "KVCache":
+        """The same cache as one array per layer, for the unrolled decoding loop."""
+        if self.per_layer:
+            return self
+        n = self.k.shape[0]
+        return self.replace(k=tuple(self.k[i] for i in range(n)), v=tuple(self.v[i] for i in range(n)))

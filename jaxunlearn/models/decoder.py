@@ -34,7 +34,7 @@ from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .llama import DecoderBlocks, _linear, _param
 from .outputs import CausalLMOutput
-from .stack import assemble_output, scan_layers, token_positions, write_layer_cache
+from .stack import assemble_output, layer_keys_values, layer_params_as, scan_layers, token_positions
 
 
 def _norm_params(module, rngs, c: ModelConfig, name: str, shape_prefix: tuple, axes_prefix: tuple, dt) -> None:
@@ -134,8 +134,7 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
         cos, sin = rope
         rot = cos.shape[-1]
         q, k = _rope(q, cos, sin, rot), _rope(k, cos, sin, rot)
-    if cache_kv is not None:
-        cache_kv, k, v = write_layer_cache(cache_kv, k, v, cache_index)
+    cache_kv, k, v = layer_keys_values(cache_kv, k, v, cache_index)
     attn = L.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed,
                                    scale=c.option("attn_scale"), softcap=c.option("attn_softcap"))
     attn = _linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
@@ -180,7 +179,8 @@ class DecoderForCausalLM(nnx.Module):
                              to_dtype(dtype or c.dtype))
 
     def forward(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
-                output_hidden_states: bool = False) -> CausalLMOutput:
+                output_hidden_states: bool = False, layer_params: list[dict] | None = None) -> CausalLMOutput:
+        """As LlamaForCausalLM.forward."""
         c = self.config
         dt = to_dtype(c.dtype)
         t = input_ids.shape[1]
@@ -202,7 +202,7 @@ class DecoderForCausalLM(nnx.Module):
         if c.option("positions") == "learned":
             h = h + jnp.take(self.pos_embed[...], positions, axis=0)
         h = h.astype(dt)
-        block_params = {k: v.astype(dt) for k, v in self.layers.arrays().items()}
+        block_params = layer_params_as(self.layers.arrays(), layer_params, dt)
         is_local = jnp.asarray(sliding or (False,) * c.num_layers, bool)
 
         def layer(p, h, layer_cache, use_local):

@@ -79,24 +79,26 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax
                           scale: float | None = None, softcap: float | None = None) -> jax.Array:
     """Grouped-query attention.
 
-    q [B, T, H, D], k/v [B, S, KV, D] with H a multiple of KV, allowed [B, T, S].
-    Scores (times `scale`, default D^-1/2, then Gemma-2's tanh soft-capping if given) and
-    softmax in fp32. A fully masked row (a padding query) gets uniform weights rather than
-    NaN, like transformers' SDPA path.
+    q [B, T, H, D]; k/v head-major [B, KV, S, D] (the KV cache's layout), with H a multiple
+    of KV; allowed [B, T, S]. The query groups of each KV head are folded into the rows of
+    one batched matmul over (B, KV), so neither the cache nor the keys are transposed per
+    call. Scores (times `scale`, default D^-1/2, then Gemma-2's tanh soft-capping if given)
+    and softmax in fp32. A fully masked row (a padding query) gets uniform weights rather
+    than NaN, like transformers' SDPA path.
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     groups = h // kv
-    qg = q.reshape(b, t, kv, groups, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (scale if scale is not None else 1.0 / math.sqrt(d))
+    qg = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, d)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, groups, t, -1) * (scale if scale is not None else 1.0 / math.sqrt(d))
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     big_negative = jnp.finfo(jnp.float32).min
     scores = jnp.where(allowed[:, None, None, :, :], scores, big_negative)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, groups * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kv, groups, t, d)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array | None, eps: float) -> jax.Array:

@@ -16,7 +16,7 @@ from . import layers as L
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .outputs import CausalLMOutput
-from .stack import assemble_output, scan_layers, token_positions, write_layer_cache
+from .stack import assemble_output, layer_keys_values, layer_params_as, scan_layers, token_positions
 
 # (jaxunlearn parameter path, HF safetensors name, GGUF name, kind). "{i}" is a layer index
 # for parameters stacked on the `layers` axis. The kind fixes the layout conversion:
@@ -97,8 +97,7 @@ def decoder_block(c: ModelConfig, p: dict, h, cos, sin, allowed, cache_kv, cache
     k = _linear(x, p["k_proj"], p.get("k_bias")).reshape(b, t, c.num_kv_heads, c.head_dim)
     v = _linear(x, p["v_proj"], p.get("v_bias")).reshape(b, t, c.num_kv_heads, c.head_dim)
     q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
-    if cache_kv is not None:
-        cache_kv, k, v = write_layer_cache(cache_kv, k, v, cache_index)
+    cache_kv, k, v = layer_keys_values(cache_kv, k, v, cache_index)
     attn = L.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
     h = h + _linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
     x = L.rms_norm(h, p["mlp_norm"], c.rms_norm_eps)
@@ -137,7 +136,11 @@ class LlamaForCausalLM(nnx.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         output_hidden_states: bool = False,
+        layer_params: list[dict] | None = None,
     ) -> CausalLMOutput:
+        """Logits (and the cache continued, hidden states if asked). layer_params: per-layer
+        parameters from `stack.unstack_layers` to run the layers unrolled (decoding, with a
+        per-layer cache); None runs the model's stacked layers in a scan."""
         c = self.config
         dt = to_dtype(c.dtype)
         t = input_ids.shape[1]
@@ -150,7 +153,7 @@ class LlamaForCausalLM(nnx.Module):
 
         embed = self.embed[...]
         h = jnp.take(embed, input_ids, axis=0).astype(dt)
-        block_params = {k: v.astype(dt) for k, v in self.layers.arrays().items()}
+        block_params = layer_params_as(self.layers.arrays(), layer_params, dt)
 
         def block(p, h, layer_cache, _):
             return decoder_block(c, p, h, cos, sin, allowed, layer_cache, start)

@@ -1,10 +1,12 @@
-"""Running the stacked decoder layers: one `lax.scan` over the `layers` axis, shared by
-every family, with per-block remat and the KV cache written in place.
+"""Running the decoder layers, shared by every family: one `lax.scan` over the stacked
+`layers` axis (training, scoring, prefill: per-block remat, fast compiles), or an unrolled
+loop over per-layer parameters and caches (token-by-token decoding).
 
-The cache rides in the scan carry as the whole [layers, B, S, kv, D] arrays and each layer
-writes only its new keys/values (a dynamic_update_slice XLA performs in place), instead of
-scanning over per-layer caches and stacking fresh copies as outputs, which rewrote the
-entire cache at every decoding step.
+In the scan the cache rides in the carry as the whole [layers, B, kv, S, D] arrays and each
+layer writes only its new keys/values (a dynamic_update_slice XLA performs in place),
+instead of scanning over per-layer caches and stacking fresh copies as outputs, which
+rewrote the entire cache at every decoding step. Keys and values are kept head-major, the
+layout attention multiplies in, so no step transposes the cache.
 """
 
 from __future__ import annotations
@@ -26,24 +28,36 @@ REMAT_POLICIES = {
 }
 
 
-def write_layer_cache(layer_cache, k, v, index):
-    """Store this call's k/v [B, T, kv, D] at `index` of the layer's slot; return the cache
-    and that layer's full keys and values."""
+def layer_keys_values(layer_cache, k, v, index):
+    """This layer's keys and values for attention, head-major [B, kv, S, D].
+
+    k/v are this call's [B, T, kv, D]. With a cache (k_all, v_all, layer), they are stored
+    at position `index` of the layer's slot and the layer's whole cache is returned, with
+    the updated cache: (layer_cache, k, v)."""
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    if layer_cache is None:
+        return None, k, v
     k_all, v_all, layer = layer_cache
-    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
-    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, 0, index, 0))
+    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, 0, index, 0))
     return (k_all, v_all, layer), k_all[layer], v_all[layer]
 
 
-def scan_layers(config, block: Callable, h, block_params: dict, cache: KVCache | None, per_layer=None,
+def scan_layers(config, block: Callable, h, block_params, cache: KVCache | None, per_layer=None,
                 output_hidden_states: bool = False):
     """h after every layer: block(p, h, layer_cache, per_layer_x) -> (h, layer_cache).
 
+    block_params stacked on a leading layers axis run as one `lax.scan`; a list of
+    per-layer dicts (see `unstack_layers`) runs as an unrolled loop over a per-layer cache.
     Returns (h, hidden states of layers 0..L-2 stacked or None, (k, v) of the cache or None).
     """
+    if isinstance(block_params, (list, tuple)):
+        return _unrolled_layers(block, h, block_params, cache, per_layer, output_hidden_states)
     policy = REMAT_POLICIES.get(config.remat, "missing")
     if policy == "missing":
         raise CheckpointError(f"unknown remat policy {config.remat!r}; use one of {sorted(REMAT_POLICIES)}")
+    if cache is not None and cache.per_layer:
+        raise CheckpointError("internal: a per-layer KV cache needs per-layer parameters (unstack_layers)")
 
     def body(carry, xs):
         h, kv = carry
@@ -59,6 +73,42 @@ def scan_layers(config, block: Callable, h, block_params: dict, cache: KVCache |
     layers = jnp.arange(config.num_layers, dtype=jnp.int32)
     (h, kv), hidden = jax.lax.scan(body, (h, kv), (block_params, layers, per_layer))
     return h, hidden, kv
+
+
+def unstack_layers(block_params: dict) -> list[dict]:
+    """Per-layer copies of stacked layer parameters, made outside jit.
+
+    A scan reads each layer's weights with a dynamic slice, which XLA:CPU materializes: at
+    one token per step, decoding spent more time copying weights than multiplying them.
+    Separate arrays are plain arguments of an unrolled loop (no copies), at the price of a
+    second copy of the layer weights while they are held and a longer compile."""
+    n = len(next(iter(block_params.values())))
+    return [{k: v[i] for k, v in block_params.items()} for i in range(n)]
+
+
+def layer_params_as(block_params, layer_params, dtype):
+    """The layer parameters a forward runs with, cast to the compute dtype: the model's
+    stacked ones, or the per-layer list given to the forward (unrolled decoding)."""
+    if layer_params is None:
+        return {k: v.astype(dtype) for k, v in block_params.items()}
+    return [{k: v.astype(dtype) for k, v in p.items()} for p in layer_params]
+
+
+def _unrolled_layers(block, h, layer_params: list, cache, per_layer, output_hidden_states):
+    if cache is not None and not cache.per_layer:
+        raise CheckpointError("internal: per-layer parameters need a per-layer KV cache (KVCache.split_layers)")
+    hidden, ks, vs = [], [], []
+    for i, p in enumerate(layer_params):
+        x = None if per_layer is None else per_layer[i]
+        layer_cache = None if cache is None else (cache.k[i][None], cache.v[i][None], 0)
+        h, layer_cache = block(p, h, layer_cache, x)
+        h = constrain_batch(h)
+        if layer_cache is not None:
+            ks.append(layer_cache[0][0])
+            vs.append(layer_cache[1][0])
+        hidden.append(h)
+    kv = None if cache is None else (tuple(ks), tuple(vs))
+    return h, (jnp.stack(hidden) if output_hidden_states else None), kv
 
 
 def token_positions(input_ids, attention_mask, positions, cache: KVCache | None):
