@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class KVCache:
-    # Stacked [layers, B, kv_heads, S, head_dim] (the scanned layers), or a tuple of
-    # per-layer [B, kv_heads, S, head_dim] arrays (the unrolled layers; see split_layers).
+    # Keys [layers, B, kv_heads, head_dim, S] and values [layers, B, kv_heads, S, head_dim]
+    # (the scanned layers), or tuples of per-layer arrays (the unrolled layers; split_layers).
     k: jax.Array | tuple
     v: jax.Array | tuple
     valid: jax.Array  # [B, S] 1 where a slot holds a real (non-padding) token
@@ -19,10 +19,9 @@ class KVCache:
 
     @classmethod
     def zeros(cls, layers, batch, length, kv_heads, head_dim, dtype) -> "KVCache":
-        shape = (layers, batch, kv_heads, length, head_dim)
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=jnp.zeros((layers, batch, kv_heads, head_dim, length), dtype),
+            v=jnp.zeros((layers, batch, kv_heads, length, head_dim), dtype),
             valid=jnp.zeros((batch, length), jnp.int32),
             positions=jnp.zeros((batch, length), jnp.int32),
             index=jnp.zeros((), jnp.int32),

@@ -179,7 +179,8 @@ class DecoderForCausalLM(nnx.Module):
                              to_dtype(dtype or c.dtype))
 
     def forward(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
-                output_hidden_states: bool = False, layer_params: list[dict] | None = None) -> CausalLMOutput:
+                output_hidden_states: bool = False, layer_params: list[dict] | None = None,
+                logits_to_keep: int = 0) -> CausalLMOutput:
         """As LlamaForCausalLM.forward."""
         c = self.config
         dt = to_dtype(c.dtype)
@@ -216,7 +217,7 @@ class DecoderForCausalLM(nnx.Module):
             final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)
         h = norm(c, final, "final_norm", h)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h, head.astype(dt), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt), preferred_element_type=jnp.float32)
         if c.option("lm_head_bias"):
             logits = logits + self.lm_head_bias[...].astype(jnp.float32)
         if c.option("final_softcap"):

@@ -79,10 +79,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax
                           scale: float | None = None, softcap: float | None = None) -> jax.Array:
     """Grouped-query attention.
 
-    q [B, T, H, D]; k/v head-major [B, KV, S, D] (the KV cache's layout), with H a multiple
-    of KV; allowed [B, T, S]. The query groups of each KV head are folded into the rows of
-    one batched matmul over (B, KV), so neither the cache nor the keys are transposed per
-    call. Scores (times `scale`, default D^-1/2, then Gemma-2's tanh soft-capping if given)
+    q [B, T, H, D]; keys [B, KV, D, S] and values [B, KV, S, D] (the KV cache's layouts),
+    with H a multiple of KV; allowed [B, T, S]. The query groups of each KV head are folded
+    into the rows of one batched matmul over (B, KV) whose right operand is already in
+    (contracted, output) order, so nothing is transposed per call (decoding read a [S, D]
+    key cache 4x slower than the same-size value cache). Scores (times `scale`, default D^-1/2, then Gemma-2's tanh soft-capping if given)
     and softmax in fp32. A fully masked row (a padding query) gets uniform weights rather
     than NaN, like transformers' SDPA path.
     """
@@ -90,7 +91,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax
     kv = k.shape[1]
     groups = h // kv
     qg = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, d)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kv, groups, t, -1) * (scale if scale is not None else 1.0 / math.sqrt(d))
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap

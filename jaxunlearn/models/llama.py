@@ -137,10 +137,12 @@ class LlamaForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         output_hidden_states: bool = False,
         layer_params: list[dict] | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """Logits (and the cache continued, hidden states if asked). layer_params: per-layer
         parameters from `stack.unstack_layers` to run the layers unrolled (decoding, with a
-        per-layer cache); None runs the model's stacked layers in a scan."""
+        per-layer cache); None runs the model's stacked layers in a scan. logits_to_keep:
+        logits of the last k positions only (0: all), as in transformers."""
         c = self.config
         dt = to_dtype(c.dtype)
         t = input_ids.shape[1]
@@ -162,6 +164,6 @@ class LlamaForCausalLM(nnx.Module):
         h, per_layer, kv_out = scan_layers(c, block, h, block_params, cache, None, output_hidden_states)
         h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h, head.astype(dt), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt), preferred_element_type=jnp.float32)
         return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
                                output_hidden_states)

@@ -2,11 +2,11 @@
 `layers` axis (training, scoring, prefill: per-block remat, fast compiles), or an unrolled
 loop over per-layer parameters and caches (token-by-token decoding).
 
-In the scan the cache rides in the carry as the whole [layers, B, kv, S, D] arrays and each
-layer writes only its new keys/values (a dynamic_update_slice XLA performs in place),
+In the scan the cache rides in the carry as the whole [layers, B, kv, D, S] (keys) and
+[layers, B, kv, S, D] (values) arrays and each layer writes only its new keys/values (a dynamic_update_slice XLA performs in place),
 instead of scanning over per-layer caches and stacking fresh copies as outputs, which
-rewrote the entire cache at every decoding step. Keys and values are kept head-major, the
-layout attention multiplies in, so no step transposes the cache.
+rewrote the entire cache at every decoding step. Keys and values are kept in the layouts
+attention multiplies in, so no step transposes the cache.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ REMAT_POLICIES = {
 
 
 def layer_keys_values(layer_cache, k, v, index):
-    """This layer's keys and values for attention, head-major [B, kv, S, D].
+    """This layer's keys [B, kv, D, S] and values [B, kv, S, D], the layouts attention
+    multiplies in.
 
     k/v are this call's [B, T, kv, D]. With a cache (k_all, v_all, layer), they are stored
     at position `index` of the layer's slot and the layer's whole cache is returned, with
     the updated cache: (layer_cache, k, v)."""
-    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    k, v = k.transpose(0, 2, 3, 1), jnp.swapaxes(v, 1, 2)
     if layer_cache is None:
         return None, k, v
     k_all, v_all, layer = layer_cache
-    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, 0, index, 0))
+    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, 0, 0, index))
     v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, 0, index, 0))
     return (k_all, v_all, layer), k_all[layer], v_all[layer]
 
