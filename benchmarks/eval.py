@@ -6,14 +6,15 @@ model, rows and batches.
 
 Work per row (TOFU's default): the average NLL of the answer, the paraphrased answer and
 every perturbed answer (probability, truth ratio), and a greedy answer of up to
-`--max-length` prompt + answer tokens (ROUGE). jaxunlearn runs `score_rows` and
-`generate_texts` (jitted scoring kernel; KV-cache decoding in one `lax.while_loop`); the
-transformers side runs the way open-unlearning evaluates: a batched forward per group of
-candidates with an HF loss per row, and batched `model.generate` on left-padded prompts.
-Both see the same rows in the same batches (jaxunlearn pads scoring batches to bucket
-lengths, PyTorch to each batch's longest row) and the same number of new tokens, so their
-outputs must agree: the largest NLL difference and the count of identical generations are
-printed with the times (jaxunlearn cold = including compilation, warm = compiled).
+`--max-length` prompt + answer tokens (ROUGE). jaxunlearn runs its evaluation's own calls,
+`score_candidates` (each question's prompt computed once, its candidates continued from
+the prompt's KV cache in length-sorted batches) and `generate_texts` (KV-cache decoding in
+one `lax.while_loop`); the transformers side runs the way open-unlearning evaluates: a
+batched forward over whole (prompt, candidate) rows with an HF loss per row, and batched
+`model.generate` on left-padded prompts. Generation sees the same prompts in the same
+batches with the same number of new tokens on both sides. The outputs must agree: the
+largest NLL difference and the count of identical generations are printed with the times
+(jaxunlearn cold = including compilation, warm = compiled).
 """
 
 from __future__ import annotations
@@ -37,22 +38,22 @@ def load_rows(split: str, rows: int, data_dir: str | None):
     return load_tofu(split, data_dir)[:rows]
 
 
-def jax_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buckets):
+def jax_side(model, tokenizer, evalset, pad, batch: int, max_length: int):
     """evaluate_model's own calls: answer rows with full statistics, the rest log-probs only."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
 
     t = time.perf_counter()
-    nll = score_candidates(model, evalset, pad, batch, buckets)[1]
+    nll = score_candidates(model, evalset, pad, batch)[1]
     scored = time.perf_counter()
     gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, batch, max_length)
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
-def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int, buckets):
-    """The same batches as jaxunlearn (longest first), in transformers: scoring pads each
-    batch to its longest row (shapes cost eager PyTorch nothing); generation uses the same
-    prompt widths and new-token budget as jaxunlearn so the answers can be compared."""
+def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int):
+    """transformers: whole rows, longest first, each batch padded to its longest row (shapes
+    cost eager PyTorch nothing); generation uses the same batches, prompt widths and
+    new-token budget as jaxunlearn so the answers can be compared."""
     import torch
     import torch.nn.functional as F
 
@@ -122,8 +123,7 @@ def main(argv=None) -> dict:
     template = get_template(default_template_name(tokenizer), tokenizer)
     rows = load_rows(args.split, args.rows, args.data_dir)
     evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
-    pad, buckets = pad_token_id(tokenizer), (64, 96, 128, 192, 256, 512)  # jitted shapes for scoring
-    work = (evalset, pad, args.batch, args.max_length, buckets)
+    work = (evalset, pad_token_id(tokenizer), args.batch, args.max_length)
 
     _, _, cold = jax_side(model, tokenizer, *work)
     runs = {"jaxunlearn": [], "transformers": []}

@@ -19,6 +19,7 @@ from jaxunlearn.errors import ConfigError, DataError
 from jaxunlearn.evaluation import metrics as M
 from jaxunlearn.evaluation.evaluate import aggregate, check_vocab, read_records
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
+from jaxunlearn.evaluation.shared_prompts import PromptGroups, score_shared_prompts
 
 
 def test_probability_and_truth_ratio_by_hand():
@@ -132,6 +133,49 @@ def test_score_kernel_matches_full_forward(tiny_checkpoints):
         np.testing.assert_allclose(full.mu[i], (p * logp[sup]).sum(-1), atol=1e-4)
         np.testing.assert_array_equal(full.correct[i], logits[sup].argmax(-1) == y[1:][sup])
     np.testing.assert_allclose(full.avg_nll, light.avg_nll, rtol=1e-5)
+
+
+def _candidate_rows(seed=1, vocab=101):
+    """Questions with several candidates each (a shared prompt, varied continuations), a
+    candidate whose prompt differs by one token, a row with nothing supervised and a row
+    supervised from its first token."""
+    rng = np.random.RandomState(seed)
+    ids, labels = [], []
+    for _ in range(5):
+        prompt = rng.randint(3, vocab, rng.randint(2, 20)).astype(np.int32)
+        for _ in range(rng.randint(1, 5)):
+            x = np.concatenate([prompt, rng.randint(3, vocab, rng.randint(1, 25)).astype(np.int32)])
+            y = x.copy()
+            y[: len(prompt)] = -100
+            ids.append(x)
+            labels.append(y)
+    changed = ids[0].copy()
+    changed[np.flatnonzero(labels[0] == -100)[-1]] = 2  # never drawn above
+    ids.append(changed), labels.append(labels[0].copy())
+    ids.append(rng.randint(3, vocab, 9).astype(np.int32)), labels.append(np.full(9, -100, np.int32))
+    x = rng.randint(3, vocab, 12).astype(np.int32)
+    ids.append(x), labels.append(x.copy())
+    return TokenizedRows(ids, labels)
+
+
+@pytest.mark.parametrize("chunk_prompts", [None, 2])
+def test_shared_prompt_scoring_equals_whole_rows(tiny_checkpoints, chunk_prompts):
+    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+    rows = _candidate_rows()
+    full = np.arange(len(rows)) % 3 == 0
+    groups = PromptGroups.split(rows)
+    assert len(groups.prompts) < len(rows) - 3  # the questions' candidates share their prompts
+    want = score_rows(model, rows, pad_id=0, batch_size=4, buckets=(16, 32, 64))
+    got = score_shared_prompts(model, rows, pad_id=0, full=full, batch_size=4, chunk_prompts=chunk_prompts)
+    for i in range(len(rows)):
+        np.testing.assert_allclose(got.token_logp[i], want.token_logp[i], atol=1e-5, err_msg=str(i))
+        if full[i]:
+            np.testing.assert_allclose(got.mu[i], want.mu[i], atol=1e-5)
+            np.testing.assert_allclose(got.sigma[i], want.sigma[i], atol=1e-5)
+            np.testing.assert_array_equal(got.correct[i], want.correct[i])
+        else:
+            assert not got.mu[i].any() and not got.correct[i].any()
+    assert len(got.token_logp[-2]) == 0 and got.avg_nll[-2] == 0.0  # nothing supervised
 
 
 def test_generate_texts_matches_step_by_step(tiny_lm, smollm2):

@@ -16,6 +16,7 @@ from ..data.tokenize import pad_token_id
 from ..errors import ConfigError, DataError
 from . import metrics as M
 from .kernels import generate_texts, score_rows
+from .shared_prompts import score_shared_prompts
 from .sets import load_sets
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,13 @@ def _per_candidate(evalset, avg_nll):
     return gt, para, pert[:, : evalset.num_perturbed]
 
 
-def score_candidates(model, evalset, pad: int, batch_size: int, buckets, mesh=None, bar=None):
-    """(full statistics of the answer rows, avg NLL of every candidate row). Only the answer
-    rows need memorization and Min-K%++ statistics; the others get log-probs only."""
+def score_candidates(model, evalset, pad: int, batch_size: int, mesh=None, bar=None):
+    """(full statistics of the answer rows, avg NLL of every candidate row). Candidates
+    sharing a question's prompt continue from its cache (`shared_prompts`); only the answer
+    rows get the memorization and Min-K%++ statistics, the others log-probs only."""
     gt_rows = np.flatnonzero(evalset.kind == GT)
-    other_rows = np.flatnonzero(evalset.kind != GT)
-    scores = score_rows(model, evalset.candidates.take(gt_rows), pad, batch_size, buckets, mesh, bar)
-    avg_nll = np.zeros(len(evalset.candidates))
-    avg_nll[gt_rows] = scores.avg_nll
-    if len(other_rows):
-        avg_nll[other_rows] = score_rows(model, evalset.candidates.take(other_rows), pad, batch_size, buckets, mesh,
-                                         bar, full_stats=False).avg_nll
-    return scores, avg_nll
+    scores = score_shared_prompts(model, evalset.candidates, pad, evalset.kind == GT, batch_size, mesh, bar)
+    return scores.take(gt_rows), scores.avg_nll
 
 
 def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, judge=None, reference=None,
@@ -75,7 +71,6 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
     check_vocab(model, tokenizer)
     e = cfg.eval
     pad = pad_token_id(tokenizer)
-    buckets = tuple(cfg.data.buckets)
     mesh = _data_mesh(e.batch_size)
     records, summary = [], {"sets": {}}
     for spec in load_sets(cfg):
@@ -84,7 +79,7 @@ def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, ju
         n = len(evalset)
         bar = tqdm(total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
                    desc=f"eval {spec.name}", unit="row", disable=not progress, dynamic_ncols=True)
-        scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, buckets, mesh, bar)
+        scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, bar)
         gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [{"set": spec.name, "index": i, "question": r["question"], "answer": evalset.references[i],
                 "avg_nll": float(gt[i]), "probability": float(np.exp(-gt[i]))} for i, r in enumerate(evalset.rows)]

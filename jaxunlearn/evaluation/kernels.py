@@ -25,12 +25,12 @@ from ..generation import decoding_layers, greedy_generate
 from ..objectives.token_stats import log_probs, shifted
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "full_stats"))
-def _score(graphdef, params, ids, mask, labels, full_stats: bool):
-    logits = nnx.merge(graphdef, params).forward(ids, mask).logits
-    lg, targets, sup = shifted(logits, labels)
-    if not full_stats:  # log p(target) only: a logsumexp and a gather, no [B, T, V] temporaries
-        lg = lg.astype(jnp.float32)
+def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
+    """Per position of logits lg [..., V] predicting targets [...] (supervised where sup):
+    the target's log-prob, and with full_stats the mean/std of the log-prob under the
+    model's own distribution (Min-K%++) and whether the argmax is the target."""
+    lg = lg.astype(jnp.float32)
+    if not full_stats:  # log p(target) only: a logsumexp and a gather, no [..., V] temporaries
         tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
         zeros = jnp.zeros_like(tok)
         return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": zeros, "sigma": zeros,
@@ -43,6 +43,12 @@ def _score(graphdef, params, ids, mask, labels, full_stats: bool):
     correct = jnp.argmax(lg, axis=-1) == targets
     return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": mu, "sigma": sigma,
             "correct": correct & sup}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "full_stats"))
+def _score(graphdef, params, ids, mask, labels, full_stats: bool):
+    logits = nnx.merge(graphdef, params).forward(ids, mask).logits
+    return token_statistics(*shifted(logits, labels), full_stats)
 
 
 @dataclasses.dataclass
@@ -66,6 +72,9 @@ class RowScores:
     def avg_nll(self) -> np.ndarray:
         return -self.sum_logp / np.maximum(self.counts, 1)
 
+    def take(self, index) -> "RowScores":
+        return RowScores(*([getattr(self, f.name)[i] for i in index] for f in dataclasses.fields(self)))
+
 
 def padded_batch(real: int, batch_size: int) -> int:
     """Rows a batch of `real` rows is padded to: the full batch size, or for the last, short
@@ -74,7 +83,8 @@ def padded_batch(real: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(real - 1, 0).bit_length())
 
 
-def _place(x, mesh):
+def place_batch(x, mesh):
+    """On the mesh's data axis when there is a mesh, else on the default device."""
     if mesh is None:
         return jnp.asarray(x)
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
@@ -96,7 +106,7 @@ def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
         index += [index[-1]] * (batch_size - real)  # a full batch keeps one compiled shape
         length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
         b = pad_rows(rows, index, length, pad_id)
-        arrays = (_place(b[k], mesh) for k in ("input_ids", "attention_mask", "labels"))
+        arrays = (place_batch(b[k], mesh) for k in ("input_ids", "attention_mask", "labels"))
         res = jax.device_get(_score(graphdef, params, *arrays, full_stats=full_stats))
         for j in range(real):
             m = res["mask"][j]
