@@ -77,3 +77,40 @@ def test_optimizer_moments_are_sharded_like_parameters():
     """FSDP must split AdamW's moments too (XLA alone would replicate the zero-initialized ones)."""
     proc = run_python(OPT_CHILD, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+EVAL_CHILD = """
+import numpy as np
+import jaxunlearn
+from jaxunlearn.data.tokenize import TokenizedRows
+from jaxunlearn.evaluation.shared_prompts import score_shared_prompts
+from jaxunlearn.models.config import ModelConfig
+from jaxunlearn.parallel import make_mesh
+cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8)
+model = jaxunlearn.create_model(cfg, seed=0)
+rng = np.random.RandomState(0)
+ids, labels = [], []
+for q in range(5):
+    prompt = rng.randint(3, 64, rng.randint(2, 12))
+    for _ in range(3):
+        x = np.concatenate([prompt, rng.randint(3, 64, rng.randint(1, 15))]).astype(np.int32)
+        y = x.copy()
+        y[: len(prompt)] = -100
+        ids.append(x)
+        labels.append(y)
+rows = TokenizedRows(ids, labels)
+full = np.arange(len(rows)) % 3 == 0
+one = score_shared_prompts(model, rows, 0, full, batch_size=4)
+four = score_shared_prompts(model, rows, 0, full, batch_size=4, mesh=make_mesh(data=4))
+for k in ("token_logp", "mu", "sigma"):
+    for a, b in zip(getattr(one, k), getattr(four, k)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+print("OK", len(rows))
+"""
+
+
+def test_shared_prompt_scoring_on_a_data_mesh_equals_one_device():
+    """Evaluation batches split over 4 devices (prompt and candidate counts rounded up) score as on one."""
+    proc = run_python(EVAL_CHILD, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

@@ -217,7 +217,8 @@ class DecoderForCausalLM(nnx.Module):
             final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)
         h = norm(c, final, "final_norm", h)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt),
+                            preferred_element_type=jnp.float32)
         if c.option("lm_head_bias"):
             logits = logits + self.lm_head_bias[...].astype(jnp.float32)
         if c.option("final_softcap"):

@@ -83,9 +83,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax
     with H a multiple of KV; allowed [B, T, S]. The query groups of each KV head are folded
     into the rows of one batched matmul over (B, KV) whose right operand is already in
     (contracted, output) order, so nothing is transposed per call (decoding read a [S, D]
-    key cache 4x slower than the same-size value cache). Scores (times `scale`, default D^-1/2, then Gemma-2's tanh soft-capping if given)
-    and softmax in fp32. A fully masked row (a padding query) gets uniform weights rather
-    than NaN, like transformers' SDPA path.
+    key cache 4x slower than the same-size value cache). Scores (times `scale`, default
+    D^-1/2, then Gemma-2's tanh soft-capping if given) and softmax in fp32. A fully masked
+    row (a padding query) gets uniform weights rather than NaN, like transformers' SDPA.
     """
     b, t, h, d = q.shape
     kv = k.shape[1]

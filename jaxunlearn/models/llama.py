@@ -164,6 +164,7 @@ class LlamaForCausalLM(nnx.Module):
         h, per_layer, kv_out = scan_layers(c, block, h, block_params, cache, None, output_hidden_states)
         h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt),
+                            preferred_element_type=jnp.float32)
         return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
                                output_hidden_states)

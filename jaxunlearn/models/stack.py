@@ -3,9 +3,10 @@
 loop over per-layer parameters and caches (token-by-token decoding).
 
 In the scan the cache rides in the carry as the whole [layers, B, kv, D, S] (keys) and
-[layers, B, kv, S, D] (values) arrays and each layer writes only its new keys/values (a dynamic_update_slice XLA performs in place),
-instead of scanning over per-layer caches and stacking fresh copies as outputs, which
-rewrote the entire cache at every decoding step. Keys and values are kept in the layouts
+[layers, B, kv, S, D] (values) arrays and each layer writes only its new keys/values (a
+dynamic_update_slice XLA performs in place), instead of scanning over per-layer caches
+and stacking fresh copies as outputs, which rewrote the entire cache at every decoding
+step. Keys and values are kept in the layouts
 attention multiplies in, so no step transposes the cache.
 """
 
