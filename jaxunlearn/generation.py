@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from .models.config import to_dtype
 from .models.stack import unstack_layers
 
 
@@ -55,7 +56,7 @@ def decoding_layers(model, layer_loop: str = "auto"):
         raise ValueError(f"unknown layer_loop {layer_loop!r}; use one of {LAYER_LOOPS}")
     if layer_loop == "scan" or (layer_loop == "auto" and jax.default_backend() != "cpu"):
         return None
-    return unstack_layers(model.layers.arrays())
+    return unstack_layers(model.layers.arrays(), to_dtype(model.config.dtype))
 
 
 def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_token_ids, pad_token_id: int,

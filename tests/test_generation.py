@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -36,6 +37,21 @@ def assert_kv_cache_matches_full_forward(model):
 
 def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
     assert_kv_cache_matches_full_forward(jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))[0])
+
+
+def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
+    """fp32 parameters computing in bf16: the per-layer copies are cast once, not every token."""
+    from jaxunlearn.generation import decoding_layers
+    from jaxunlearn.models.config import ModelConfig
+
+    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, dtype="bfloat16")
+    model = jaxunlearn.create_model(cfg, seed=0)
+    layers = decoding_layers(model, "unrolled")
+    assert len(layers) == 2 and all(x.dtype == jnp.bfloat16 for p in layers for x in p.values())
+    ids, mask = np.full((2, 5), 7, np.int32), np.ones((2, 5), np.int32)
+    np.testing.assert_array_equal(greedy_generate(model, ids, mask, 4, [-1], 0, layer_params=layers),
+                                  greedy_generate(model, ids, mask, 4, [-1], 0, layer_params="scan"))
 
 
 def test_unknown_layer_loop_is_refused(tiny_checkpoints):

@@ -80,26 +80,18 @@ def test_optimizer_moments_are_sharded_like_parameters():
 
 
 EVAL_CHILD = """
+import sys
 import numpy as np
 import jaxunlearn
-from jaxunlearn.data.tokenize import TokenizedRows
 from jaxunlearn.evaluation.shared_prompts import score_shared_prompts
 from jaxunlearn.models.config import ModelConfig
 from jaxunlearn.parallel import make_mesh
+sys.path.insert(0, "tests")
+from test_evaluation import _candidate_rows
 cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=8)
 model = jaxunlearn.create_model(cfg, seed=0)
-rng = np.random.RandomState(0)
-ids, labels = [], []
-for q in range(5):
-    prompt = rng.randint(3, 64, rng.randint(2, 12))
-    for _ in range(3):
-        x = np.concatenate([prompt, rng.randint(3, 64, rng.randint(1, 15))]).astype(np.int32)
-        y = x.copy()
-        y[: len(prompt)] = -100
-        ids.append(x)
-        labels.append(y)
-rows = TokenizedRows(ids, labels)
+rows = _candidate_rows(vocab=64)
 full = np.arange(len(rows)) % 3 == 0
 one = score_shared_prompts(model, rows, 0, full, batch_size=4)
 four = score_shared_prompts(model, rows, 0, full, batch_size=4, mesh=make_mesh(data=4))

@@ -77,11 +77,16 @@ class RowScores:
         return RowScores(*([getattr(self, f.name)[i] for i in index] for f in dataclasses.fields(self)))
 
 
-def padded_batch(real: int, batch_size: int) -> int:
+def round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def padded_batch(real: int, batch_size: int, multiple: int = 1) -> int:
     """Rows a batch of `real` rows is padded to: the full batch size, or for the last, short
     batch the next power of two, so it neither compiles a shape per size nor decodes a
-    whole batch of copies (20 rows in batches of 16: 16 + 4, not 16 + 16)."""
-    return min(batch_size, 1 << max(real - 1, 0).bit_length())
+    whole batch of copies (20 rows in batches of 16: 16 + 4, not 16 + 16); rounded up to a
+    multiple of the devices it is split over."""
+    return round_up(min(batch_size, 1 << max(real - 1, 0).bit_length()), multiple)
 
 
 def place_batch(x, mesh):

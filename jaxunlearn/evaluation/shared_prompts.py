@@ -29,7 +29,7 @@ from ..data.batching import bucket_length
 from ..data.tokenize import TokenizedRows
 from ..models.cache import KVCache
 from ..objectives.token_stats import IGNORE
-from .kernels import RowScores, padded_batch, place_batch, token_statistics
+from .kernels import RowScores, padded_batch, place_batch, round_up, token_statistics
 
 # Prompt and continuation lengths, and chunk prompt counts, pad to these (few compiled shapes).
 LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -125,7 +125,7 @@ def _batches(items: list[int], batch_size: int, multiple: int):
     """Consecutive batches with the padded size of each (the last, short one a power of two)."""
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        yield batch, -(-padded_batch(len(batch), batch_size) // multiple) * multiple
+        yield batch, padded_batch(len(batch), batch_size, multiple)
 
 
 def _chunk_prompts(graphdef, params, groups, chunk: list[int], batch_size: int, pad_id: int, mesh, multiple):
@@ -138,7 +138,7 @@ def _chunk_prompts(graphdef, params, groups, chunk: list[int], batch_size: int, 
         n = len(batch)
         caches.append((cache.k[:, :n], cache.v[:, :n], cache.valid[:n], cache.positions[:n]))
         logits.append(last[:n])
-    count = -(-bucket_length(len(chunk), LENGTH_BUCKETS, None) // multiple) * multiple
+    count = round_up(bucket_length(len(chunk), LENGTH_BUCKETS, None), multiple)
 
     def join(parts, axis):  # the batches' prompts side by side, then empty slots up to `count`
         x = jnp.concatenate(parts, axis=axis)
@@ -167,7 +167,7 @@ def score_shared_prompts(model, rows: TokenizedRows, pad_id: int, full: np.ndarr
         chunk = by_length[start:start + chunk_prompts]
         prompts, first_logits = _chunk_prompts(graphdef, params, groups, chunk, batch_size, pad_id, mesh, multiple)
         slot = {p: j for j, p in enumerate(chunk)}
-        members = [r for r in range(len(rows)) if groups.group[r] in slot]
+        members = np.flatnonzero(np.isin(groups.group, chunk))
         for full_stats in (True, False):
             part = sorted((r for r in members if full[r] == full_stats), key=lambda r: -len(groups.continuations[r]))
             for batch, size in _batches(part, batch_size, multiple):

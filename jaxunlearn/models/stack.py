@@ -6,8 +6,8 @@ In the scan the cache rides in the carry as the whole [layers, B, kv, D, S] (key
 [layers, B, kv, S, D] (values) arrays and each layer writes only its new keys/values (a
 dynamic_update_slice XLA performs in place), instead of scanning over per-layer caches
 and stacking fresh copies as outputs, which rewrote the entire cache at every decoding
-step. Keys and values are kept in the layouts
-attention multiplies in, so no step transposes the cache.
+step. Keys and values are kept in the layouts attention multiplies in, so no step
+transposes the cache.
 """
 
 from __future__ import annotations
@@ -77,15 +77,16 @@ def scan_layers(config, block: Callable, h, block_params, cache: KVCache | None,
     return h, hidden, kv
 
 
-def unstack_layers(block_params: dict) -> list[dict]:
-    """Per-layer copies of stacked layer parameters, made outside jit.
+def unstack_layers(block_params: dict, dtype) -> list[dict]:
+    """Per-layer copies of stacked layer parameters in the compute dtype, made outside jit.
 
     A scan reads each layer's weights with a dynamic slice, which XLA:CPU materializes: at
     one token per step, decoding spent more time copying weights than multiplying them.
     Separate arrays are plain arguments of an unrolled loop (no copies), at the price of a
-    second copy of the layer weights while they are held and a longer compile."""
+    second copy of the layer weights while they are held and a longer compile. Cast here,
+    once, so a bf16-compute model does not convert every weight at every token."""
     n = len(next(iter(block_params.values())))
-    return [{k: v[i] for k, v in block_params.items()} for i in range(n)]
+    return [{k: v[i].astype(dtype) for k, v in block_params.items()} for i in range(n)]
 
 
 def layer_params_as(block_params, layer_params, dtype):
@@ -108,7 +109,8 @@ def _unrolled_layers(block, h, layer_params: list, cache, per_layer, output_hidd
         if layer_cache is not None:
             ks.append(layer_cache[0][0])
             vs.append(layer_cache[1][0])
-        hidden.append(h)
+        if output_hidden_states:
+            hidden.append(h)
     kv = None if cache is None else (tuple(ks), tuple(vs))
     return h, (jnp.stack(hidden) if output_hidden_states else None), kv
 
