@@ -19,7 +19,7 @@ from jaxunlearn.errors import ConfigError, DataError
 from jaxunlearn.evaluation import metrics as M
 from jaxunlearn.evaluation.evaluate import aggregate, check_vocab, read_records
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
-from jaxunlearn.evaluation.shared_prompts import PromptGroups, score_shared_prompts
+from jaxunlearn.evaluation.prefix_trees import PackedTrees, score_prefix_trees
 
 
 def test_probability_and_truth_ratio_by_hand():
@@ -158,15 +158,29 @@ def _candidate_rows(seed=1, vocab=101):
     return TokenizedRows(ids, labels)
 
 
-@pytest.mark.parametrize("chunk_prompts", [None, 2])
-def test_shared_prompt_scoring_equals_whole_rows(tiny_checkpoints, chunk_prompts):
+def test_prefix_trees_merge_shared_prefixes():
+    rows = _candidate_rows()
+    trees = PackedTrees.build(rows, 512, pad_id=0)
+    assert len(trees.ids) == 1 and trees.nodes[0] < rows.lengths().sum()
+    seen = trees.ancestors(0)
+    for r, x in enumerate(rows.ids):
+        slots = trees.row_slots[r]
+        np.testing.assert_array_equal(trees.ids[0][slots], x)  # a row's path spells the row
+        np.testing.assert_array_equal(trees.depth[0][slots], np.arange(len(x)))
+        assert seen[slots[-1]].sum() == len(x) and seen[slots[-1], slots].all()  # it sees exactly its prefix
+    narrow = PackedTrees.build(rows, 48, pad_id=0)  # rows that do not fit start a new sequence
+    assert len(narrow.ids) > 1 and narrow.nodes.max() <= 48 and narrow.nodes.sum() > trees.nodes[0]
+    with pytest.raises(ValueError, match="does not fit"):
+        PackedTrees.build(rows, 16, pad_id=0)
+
+
+@pytest.mark.parametrize("width", [None, 48])
+def test_prefix_tree_scoring_equals_whole_rows(tiny_checkpoints, width):
     model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
     rows = _candidate_rows()
     full = np.arange(len(rows)) % 3 == 0
-    groups = PromptGroups.split(rows)
-    assert len(groups.prompts) < len(rows) - 3  # the questions' candidates share their prompts
     want = score_rows(model, rows, pad_id=0, batch_size=4, buckets=(16, 32, 64))
-    got = score_shared_prompts(model, rows, pad_id=0, full=full, batch_size=4, chunk_prompts=chunk_prompts)
+    got = score_prefix_trees(model, rows, pad_id=0, full=full, batch_size=4, width=width)
     for i in range(len(rows)):
         np.testing.assert_allclose(got.token_logp[i], want.token_logp[i], atol=1e-5, err_msg=str(i))
         if full[i]:

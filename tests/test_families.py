@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 import jaxunlearn
 from conftest import FAMILY_CONFIGS, padded_batch
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
-from jaxunlearn.evaluation.shared_prompts import score_shared_prompts
+from jaxunlearn.evaluation.prefix_trees import score_prefix_trees
 from jaxunlearn.objectives import build_objective
 from jaxunlearn.parallel import make_mesh
 from jaxunlearn.training.optimizer import make_optimizer
@@ -89,8 +89,8 @@ def test_unlearning_step_and_evaluation_run_unchanged(name, tiny_checkpoints):
     rows = _rows(3, n=3)
     scores = score_rows(trained, rows, pad_id=0, batch_size=4, buckets=(32,))
     assert np.isfinite(scores.avg_nll).all() and len(scores.token_logp) == 3
-    # prompts left-padded and continued from their cache: positions (learned ones included) as whole rows
-    shared = score_shared_prompts(trained, rows, pad_id=0, full=np.ones(3, bool), batch_size=4)
+    # prefix trees: depth positions (learned ones included) and ancestor masks score as whole rows
+    shared = score_prefix_trees(trained, rows, pad_id=0, full=np.ones(3, bool), batch_size=4)
     for a, b in zip(shared.token_logp, scores.token_logp):
         np.testing.assert_allclose(a, b, atol=1e-5)
 

@@ -83,7 +83,7 @@ EVAL_CHILD = """
 import sys
 import numpy as np
 import jaxunlearn
-from jaxunlearn.evaluation.shared_prompts import score_shared_prompts
+from jaxunlearn.evaluation.prefix_trees import score_prefix_trees
 from jaxunlearn.models.config import ModelConfig
 from jaxunlearn.parallel import make_mesh
 sys.path.insert(0, "tests")
@@ -93,8 +93,8 @@ cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediat
 model = jaxunlearn.create_model(cfg, seed=0)
 rows = _candidate_rows(vocab=64)
 full = np.arange(len(rows)) % 3 == 0
-one = score_shared_prompts(model, rows, 0, full, batch_size=4)
-four = score_shared_prompts(model, rows, 0, full, batch_size=4, mesh=make_mesh(data=4))
+one = score_prefix_trees(model, rows, 0, full, batch_size=4, width=48)
+four = score_prefix_trees(model, rows, 0, full, batch_size=4, mesh=make_mesh(data=4), width=48)
 for k in ("token_logp", "mu", "sigma"):
     for a, b in zip(getattr(one, k), getattr(four, k)):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -102,7 +102,7 @@ print("OK", len(rows))
 """
 
 
-def test_shared_prompt_scoring_on_a_data_mesh_equals_one_device():
-    """Evaluation batches split over 4 devices (prompt and candidate counts rounded up) score as on one."""
+def test_prefix_tree_scoring_on_a_data_mesh_equals_one_device():
+    """Evaluation batches split over 4 devices (sequence counts rounded up) score as on one."""
     proc = run_python(EVAL_CHILD, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

@@ -16,7 +16,7 @@ from ..data.tokenize import pad_token_id
 from ..errors import ConfigError, DataError
 from . import metrics as M
 from .kernels import generate_texts, score_rows
-from .shared_prompts import score_shared_prompts
+from .prefix_trees import score_prefix_trees
 from .sets import load_sets
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,11 @@ def _per_candidate(evalset, avg_nll):
 
 def score_candidates(model, evalset, pad: int, batch_size: int, mesh=None, bar=None):
     """(full statistics of the answer rows, avg NLL of every candidate row). Candidates
-    sharing a question's prompt continue from its cache (`shared_prompts`); only the answer
-    rows get the memorization and Min-K%++ statistics, the others log-probs only."""
+    sharing prefixes (a question's prompt, the start of its answers) compute them once
+    (`prefix_trees`); only the answer rows get the memorization and Min-K%++ statistics,
+    the others log-probs only."""
     gt_rows = np.flatnonzero(evalset.kind == GT)
-    scores = score_shared_prompts(model, evalset.candidates, pad, evalset.kind == GT, batch_size, mesh, bar)
+    scores = score_prefix_trees(model, evalset.candidates, pad, evalset.kind == GT, batch_size, mesh, bar)
     return scores.take(gt_rows), scores.avg_nll
 
 

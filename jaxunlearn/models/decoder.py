@@ -25,6 +25,7 @@ training, evaluation, sharding and checkpoint code treat every family alike.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -34,7 +35,7 @@ from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .llama import DecoderBlocks, _linear, _param
 from .outputs import CausalLMOutput
-from .stack import assemble_output, layer_keys_values, layer_params_as, scan_layers, token_positions
+from .stack import assemble_output, head_inputs, layer_keys_values, layer_params_as, scan_layers, token_positions
 
 
 def _norm_params(module, rngs, c: ModelConfig, name: str, shape_prefix: tuple, axes_prefix: tuple, dt) -> None:
@@ -180,7 +181,7 @@ class DecoderForCausalLM(nnx.Module):
 
     def forward(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
                 output_hidden_states: bool = False, layer_params: list[dict] | None = None,
-                logits_to_keep: int = 0) -> CausalLMOutput:
+                logits_to_keep: int | jax.Array = 0) -> CausalLMOutput:
         """As LlamaForCausalLM.forward."""
         c = self.config
         dt = to_dtype(c.dtype)
@@ -217,7 +218,7 @@ class DecoderForCausalLM(nnx.Module):
             final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)
         h = norm(c, final, "final_norm", h)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt),
+        logits = jnp.einsum("btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt),
                             preferred_element_type=jnp.float32)
         if c.option("lm_head_bias"):
             logits = logits + self.lm_head_bias[...].astype(jnp.float32)

@@ -68,8 +68,11 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def attention_mask(
     query_pos: jax.Array, key_pos: jax.Array, key_valid: jax.Array, sliding_window: int | None
 ) -> jax.Array:
-    """Boolean [B, T, S]: causal, key not padding, and within the sliding window if any."""
-    allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :].astype(bool)
+    """Boolean [B, T, S]: causal, key not padding, and within the sliding window if any.
+
+    key_valid is [B, S], or [B, T, S] for a mask per query (prefix trees packed in a row)."""
+    valid = key_valid[:, None, :] if key_valid.ndim == 2 else key_valid
+    allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & valid.astype(bool)
     if sliding_window is not None:
         allowed &= (query_pos[:, :, None] - key_pos[:, None, :]) < sliding_window
     return allowed

@@ -16,7 +16,7 @@ from . import layers as L
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .outputs import CausalLMOutput
-from .stack import assemble_output, layer_keys_values, layer_params_as, scan_layers, token_positions
+from .stack import assemble_output, head_inputs, layer_keys_values, layer_params_as, scan_layers, token_positions
 
 # (jaxunlearn parameter path, HF safetensors name, GGUF name, kind). "{i}" is a layer index
 # for parameters stacked on the `layers` axis. The kind fixes the layout conversion:
@@ -137,12 +137,14 @@ class LlamaForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         output_hidden_states: bool = False,
         layer_params: list[dict] | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | jax.Array = 0,
     ) -> CausalLMOutput:
         """Logits (and the cache continued, hidden states if asked). layer_params: per-layer
         parameters from `stack.unstack_layers` to run the layers unrolled (decoding, with a
         per-layer cache); None runs the model's stacked layers in a scan. logits_to_keep:
-        logits of the last k positions only (0: all), as in transformers."""
+        logits of the last k positions only (0: all), as in transformers, or of the
+        positions in an int array [B, K]. attention_mask: [B, T] real tokens, or [B, T, T]
+        the keys each query sees (no cache; pass positions), e.g. prefix trees."""
         c = self.config
         dt = to_dtype(c.dtype)
         t = input_ids.shape[1]
@@ -164,7 +166,7 @@ class LlamaForCausalLM(nnx.Module):
         h, per_layer, kv_out = scan_layers(c, block, h, block_params, cache, None, output_hidden_states)
         h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h[:, -logits_to_keep:], head.astype(dt),
+        logits = jnp.einsum("btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt),
                             preferred_element_type=jnp.float32)
         return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
                                output_hidden_states)

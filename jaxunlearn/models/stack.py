@@ -117,10 +117,16 @@ def _unrolled_layers(block, h, layer_params: list, cache, per_layer, output_hidd
 
 def token_positions(input_ids, attention_mask, positions, cache: KVCache | None):
     """(attention mask, query positions, key validity, key positions, cache start) for a
-    forward over input_ids [B, T], continuing the cache when one is given."""
+    forward over input_ids [B, T], continuing the cache when one is given.
+
+    attention_mask [B, T] marks real tokens; [B, T, T] gives each query the keys it sees
+    (ANDed with causality by position), without a cache."""
     b, t = input_ids.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
+    if attention_mask.ndim == 3 and cache is not None:
+        raise ValueError("a per-query attention mask [B, T, T] cannot continue a KV cache; "
+                         "pass a [B, T] mask, or run without a cache")
     start = cache.index if cache is not None else 0
     if positions is None:
         positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -129,6 +135,14 @@ def token_positions(input_ids, attention_mask, positions, cache: KVCache | None)
     key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask.astype(cache.valid.dtype), (0, start))
     key_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, start))
     return attention_mask, positions, key_valid, key_pos, start
+
+
+def head_inputs(h, logits_to_keep):
+    """The hidden states the LM head runs on: all (0), the last k (int k, as in
+    transformers), or per row the positions in an int array [B, K]."""
+    if isinstance(logits_to_keep, int):
+        return h[:, -logits_to_keep:]
+    return jnp.take_along_axis(h, logits_to_keep[..., None].astype(jnp.int32), axis=1)
 
 
 def assemble_output(logits, h_emb, per_layer, h_final, kv, key_valid, key_pos, start, t: int,
