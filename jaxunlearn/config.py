@@ -105,7 +105,7 @@ class EvalSection:
     forget_split: str | None = None  # default: data.forget_split + "_perturbed"
     holdout_split: str | None = None  # MIA: default the holdout split of the forget split's size; "none" skips
     num_rows: int | None = 300  # TOFU scores the first 300 rows of each set
-    batch_size: int = 16
+    batch_size: int = 16  # rows per batch; scoring packs batch_size * 64 prefix-tree nodes per batch
     max_length: int = 200  # generation: prompt + answer tokens
     generate: bool = True
     cosine: bool = True  # sentence embeddings (all-MiniLM-L6-v2)

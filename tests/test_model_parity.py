@@ -66,3 +66,23 @@ def test_remat_and_bf16_compute_options(tiny_checkpoints):
     lo = np.asarray(bf16(ids, mask))[mask.astype(bool)]
     hi = np.asarray(base(ids, mask))[mask.astype(bool)]
     assert np.mean(np.argmax(lo, -1) == np.argmax(hi, -1)) > 0.9
+
+
+def test_per_query_mask_and_logits_at_positions(tiny_checkpoints):
+    """A [B, T, T] causal mask gives the [B, T] mask's logits; logits_to_keep as an int keeps
+    the last k, as an array [B, K] those positions of each row; a per-query mask cannot
+    continue a KV cache."""
+    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+    ids, mask = padded_batch()
+    b, t = ids.shape
+    full = np.asarray(model.forward(ids, mask).logits)
+    causal = np.tril(np.ones((t, t), bool))[None] & mask.astype(bool)[:, None, :]
+    np.testing.assert_allclose(np.asarray(model.forward(ids, causal).logits)[mask.astype(bool)],
+                               full[mask.astype(bool)], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model.forward(ids, mask, logits_to_keep=2).logits), full[:, -2:],
+                               atol=1e-6)
+    at = np.array([[3, 0, t - 1]] * b, np.int32)
+    np.testing.assert_allclose(np.asarray(model.forward(ids, mask, logits_to_keep=at).logits),
+                               np.take_along_axis(full, at[..., None], axis=1), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot continue a KV cache"):
+        model.forward(ids, causal, cache=model.init_cache(b, t + 4))

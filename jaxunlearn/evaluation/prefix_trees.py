@@ -133,22 +133,23 @@ def score_prefix_trees(model, rows: TokenizedRows, pad_id: int, full: np.ndarray
     multiple = 1 if mesh is None else mesh.shape["data"]
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
+    full_slots = [np.unique(np.concatenate([[0]] + [trees.row_slots[r][_supervised(rows, r)]
+                                                   for r in members[s] if full[r]])) for s in range(len(trees.ids))]
+    count = bucket_length(max((len(x) for x in full_slots), default=1), LENGTH_BUCKETS, None)  # one per call
     graphdef, params = nnx.split(model)
     out = {k: [None] * len(rows) for k in ("token_logp", "correct", "mu", "sigma")}
     for start in range(0, len(trees.ids), per_batch):
         batch = list(range(start, min(start + per_batch, len(trees.ids))))
         size = padded_batch(len(batch), per_batch, multiple)
-        full_slots = [np.unique(np.concatenate([[0]] + [trees.row_slots[r][_supervised(rows, r)]
-                                                       for r in members[s] if full[r]])) for s in batch]
-        count = bucket_length(max(len(x) for x in full_slots), LENGTH_BUCKETS, None)
         a = {"ids": trees.ids[batch], "depth": trees.depth[batch], "parent": trees.parent[batch],
              "seen": np.stack([trees.ancestors(s) for s in batch]),
-             "full_slots": _pad(full_slots, count, 0), "full_valid": _pad([[1] * len(x) for x in full_slots], count, 0)}
+             "full_slots": _pad([full_slots[s] for s in batch], count, 0),
+             "full_valid": _pad([[1] * len(full_slots[s]) for s in batch], count, 0)}
         a = {k: np.concatenate([v, np.repeat(v[-1:], size - len(batch), axis=0)]) for k, v in a.items()}
         a["full_valid"] = a["full_valid"].astype(bool)
         res = jax.device_get(_score_sequences(graphdef, params, {k: place_batch(v, mesh) for k, v in a.items()}))
         for j, s in enumerate(batch):
-            where = np.searchsorted(full_slots[j], np.arange(trees.ids.shape[1]))  # slot -> its full index
+            where = np.searchsorted(full_slots[s], np.arange(trees.ids.shape[1]))  # slot -> its full index
             for r in members[s]:
                 slots = trees.row_slots[r][_supervised(rows, r)]
                 out["token_logp"][r] = res["token_logp"][j][slots].astype(np.float64)
