@@ -133,6 +133,7 @@ def score_prefix_trees(model, rows: TokenizedRows, pad_id: int, full: np.ndarray
     multiple = 1 if mesh is None else mesh.shape["data"]
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
+    # per sequence, the sorted slots that need full statistics (slot 0 keeps none empty)
     full_slots = [np.unique(np.concatenate([[0]] + [trees.row_slots[r][_supervised(rows, r)]
                                                    for r in members[s] if full[r]])) for s in range(len(trees.ids))]
     count = bucket_length(max((len(x) for x in full_slots), default=1), LENGTH_BUCKETS, None)  # one per call

@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..errors import CheckpointError
 from ..parallel import constrain_batch
@@ -140,8 +141,8 @@ def token_positions(input_ids, attention_mask, positions, cache: KVCache | None)
 def head_inputs(h, logits_to_keep):
     """The hidden states the LM head runs on: all (0), the last k (int k, as in
     transformers), or per row the positions in an int array [B, K]."""
-    if isinstance(logits_to_keep, int):
-        return h[:, -logits_to_keep:]
+    if isinstance(logits_to_keep, (int, np.integer)):
+        return h[:, -int(logits_to_keep):]
     return jnp.take_along_axis(h, logits_to_keep[..., None].astype(jnp.int32), axis=1)
 
 
