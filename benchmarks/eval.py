@@ -7,8 +7,8 @@ model, rows and batches.
 Work per row (TOFU's default): the average NLL of the answer, the paraphrased answer and
 every perturbed answer (probability, truth ratio), and a greedy answer of up to
 `--max-length` prompt + answer tokens (ROUGE). jaxunlearn runs its evaluation's own calls,
-`score_candidates` (each question's prompt computed once, its candidates continued from
-the prompt's KV cache in length-sorted batches) and `generate_texts` (KV-cache decoding in
+`score_candidates` (candidates merged into prefix trees, so each shared prefix, such as
+a question's prompt, is computed once) and `generate_texts` (KV-cache decoding in
 one `lax.while_loop`); the transformers side runs the way open-unlearning evaluates: a
 batched forward over whole (prompt, candidate) rows with an HF loss per row, and batched
 `model.generate` on left-padded prompts. Generation sees the same prompts in the same

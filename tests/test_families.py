@@ -90,8 +90,8 @@ def test_unlearning_step_and_evaluation_run_unchanged(name, tiny_checkpoints):
     scores = score_rows(trained, rows, pad_id=0, batch_size=4, buckets=(32,))
     assert np.isfinite(scores.avg_nll).all() and len(scores.token_logp) == 3
     # prefix trees: depth positions (learned ones included) and ancestor masks score as whole rows
-    shared = score_prefix_trees(trained, rows, pad_id=0, full=np.ones(3, bool), batch_size=4)
-    for a, b in zip(shared.token_logp, scores.token_logp):
+    trees = score_prefix_trees(trained, rows, pad_id=0, full=np.ones(3, bool), batch_size=4)
+    for a, b in zip(trees.token_logp, scores.token_logp):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
     class Tok:  # generate_texts only decodes

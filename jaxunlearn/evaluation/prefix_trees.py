@@ -58,14 +58,17 @@ class PackedTrees:
         for r in sorted(range(len(rows)), key=lambda r: rows.ids[r].tolist()):
             row = rows.ids[r].tolist()
             if not ids or _new_nodes(children, row) > width - len(ids[-1]):
-                ids.append([]), depth.append([]), parent.append([])
+                for column in (ids, depth, parent):
+                    column.append([])
                 children = {}
             slots, up = [], -1
             for d, tok in enumerate(row):
                 slot = children.get((up, tok))
                 if slot is None:
                     slot = children[(up, tok)] = len(ids[-1])
-                    ids[-1].append(tok), depth[-1].append(d), parent[-1].append(up)
+                    ids[-1].append(tok)
+                    depth[-1].append(d)
+                    parent[-1].append(up)
                 slots.append(slot)
                 up = slot
             row_sequence[r], row_slots[r] = len(ids) - 1, np.asarray(slots, np.int64)
@@ -102,14 +105,14 @@ def _pad(parts: list[list[int]], width: int, fill: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _score_sequences(graphdef, params, b: dict):
     """Per slot the log-prob of its token given its ancestors; memorization and Min-K%++
-    statistics at the `full_slots`."""
+    statistics at the `full_slots` (-1: padding)."""
     model = nnx.merge(graphdef, params)
     logits = model.forward(b["ids"], b["seen"], positions=b["depth"],
                            logits_to_keep=jnp.maximum(b["parent"], 0)).logits  # slot i: logits at its parent
     light = token_statistics(logits, b["ids"], b["parent"] >= 0, full_stats=False)
-    at = b["full_slots"]
+    at = jnp.maximum(b["full_slots"], 0)
     full = token_statistics(jnp.take_along_axis(logits, at[..., None], axis=1),
-                            jnp.take_along_axis(b["ids"], at, axis=1), b["full_valid"], full_stats=True)
+                            jnp.take_along_axis(b["ids"], at, axis=1), b["full_slots"] >= 0, full_stats=True)
     return {"token_logp": light["token_logp"], "mu": full["mu"], "sigma": full["sigma"], "correct": full["correct"]}
 
 
@@ -133,10 +136,11 @@ def score_prefix_trees(model, rows: TokenizedRows, pad_id: int, full: np.ndarray
     multiple = 1 if mesh is None else mesh.shape["data"]
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
-    # per sequence, the sorted slots that need full statistics (slot 0 keeps none empty)
-    full_slots = [np.unique(np.concatenate([[0]] + [trees.row_slots[r][_supervised(rows, r)]
-                                                   for r in members[s] if full[r]])) for s in range(len(trees.ids))]
-    count = bucket_length(max((len(x) for x in full_slots), default=1), LENGTH_BUCKETS, None)  # one per call
+    scored = [trees.row_slots[r][_supervised(rows, r)] for r in range(len(rows))]  # slots of supervised tokens
+    # per sequence, the sorted slots that need full statistics
+    full_slots = [np.unique(np.concatenate([np.zeros(0, np.int64)] + [scored[r] for r in members[s] if full[r]]))
+                  for s in range(len(trees.ids))]
+    count = bucket_length(max([1, *(len(x) for x in full_slots)]), LENGTH_BUCKETS, None)  # one per call
     graphdef, params = nnx.split(model)
     out = {k: [None] * len(rows) for k in ("token_logp", "correct", "mu", "sigma")}
     for start in range(0, len(trees.ids), per_batch):
@@ -144,18 +148,15 @@ def score_prefix_trees(model, rows: TokenizedRows, pad_id: int, full: np.ndarray
         size = padded_batch(len(batch), per_batch, multiple)
         a = {"ids": trees.ids[batch], "depth": trees.depth[batch], "parent": trees.parent[batch],
              "seen": np.stack([trees.ancestors(s) for s in batch]),
-             "full_slots": _pad([full_slots[s] for s in batch], count, 0),
-             "full_valid": _pad([[1] * len(full_slots[s]) for s in batch], count, 0)}
+             "full_slots": _pad([full_slots[s] for s in batch], count, -1)}
         a = {k: np.concatenate([v, np.repeat(v[-1:], size - len(batch), axis=0)]) for k, v in a.items()}
-        a["full_valid"] = a["full_valid"].astype(bool)
         res = jax.device_get(_score_sequences(graphdef, params, {k: place_batch(v, mesh) for k, v in a.items()}))
         for j, s in enumerate(batch):
-            where = np.searchsorted(full_slots[s], np.arange(trees.ids.shape[1]))  # slot -> its full index
             for r in members[s]:
-                slots = trees.row_slots[r][_supervised(rows, r)]
+                slots = scored[r]
                 out["token_logp"][r] = res["token_logp"][j][slots].astype(np.float64)
                 if full[r]:
-                    k = where[slots]
+                    k = np.searchsorted(full_slots[s], slots)  # their places among the full slots
                     out["mu"][r] = res["mu"][j][k].astype(np.float64)
                     out["sigma"][r] = res["sigma"][j][k].astype(np.float64)
                     out["correct"][r] = res["correct"][j][k]
