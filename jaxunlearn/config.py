@@ -26,6 +26,8 @@ class ModelSection:
     reference_path: str | None = None  # frozen reference (default: the policy's start)
     reference_dtype: str | None = None  # e.g. bfloat16 to halve the reference's memory
     remat: str = "none"  # none | full | dots
+    # auto: highest for fp32 compute (no TF32 / bf16 passes on GPU / TPU), default for bf16
+    matmul_precision: str = "auto"
     allow_pickle: bool = False
 
 
@@ -40,6 +42,7 @@ class DataSection:
     question_key: str = "question"
     answer_key: str = "answer"
     refusals_file: str | None = None  # default: TOFU's idontknow.jsonl
+    pairing: str = "seeded"  # retain row / refusal per forget row: seeded | closer_look (the paper code's draws)
     template: str = "auto"  # auto | llama2-chat | phi | llama3-instruct | chatml | plain | chat
     max_length: int = 500
     buckets: list[int] = dataclasses.field(default_factory=lambda: [64, 128, 256, 512])
@@ -65,6 +68,9 @@ class TrainSection:
     epochs: float = 5.0
     batch_size: int = 32  # effective (global) batch
     micro_batches: int = 1  # gradient accumulation inside the step
+    # None: each term's mean over the global batch (exact); k: a mean per group of k rows,
+    # averaged over the groups, as the paper's code (4 rows x 4 accumulation steps x 2 GPUs)
+    loss_group_rows: int | None = None
     weight_decay: float = 0.01
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -74,6 +80,9 @@ class TrainSection:
     max_steps: int | None = None  # default: the paper's formula
     seed: int = 1001
     precompute_reference: bool = False  # NPO/DPO: reference sequence log-probs computed once
+    # Training bf16 / fp16 parameters: at lr 1e-5 most updates round away. Opt in knowingly;
+    # mixed precision (model.dtype=float32, model.compute_dtype=bfloat16) is the default way.
+    low_precision_params: bool = False
 
 
 @dataclasses.dataclass
@@ -292,11 +301,13 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
 
 CHOICES = {
     "model.remat": ("none", "full", "dots"),
+    "model.matmul_precision": ("auto", "highest", "high", "default"),
     "data.source": ("tofu", "closer_look", "real_world", "files"),
+    "data.pairing": ("seeded", "closer_look"),
     "objective.options.me_direction": ("uniform_ce", "kl_to_uniform"),
     "objective.options.me_positions": ("all_padded", "prompt_and_answer", "answer"),
     "objective.options.kl_positions": ("attended", "all_padded"),
-    "objective.options.rmu_trainable": ("mlp", "down_proj"),
+    "objective.options.rmu_trainable": ("mlp", "down_proj", "all"),
 }
 
 
@@ -316,3 +327,10 @@ def validate(cfg: RunConfig) -> None:
         )
     if t.lr <= 0 or t.epochs <= 0:
         raise ConfigError("train.lr and train.epochs must be positive")
+    if t.loss_group_rows is not None and (t.loss_group_rows < 1 or t.batch_size % t.loss_group_rows):
+        raise ConfigError(
+            f"train.loss_group_rows={t.loss_group_rows} must divide train.batch_size={t.batch_size} "
+            "(e.g. 4 for the paper's 4 rows per device and step), or be null for the global mean"
+        )
+    if cfg.objective.options.me_epsilon < 0:
+        raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")

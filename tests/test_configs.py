@@ -24,7 +24,7 @@ def test_paper_me_gd_preset():
     assert (cfg.objective.name, cfg.objective.forget_weight, cfg.objective.retain_weight) == ("ME+GD", 0.1, 1.0)
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.seed) == (1e-5, 5, 32, 1001)
     assert cfg.data.pad_to == 500 and cfg.objective.options.me_positions == "all_padded"
-    assert cfg.model.dtype == "bfloat16" and cfg.data.template == "llama2-chat"
+    assert (cfg.model.dtype, cfg.model.compute_dtype) == ("float32", "bfloat16") and cfg.data.template == "llama2-chat"
 
 
 def test_demo_config_stages_load():

@@ -12,6 +12,15 @@ from conftest import TINY_CONFIGS, padded_batch, tiny_torch_model
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def fp32_matmuls():
+    """fp32 parity needs exact fp32 matmuls (JAX's default is TF32 on GPUs, bf16 passes on TPUs)."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def torch_logits(model, ids, mask):
     with torch.no_grad():
         return model(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()

@@ -73,7 +73,9 @@ def logsig(x):
 def value(name, batch, pol, ref, **opts):
     o = ObjectiveOptions(**opts)
     term = {**FORGET_TERMS, **RETAIN_TERMS}[name]
-    return float(term.numerator(pol, ref, batch, o) / term.denominator(batch, o))
+    num, den = term.numerator(pol, ref, batch, o), term.denominator(batch, o)
+    assert num.shape == den.shape == (B,)  # per row
+    return float(num.sum() / den.sum())
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_simnpo(data):
     lp, m = np_token_logp(pol["forget"].logits, lab)
     avg = -lp.sum(1) / m.sum(1)
     beta, delta = 4.5, 0.3
-    want = np.mean(-(2 / beta) * logsig(beta * avg - delta))
+    want = np.mean(-(2 / beta) * logsig(beta * (avg - delta)))  # SimNPO's code: beta * (avgNLL - delta)
     assert value("SimNPO", *data, simnpo_delta=delta) == pytest.approx(want, rel=1e-5)
 
 
@@ -228,7 +230,7 @@ def test_dist(data):
 def test_composition_weights_streams_and_reference(data):
     batch, pol, ref = data
     obj = build_objective("ME+GD", forget_weight=0.1, retain_weight=1.0)
-    total, values = obj.loss(pol, ref, batch, obj.denominators(batch))
+    total, values = obj.loss(pol, ref, batch, obj.row_weights(batch))
     assert float(total) == pytest.approx(0.1 * float(values["ME"]) + float(values["GD"]), rel=1e-6)
     assert obj.streams == ("forget", "retain") and not obj.needs_reference
     assert build_objective("IDK+AP").streams == ("forget_idk", "retain", "retain_idk")

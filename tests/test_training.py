@@ -69,24 +69,25 @@ def test_weight_decay_skips_norms_and_biases(tiny_checkpoints):
     assert all(v > 0 for k, v in flat.items() if "proj'" in k or "embed" in k)
 
 
-def _one_step(model, streams, objective, micro, tokenizer, reference):
+def _one_step(model, streams, objective, micro, tokenizer, reference, group=None):
     graphdef, params = nnx.split(model)
     _, ref = nnx.split(reference)
     sched = linear_warmup_decay(1e-3, 10, 0)
     tx = make_optimizer(sched)
-    step = jax.jit(make_train_step(graphdef, objective, tx, sched, micro_batches=micro))
+    step = jax.jit(make_train_step(graphdef, objective, tx, sched, micro_batches=micro, mean_group_rows=group))
     it = BatchIterator(streams, 8, seed=0, pad_id=pad_token_id(tokenizer), buckets=(128,))
     state, metrics = step(init_state(params, tx, 0), ref, jax.tree.map(jnp.asarray, next(it)))
     return state, metrics
 
 
-def test_gradient_accumulation_equals_full_batch(tiny_lm, tmp_path):
+@pytest.mark.parametrize("group", [None, 2], ids=["global_mean", "per_2_rows_mean"])
+def test_gradient_accumulation_equals_full_batch(tiny_lm, tmp_path, group):
     cfg = config(tiny_lm, tmp_path)
     model, tok = jaxunlearn.load_pretrained(tiny_lm)
     objective = build_objective("NPO+GD", 1.0, 1.0)
     streams = unlearning_streams(cfg, tok, objective, *forget_and_retain(cfg))
-    full, m_full = _one_step(model, streams, objective, 1, tok, model)
-    acc, m_acc = _one_step(model, streams, objective, 4, tok, model)
+    full, m_full = _one_step(model, streams, objective, 1, tok, model, group)
+    acc, m_acc = _one_step(model, streams, objective, 4, tok, model, group)
     for k in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
         assert float(m_acc[k]) == pytest.approx(float(m_full[k]), rel=1e-5), k
     # Adam's first step is ~lr * sign(g): allow 1% of a step for fp32 noise on tiny gradients
@@ -228,3 +229,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_lm, tmp_path)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] == len(lines)  # every finite step checkpointed, the bad one not
+
+
+def test_training_and_evaluation_run_at_the_configured_matmul_precision(tiny_lm, tmp_path, monkeypatch):
+    import jaxunlearn.evaluation.evaluate as evaluate_module
+    import jaxunlearn.training.loop as loop_module
+
+    seen = []
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            seen.append((name, jax.config.jax_default_matmul_precision))
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(loop_module, "jit_train_step", spy("train", loop_module.jit_train_step))
+    monkeypatch.setattr(evaluate_module, "score_candidates", spy("eval", evaluate_module.score_candidates))
+    common = ["objective.name=GA", "train.max_steps=1", "output.export=false", "eval.every_steps=1",
+              "eval.num_rows=2", "eval.generate=false", "eval.sets=[forget]", "eval.holdout_split=none"]
+    unlearn(config(tiny_lm, tmp_path, *common), progress=False)  # fp32 compute: auto = highest
+    unlearn(config(tiny_lm, tmp_path, *common, "model.matmul_precision=high"), overwrite=True, progress=False)
+    assert seen == [("train", "highest"), ("eval", "highest"), ("train", "high"), ("eval", "high")]

@@ -2,9 +2,14 @@
 
 Every forget index i carries up to five rows: forget (q_f, a_f), retain (q_r, a_r),
 forget_idk (q_f, idk), retain_idk (q_r, idk) and forget_mismatch (q_f, a_r). The retain
-row and the refusal string of i come from a generator seeded by (seed, i), so the pairing
-is identical every epoch and every run; the paper's rule
-`retain_idx = (i + randint(len(retain))) % len(retain)` is kept.
+row and the refusal string of i come from a generator seeded per index, so the pairing is
+identical every epoch and every run; the paper's rule
+`retain_idx = (i + randint(len(retain))) % len(retain)` is kept. Two generators:
+"seeded" (numpy's PCG64 seeded by (train.seed, i)) and "closer_look", the paper code's
+exact draws: `torch.manual_seed(i)` then randint for the retain offset and randint for the
+refusal. Torch's CPU generator is MT19937 with the reference seeding, and randint over
+n < 2**32 values takes one raw 32-bit output modulo n; numpy's legacy MT19937 seeding
+gives the same outputs without torch.
 
 Batch order is an endless stream of per-epoch permutations seeded by (seed, epoch): step s
 takes positions [s*B, (s+1)*B) of it. The iterator's whole state is the step number, so a
@@ -32,9 +37,24 @@ class Pairing:
     refusal_index: np.ndarray  # [n_forget]
 
 
-def draw_pairing(n_forget: int, n_retain: int, n_refusals: int, seed: int) -> Pairing:
+PAIRINGS = ("seeded", "closer_look")
+
+
+def _torch_randint_draws(index: int, count: int) -> np.ndarray:
+    """The first `count` raw 32-bit outputs of torch's CPU generator after manual_seed(index)."""
+    return np.random.RandomState(index).randint(0, 2**32, size=count, dtype=np.uint32)
+
+
+def draw_pairing(n_forget: int, n_retain: int, n_refusals: int, seed: int, rule: str = "seeded") -> Pairing:
+    if rule not in PAIRINGS:
+        raise DataError(f"unknown pairing {rule!r}; use one of {', '.join(PAIRINGS)}")
     retain, refusal = np.zeros(n_forget, np.int64), np.zeros(n_forget, np.int64)
     for i in range(n_forget):
+        if rule == "closer_look":  # torch.manual_seed(i); randint(n_retain); randint(n_refusals)
+            first, second = (int(x) for x in _torch_randint_draws(i, 2))
+            retain[i] = (i + first % n_retain) % n_retain if n_retain else 0
+            refusal[i] = second % n_refusals if n_refusals else 0
+            continue
         rng = np.random.default_rng((seed, i))
         retain[i] = (i + rng.integers(n_retain)) % n_retain if n_retain else 0
         refusal[i] = rng.integers(n_refusals) if n_refusals else 0
@@ -50,6 +70,7 @@ def build_streams(
     streams: tuple[str, ...],
     max_length: int,
     seed: int,
+    pairing: str = "seeded",
 ) -> dict[str, TokenizedRows]:
     """Tokenize only the streams the objective needs, one row per forget index."""
     unknown = [s for s in streams if s not in STREAMS]
@@ -62,7 +83,7 @@ def build_streams(
         raise DataError(f"streams {list(streams)} need a retain set, but it is empty")
     if any("idk" in s for s in streams) and not refusals:
         raise DataError(f"streams {list(streams)} need refusal strings (idontknow.jsonl), but none were given")
-    pairing = draw_pairing(len(forget), len(retain or []), len(refusals or []), seed)
+    pairing = draw_pairing(len(forget), len(retain or []), len(refusals or []), seed, pairing)
     fq = [r["question"] for r in forget]
     fa = [r["answer"] for r in forget]
     rq = [retain[j]["question"] for j in pairing.retain_index] if needs_retain else []

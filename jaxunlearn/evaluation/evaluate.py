@@ -14,6 +14,8 @@ from ..config import RunConfig
 from ..data.eval_sets import GT, PARA, PERTURBED, build_eval_set
 from ..data.tokenize import pad_token_id
 from ..errors import ConfigError, DataError
+from ..models.config import to_dtype
+from ..precision import matmul_precision
 from . import metrics as M
 from .kernels import generate_texts, score_rows
 from .prefix_trees import score_prefix_trees
@@ -68,7 +70,13 @@ def score_candidates(model, evalset, pad: int, batch_size: int, mesh=None, bar=N
 
 def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, judge=None, reference=None,
                    progress: bool = True) -> tuple[list[dict], dict]:
-    """(per-example records, summary) over the configured evaluation sets."""
+    """(per-example records, summary) over the configured evaluation sets, with matmuls at
+    model.matmul_precision (auto: highest for fp32 compute)."""
+    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.dtype)):
+        return _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress)
+
+
+def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress):
     check_vocab(model, tokenizer)
     e = cfg.eval
     pad = pad_token_id(tokenizer)

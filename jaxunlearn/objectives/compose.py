@@ -45,12 +45,27 @@ class Objective:
     def needs_hidden(self) -> bool:
         return any(t.needs_hidden for t, _ in self.terms)
 
-    def denominators(self, batch) -> dict[str, jnp.ndarray]:
-        return {t.name: jnp.maximum(t.denominator(batch, self.options), 1.0) for t, _ in self.terms}
+    def row_weights(self, batch, group_rows: int | None = None) -> dict[str, jnp.ndarray]:
+        """Per term, a weight per row [B] of the global batch, so that the term's loss is
+        sum_r weight_r * numerator_r. group_rows None: one mean over the whole batch
+        (1 / its total count). group_rows k: each group of k consecutive rows takes its own
+        mean and the groups are averaged (1 / (group count * number of groups)), as HF
+        Trainer's gradient accumulation with k rows per device and step computes it."""
+        weights = {}
+        for t, _ in self.terms:
+            count = t.denominator(batch, self.options)
+            if group_rows is None:
+                weights[t.name] = jnp.broadcast_to(1.0 / jnp.maximum(count.sum(), 1.0), count.shape)
+            else:
+                groups = count.reshape(-1, group_rows)
+                per_group = 1.0 / (jnp.maximum(groups.sum(-1), 1.0) * groups.shape[0])
+                weights[t.name] = jnp.repeat(per_group, group_rows)
+        return weights
 
-    def loss(self, pol, ref, batch, denominators) -> tuple[jnp.ndarray, dict]:
-        """Weighted total and each term's value, with the global-batch denominators."""
-        values = {t.name: t.numerator(pol, ref, batch, self.options) / denominators[t.name] for t, _ in self.terms}
+    def loss(self, pol, ref, batch, weights) -> tuple[jnp.ndarray, dict]:
+        """Weighted total and each term's value, with the rows' weights from row_weights."""
+        values = {t.name: (t.numerator(pol, ref, batch, self.options) * weights[t.name]).sum()
+                  for t, _ in self.terms}
         total = sum(w * values[t.name] for t, w in self.terms)
         return total, values
 

@@ -1,8 +1,10 @@
 """Every forget and retain term of SPEC section 2, as numerator/denominator pairs.
 
 `pol` and `ref` map a stream name to StreamOutputs; `batch` maps a stream name to its
-input_ids / attention_mask / labels. Numerators are sums over the (micro-)batch;
-denominators depend only on the batch.
+input_ids / attention_mask / labels. Numerators and denominators are per row, [B]: the
+sum over the row's tokens (positions, or 1 for sequence-level terms) and their count;
+denominators depend only on the batch. Objective.row_weights turns them into a mean over
+the global batch or over groups of rows (base.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .token_stats import avg_nll, log_probs, num_supervised, seq_nll, shifted, t
 
 
 def _rows(stream: str):
-    return lambda batch, o: jnp.asarray(batch[stream]["input_ids"].shape[0], jnp.float32)
+    return lambda batch, o: jnp.ones(batch[stream]["input_ids"].shape[0], jnp.float32)
 
 
 def _tokens(stream: str):
@@ -25,7 +27,7 @@ def _tokens(stream: str):
 
 
 def _sum_logp(out, b) -> jax.Array:
-    return token_logp(out.logits, b["labels"])[0].sum()
+    return token_logp(out.logits, b["labels"])[0].sum(-1)
 
 
 def _ref_seq_nll(ref, batch, stream: str) -> jax.Array:
@@ -46,19 +48,19 @@ def ga_num(pol, ref, batch, o):
 def npo_num(pol, ref, batch, o: ObjectiveOptions):
     b = batch["forget"]
     diff = _ref_seq_nll(ref, batch, "forget") - seq_nll(pol["forget"].logits, b["labels"])
-    return (-(2.0 / o.beta) * jax.nn.log_sigmoid(-o.beta * diff)).sum()
+    return -(2.0 / o.beta) * jax.nn.log_sigmoid(-o.beta * diff)
 
 
 def simnpo_num(pol, ref, batch, o: ObjectiveOptions):
-    avg = avg_nll(pol["forget"].logits, batch["forget"]["labels"])
-    return (-(2.0 / o.simnpo_beta) * jax.nn.log_sigmoid(o.simnpo_beta * avg - o.simnpo_delta)).sum()
+    avg = avg_nll(pol["forget"].logits, batch["forget"]["labels"])  # SimNPO's code: beta * (avgNLL - delta)
+    return -(2.0 / o.simnpo_beta) * jax.nn.log_sigmoid(o.simnpo_beta * (avg - o.simnpo_delta))
 
 
 def dpo_num(pol, ref, batch, o: ObjectiveOptions):
     f, i = batch["forget"]["labels"], batch["forget_idk"]["labels"]
     pi = -seq_nll(pol["forget_idk"].logits, i) + seq_nll(pol["forget"].logits, f)
     rf = -_ref_seq_nll(ref, batch, "forget_idk") + _ref_seq_nll(ref, batch, "forget")
-    return (-(2.0 / o.beta) * jax.nn.log_sigmoid(o.beta * (pi - rf))).sum()
+    return -(2.0 / o.beta) * jax.nn.log_sigmoid(o.beta * (pi - rf))
 
 
 def idk_num(pol, ref, batch, o):
@@ -80,18 +82,22 @@ def me_num(pol, ref, batch, o: ObjectiveOptions):
     b = batch["forget"]
     logits = pol["forget"].logits[:, :-1].astype(jnp.float32)
     vocab = logits.shape[-1]
+    eps = o.me_epsilon
     if o.me_direction == "uniform_ce":  # KL(U || P) = -log V - mean_v log P_v = lse - mean_v z_v - log V
-        per_pos = jax.nn.logsumexp(logits, axis=-1) - logits.mean(-1) - math.log(vocab)
+        if eps:  # the paper's code: log(softmax(z) + eps), which caps the terms of tiny P_v
+            per_pos = -jnp.log(jax.nn.softmax(logits, axis=-1) + eps).mean(-1) - math.log(vocab)
+        else:
+            per_pos = jax.nn.logsumexp(logits, axis=-1) - logits.mean(-1) - math.log(vocab)
     elif o.me_direction == "kl_to_uniform":  # KL(P || U) = log V - H(P)
         logp = log_probs(logits)
-        per_pos = math.log(vocab) + (jnp.exp(logp) * logp).sum(-1)
+        per_pos = math.log(vocab) + (jnp.exp(logp) * (jnp.log(jnp.exp(logp) + eps) if eps else logp)).sum(-1)
     else:
         raise ValueError(f"unknown me.direction {o.me_direction!r}")
-    return jnp.where(_me_positions(b, o), per_pos, 0.0).sum()
+    return jnp.where(_me_positions(b, o), per_pos, 0.0).sum(-1)
 
 
 def me_den(batch, o):
-    return _me_positions(batch["forget"], o).sum().astype(jnp.float32)
+    return _me_positions(batch["forget"], o).sum(-1).astype(jnp.float32)
 
 
 def undial_num(pol, ref, batch, o: ObjectiveOptions):
@@ -101,13 +107,13 @@ def undial_num(pol, ref, batch, o: ObjectiveOptions):
     teacher = teacher - o.undial_beta * jax.nn.one_hot(targets, teacher.shape[-1], dtype=teacher.dtype)
     soft = jax.nn.softmax(teacher, axis=-1)
     ce = -(soft * log_probs(lg)).sum(-1)
-    return jnp.where(mask, ce, 0.0).sum()
+    return jnp.where(mask, ce, 0.0).sum(-1)
 
 
 def wga_num(pol, ref, batch, o: ObjectiveOptions):
     logp, mask = token_logp(pol["forget"].logits, batch["forget"]["labels"])
     weight = jax.lax.stop_gradient(jnp.exp(o.wga_beta * logp))  # p^beta, no gradient
-    return jnp.where(mask, weight * logp, 0.0).sum()  # -(w * nll) summed
+    return jnp.where(mask, weight * logp, 0.0).sum(-1)  # -(w * nll) summed
 
 
 def rmu_control_vector(dim: int, o: ObjectiveOptions) -> jax.Array:
@@ -121,10 +127,10 @@ def _layer_output(out, layer: int) -> jax.Array:
 
 
 def _per_sequence_mse(h, target, labels) -> jax.Array:
-    """sum over b of [sum_t mean_d (h - target)^2 over supervised t] / n_b (open-unlearning)."""
+    """Per row b: [sum_t mean_d (h - target)^2 over supervised t] / n_b (open-unlearning)."""
     mask = (labels != -100).astype(jnp.float32)
     per_tok = ((h - target) ** 2).mean(-1)
-    return ((per_tok * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)).sum()
+    return (per_tok * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
 
 
 def rmu_num(pol, ref, batch, o: ObjectiveOptions):
@@ -150,10 +156,10 @@ def dist_num(pol, ref, batch, o: ObjectiveOptions):
     """
     b = batch["forget"]
     logp, mask = token_logp(pol["forget"].logits, b["labels"])
-    neg = (jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)).sum()
+    neg = jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)
     centroid = jax.lax.stop_gradient(_pooled_final(ref["forget_idk"], batch["forget_idk"]["labels"]).mean(0))
     pooled = _pooled_final(pol["forget"], b["labels"])
-    pos = ((pooled - centroid) ** 2).mean(-1).sum()
+    pos = ((pooled - centroid) ** 2).mean(-1)
     return o.dist_neg_weight * neg + o.dist_pos_weight * pos
 
 
@@ -177,17 +183,17 @@ def kl_num(pol, ref, batch, o: ObjectiveOptions):
     p_log = log_probs(pol["retain"].logits)
     r_log = log_probs(ref["retain"].logits)
     per_pos = (jnp.exp(r_log) * (r_log - p_log)).sum(-1)
-    return jnp.where(_kl_positions(batch["retain"], o), per_pos, 0.0).sum()
+    return jnp.where(_kl_positions(batch["retain"], o), per_pos, 0.0).sum(-1)
 
 
 def kl_den(batch, o):
-    return _kl_positions(batch["retain"], o).sum().astype(jnp.float32)
+    return _kl_positions(batch["retain"], o).sum(-1).astype(jnp.float32)
 
 
 def ap_num(pol, ref, batch, o: ObjectiveOptions):
     r, i = batch["retain"]["labels"], batch["retain_idk"]["labels"]
     diff = seq_nll(pol["retain_idk"].logits, i) - seq_nll(pol["retain"].logits, r)
-    return (-(1.0 / o.beta) * jax.nn.log_sigmoid(o.beta * diff)).sum()
+    return -(1.0 / o.beta) * jax.nn.log_sigmoid(o.beta * diff)
 
 
 def rmu_retain_num(pol, ref, batch, o: ObjectiveOptions):

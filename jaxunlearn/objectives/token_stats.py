@@ -80,4 +80,5 @@ def avg_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def num_supervised(labels: jax.Array) -> jax.Array:
-    return (labels[:, 1:] != IGNORE).sum()
+    """Supervised tokens per row, [B]."""
+    return (labels[:, 1:] != IGNORE).sum(-1)

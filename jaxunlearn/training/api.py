@@ -11,7 +11,7 @@ from ..config import RunConfig
 from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env
 from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
-from .loop import RUN_MARKER, prepare_run_dir, train
+from .loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def _start_run(cfg: RunConfig, command: str, resume: bool, overwrite: bool) -> P
 
 def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Unlearn per the config (a continual task list when continual.split is set)."""
+    check_param_precision(cfg.model.dtype, cfg)
     out = _start_run(cfg, "unlearn", resume, overwrite)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
@@ -106,6 +107,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
+    check_param_precision(cfg.model.dtype, cfg)
     out = _start_run(cfg, "finetune", resume, overwrite)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = _load(cfg)

@@ -55,7 +55,7 @@ def unlearning_streams(cfg: RunConfig, tokenizer, objective, forget, retain) -> 
             "retain set; configure one (data.retain_split or data.retain_file) or use a forget-only objective"
         )
     return build_streams(tokenizer, template_for(cfg, tokenizer), forget, retain, refusals, objective.streams,
-                         cfg.data.max_length, cfg.train.seed)
+                         cfg.data.max_length, cfg.train.seed, cfg.data.pairing)
 
 
 def finetune_rows(cfg: RunConfig) -> list[dict]:

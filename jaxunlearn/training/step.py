@@ -6,7 +6,8 @@ separate frozen argument.
 Each stream the policy needs gets its own forward (streams may have different padded
 lengths). The reference forward runs only for the streams its terms
 need, under stop_gradient, outside the differentiated function. Gradient accumulation
-scans over micro-batches with global-batch denominators, so it equals the full batch. A
+scans over micro-batches with per-row weights computed from the global batch, so it equals
+the full batch. A
 non-finite loss or gradient leaves the state unchanged and reports `finite = False`.
 """
 
@@ -98,6 +99,21 @@ def sharded_init_state(params, tx: optax.GradientTransformation, seed: int, mesh
     return jax.jit(lambda p: init_state(p, tx, seed), out_shardings=state_shardings(params, tx, mesh))(params)
 
 
+def cast_for_compute(params, dtype, shardings=None):
+    """Floating parameters in the compute dtype, each kept on its own sharding: the cast runs
+    on every device's shard, so FSDP all-gathers bf16 weights (half the bytes) and
+    reduce-scatters bf16 gradients, while the master copy and AdamW state stay fp32."""
+    def one(x, sharding=None):
+        if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+            return x
+        y = x.astype(dtype)
+        return y if sharding is None else jax.lax.with_sharding_constraint(y, sharding)
+
+    if shardings is None:
+        return jax.tree.map(one, params)
+    return jax.tree.map(one, params, shardings)
+
+
 def run_streams(graphdef, params, batch, streams, hidden: bool) -> dict[str, StreamOutputs]:
     """One forward per stream. Separate forwards, not one over the concatenated streams:
     slicing the joint [B, T, V] logits apart costs a copy (and its transpose in the
@@ -124,40 +140,51 @@ def make_train_step(
     micro_batches: int = 1,
     trainable_mask=None,
     use_reference: bool = True,
+    mean_group_rows: int | None = None,
+    compute_dtype=None,
+    param_shardings_tree=None,
 ):
-    """The un-jitted step function; `jit_train_step` adds shardings and donation."""
+    """The un-jitted step function; `jit_train_step` adds shardings and donation.
+    mean_group_rows: None takes each term's mean over the global batch; k takes it per
+    group of k rows and averages the groups (the paper code's gradient accumulation).
+    compute_dtype: when lower than the parameters' (mixed precision), the forward runs on a
+    cast copy kept on `param_shardings_tree` (see cast_for_compute)."""
     hidden = objective.needs_hidden
     ref_streams = objective.ref_streams if use_reference else ()
 
-    def loss_fn(params, ref_out, mb, den):
+    def loss_fn(params, ref_out, mb, weights):
+        if compute_dtype is not None:
+            params = cast_for_compute(params, compute_dtype, param_shardings_tree)
         pol = run_streams(graphdef, params, mb, objective.policy_streams, hidden)
-        return objective.loss(pol, ref_out, mb, den)
+        return objective.loss(pol, ref_out, mb, weights)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def micro_step(params, ref_params, mb, den):
+    def micro_step(params, ref_params, mb, weights):
         ref_out = jax.lax.stop_gradient(run_streams(graphdef, ref_params, mb, ref_streams, hidden))
         if "_ref_seqnll" in mb:
             ref_out = dict(ref_out, _ref_seqnll=mb["_ref_seqnll"])
-        (loss, values), grads = grad_fn(params, ref_out, mb, den)
+        (loss, values), grads = grad_fn(params, ref_out, mb, weights)
         return loss, values, grads
 
     def step(state: TrainState, ref_params, batch):
-        den = objective.denominators(batch)
+        weights = objective.row_weights(batch, mean_group_rows)  # from the global batch
         if micro_batches == 1:
-            loss, values, grads = micro_step(state.params, ref_params, batch, den)
+            loss, values, grads = micro_step(state.params, ref_params, batch, weights)
         else:
             zeros = jax.tree.map(jnp.zeros_like, state.params)
 
-            def body(carry, mb):
+            def body(carry, xs):
                 loss_acc, values_acc, grads_acc = carry
-                loss, values, grads = micro_step(state.params, ref_params, mb, den)
+                mb, mb_weights = xs
+                loss, values, grads = micro_step(state.params, ref_params, mb, mb_weights)
                 values_acc = jax.tree.map(jnp.add, values_acc, values)
                 return (loss_acc + loss, values_acc, jax.tree.map(jnp.add, grads_acc, grads)), None
 
             init_values = {t.name: jnp.zeros((), jnp.float32) for t, _ in objective.terms}
             (loss, values, grads), _ = jax.lax.scan(
-                body, (jnp.zeros((), jnp.float32), init_values, zeros), _micro(batch, micro_batches)
+                body, (jnp.zeros((), jnp.float32), init_values, zeros),
+                (_micro(batch, micro_batches), _micro(weights, micro_batches)),
             )
         if trainable_mask is not None:
             grads = jax.tree.map(lambda g, m: g * m, grads, trainable_mask)
