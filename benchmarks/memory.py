@@ -9,8 +9,10 @@ is lowered on abstract arrays (nothing is allocated) over a mesh of fake CPU dev
 reference sharded FSDP-style over every device, and compiled; XLA's
 `memory_analysis()` gives the bytes per device: arguments (parameters, AdamW moments,
 reference, batch), temporaries (activations, gradients) and outputs not aliased to donated
-inputs. Policies: fp32 (fp32 parameters and compute) and bf16 (bf16 parameters, moments,
-reference and compute); remat none or full (per block). The CPU compiler's buffer plan
+inputs. Policies: mixed (what the 7B / 8B presets run: fp32 parameters and AdamW moments,
+bf16 compute on a cast copy, bf16 reference), fp32 (fp32 parameters and compute) and
+bf16 (bf16 parameters, moments, reference and compute: an opt-in, it barely trains at
+small learning rates); remat none or full (per block). The CPU compiler's buffer plan
 approximates the GPU/TPU ones (fusion differs), so treat the fit table as a plan with
 about 10% slack, not as a promise.
 """
@@ -40,6 +42,7 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     import dataclasses
 
     import jax
+    import jax.numpy as jnp
     import optax
     from flax import nnx
 
@@ -53,7 +56,8 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     hf = dict(MODELS[model], model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=4096,
               bos_token_id=1, eos_token_id=2, hidden_act="silu")
     config = family_for("llama").config_from_hf(hf)
-    config = dataclasses.replace(config, param_dtype=policy, dtype=policy, remat=remat)
+    param_dtype, compute_dtype = ("float32", "bfloat16") if policy == "mixed" else (policy, policy)
+    config = dataclasses.replace(config, param_dtype=param_dtype, dtype=compute_dtype, remat=remat)
     mesh = make_mesh(data=1, fsdp=devices, tensor=1, devices=jax.devices()[:devices])
     graphdef, params = nnx.split(nnx.eval_shape(lambda: jaxunlearn.create_model(config)))
     shardings = param_shardings(params, mesh)
@@ -61,14 +65,17 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     tx = optax.adamw(1e-5, weight_decay=0.01)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          jax.eval_shape(lambda p: init_state(p, tx, 0), params), state_shardings(params, tx, mesh))
+    reference = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(compute_dtype), sharding=x.sharding),
+                             params)
     objective = build_objective("NPO+GD")
     b = batch_per_device * devices
     row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
     batch = {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
-    step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5), state, params, mesh)
+    cast = dict(compute_dtype=jnp.bfloat16, param_shardings_tree=shardings) if policy == "mixed" else {}
+    step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5, **cast), state, reference, mesh)
     t = time.perf_counter()
     with jax.set_mesh(mesh):  # as the training loop runs it
-        m = step.lower(state, params, batch).compile().memory_analysis()
+        m = step.lower(state, reference, batch).compile().memory_analysis()
     n_params = sum(x.size for x in jax.tree.leaves(params))
     total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
     return {"model": model, "params_B": n_params / 1e9, "devices": devices, "policy": policy, "remat": remat,
@@ -82,7 +89,8 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["llama2-7b", "llama3-8b"], choices=sorted(MODELS))
     p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64])
-    p.add_argument("--policies", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    p.add_argument("--policies", nargs="+", default=["mixed", "float32", "bfloat16"],
+                   choices=["mixed", "float32", "bfloat16"])
     p.add_argument("--remat", nargs="+", default=["none", "full"], choices=["none", "full", "dots"])
     p.add_argument("--batch-per-device", type=int, default=1, help="rows per stream per device")
     p.add_argument("--seq", type=int, default=512, help="padded length (TOFU's max_length is 500)")

@@ -39,10 +39,12 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
 
 
 def test_memory_benchmark_tiny(tmp_path):
-    out = run_benchmark("memory.py", "--models", "tiny", "--devices", "1", "2", "--policies", "float32",
+    out = run_benchmark("memory.py", "--models", "tiny", "--devices", "1", "2", "--policies", "float32", "mixed",
                         "--remat", "none", "--seq", "32", "--json", str(tmp_path / "m.json"))
     assert "TPU v5e" in out.stdout
     rows = json.loads((tmp_path / "m.json").read_text())
-    one, two = rows
+    one, mixed, two, _ = rows
+    # mixed precision keeps fp32 parameters and moments but a bf16 reference: fewer argument bytes
+    assert mixed["policy"] == "mixed" and mixed["arguments_GiB"] < one["arguments_GiB"]
     # FSDP over two devices splits the parameters and optimizer state (norms stay replicated)
     assert 0.4 < two["arguments_GiB"] / one["arguments_GiB"] < 0.8

@@ -36,3 +36,12 @@ def test_demo_config_stages_load():
     for overrides in demo["methods"].values():
         cfg = config_from_dict(dict(data), [*demo["unlearn_common"], *overrides])
         build_objective(cfg.objective.name, cfg.objective.forget_weight, cfg.objective.retain_weight)
+
+
+def test_presets_page_lists_every_preset_as_configured():
+    import runpy
+
+    gen = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "docs_presets.py"))
+    page = gen["PAGE"].read_text()
+    assert gen["page_table"](page) == gen["table"](), "docs/reference/presets.md is stale: " \
+        "run python scripts/docs_presets.py --write"
