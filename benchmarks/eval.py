@@ -6,7 +6,7 @@ model, rows and batches.
 
 Work per row (TOFU's default): the average NLL of the answer, the paraphrased answer and
 every perturbed answer (probability, truth ratio), and a greedy answer of up to
-`--max-length` prompt + answer tokens (ROUGE). jaxunlearn runs its evaluation's own calls,
+`--max-length` minus its own prompt new tokens (ROUGE; the per_row budget). jaxunlearn runs its evaluation's own calls,
 `score_candidates` (candidates merged into prefix trees, so each shared prefix, such as
 a question's prompt, is computed once) and `generate_texts` (KV-cache decoding in
 one `lax.while_loop`); the transformers side runs the way open-unlearning evaluates: a
@@ -38,7 +38,7 @@ def load_rows(split: str, rows: int, data_dir: str | None):
     return load_tofu(split, data_dir)[:rows]
 
 
-def jax_side(model, tokenizer, evalset, pad, batch: int, max_length: int):
+def jax_side(model, tokenizer, evalset, pad, batch: int, budgets):
     """evaluate_model's own calls: answer rows with full statistics, the rest log-probs only."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
@@ -46,11 +46,11 @@ def jax_side(model, tokenizer, evalset, pad, batch: int, max_length: int):
     t = time.perf_counter()
     nll = score_candidates(model, evalset, pad, batch)[1]
     scored = time.perf_counter()
-    gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, batch, max_length)
+    gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, batch, budgets)
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
-def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int):
+def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
     """transformers: whole rows, longest first, each batch padded to its longest row (shapes
     cost eager PyTorch nothing); generation uses the same batches, prompt widths and
     new-token budget as jaxunlearn so the answers can be compared."""
@@ -81,15 +81,13 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, max_length: int):
         for start in range(0, len(prompts), batch):
             index = list(order[start:start + batch])
             width = bucket_length(max(len(prompts[i]) for i in index), (64, 128, 256), None)
-            if width >= max_length:
-                width = max(len(prompts[i]) for i in index)
             ids, mask = left_pad([prompts[i] for i in index], pad, width)
             out = model.generate(input_ids=torch.tensor(ids, dtype=torch.long),
                                  attention_mask=torch.tensor(mask, dtype=torch.long),
-                                 max_new_tokens=max(1, max_length - width), do_sample=False,
+                                 max_new_tokens=max(1, int(budgets[index].max())), do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
             for j, i in enumerate(index):
-                new = out[j, ids.shape[1]:].tolist()
+                new = out[j, ids.shape[1]:ids.shape[1] + budgets[i]].tolist()  # the row's own budget
                 cut = next((k for k, tok in enumerate(new) if tok == tokenizer.eos_token_id), len(new))
                 gens[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
@@ -123,7 +121,10 @@ def main(argv=None) -> dict:
     template = get_template(default_template_name(tokenizer), tokenizer)
     rows = load_rows(args.split, args.rows, args.data_dir)
     evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
-    work = (evalset, pad_token_id(tokenizer), args.batch, args.max_length)
+    from jaxunlearn.evaluation.budgets import generation_budgets
+
+    budgets = generation_budgets([len(x) for x in evalset.prompts], "per_row", args.max_length)
+    work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
 
     _, _, cold = jax_side(model, tokenizer, *work)
     runs = {"jaxunlearn": [], "transformers": []}

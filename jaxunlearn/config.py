@@ -115,7 +115,15 @@ class EvalSection:
     holdout_split: str | None = None  # MIA: default the holdout split of the forget split's size; "none" skips
     num_rows: int | None = 300  # TOFU scores the first 300 rows of each set
     batch_size: int = 16  # rows per batch; scoring packs batch_size * 64 prefix-tree nodes per batch
-    max_length: int = 200  # generation: prompt + answer tokens
+    max_length: int = 200  # generation: prompt + answer tokens (budgets tofu and per_row)
+    # new tokens per answer: tofu (max_length - longest real prompt of each group of
+    # tofu_batch_size rows, as TOFU's code) | open_unlearning (max_new_tokens) | per_row
+    # (max_length - the row's own prompt); prompt padding never counts
+    generation_budget: str = "per_row"
+    max_new_tokens: int = 200
+    tofu_batch_size: int = 30
+    score_max_length: int | None = None  # scored rows cut at this many tokens (TOFU: 200); None: data.max_length
+    memorization: str = "clean"  # clean | open_unlearning (EOS left out, extraction strength 1/n without a match)
     generate: bool = True
     cosine: bool = True  # sentence embeddings (all-MiniLM-L6-v2)
     nli_judge: str = "none"  # none | causal-lm | hub | an HF model name
@@ -304,6 +312,8 @@ CHOICES = {
     "model.matmul_precision": ("auto", "highest", "high", "default"),
     "data.source": ("tofu", "closer_look", "real_world", "files"),
     "data.pairing": ("seeded", "closer_look"),
+    "eval.generation_budget": ("tofu", "open_unlearning", "per_row"),
+    "eval.memorization": ("clean", "open_unlearning"),
     "objective.options.me_direction": ("uniform_ce", "kl_to_uniform"),
     "objective.options.me_positions": ("all_padded", "prompt_and_answer", "answer"),
     "objective.options.kl_positions": ("attended", "all_padded"),

@@ -14,7 +14,8 @@ from .models.stack import unstack_layers
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, pad_id, max_new_tokens: int):
+def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, pad_id, budgets,
+            max_new_tokens: int):
     model = nnx.merge(graphdef, state)
     b, t = input_ids.shape
     cache = model.init_cache(b, t + max_new_tokens)
@@ -32,12 +33,12 @@ def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, p
         i, tok, tokens, done, cache = carry
         tok = jnp.where(done, pad_id, tok)
         tokens = tokens.at[:, i].set(tok)
-        done = done | jnp.isin(tok, eos_ids)
+        done = done | jnp.isin(tok, eos_ids) | (i + 1 >= budgets)  # a row stops at its own budget
         step = model.forward(tok[:, None], jnp.ones((b, 1), jnp.int32), cache=cache, layer_params=layer_params)
         nxt = jnp.argmax(step.logits[:, -1], axis=-1).astype(jnp.int32)
         return i + 1, nxt, tokens, done, step.cache
 
-    done = jnp.zeros((b,), bool)
+    done = budgets <= 0
     _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (0, first, tokens, done, out.cache))
     return tokens
 
@@ -60,19 +61,24 @@ def decoding_layers(model, layer_loop: str = "auto"):
 
 
 def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_token_ids, pad_token_id: int,
-                    layer_params="auto"):
+                    layer_params="auto", budgets=None):
     """Greedy continuation of left-padded prompts: int32 [B, max_new_tokens].
 
-    Each row stops at its first EOS (which is kept); later slots hold `pad_token_id`.
-    layer_params: a `LAYER_LOOPS` name, or what `decoding_layers` returned (reused across calls).
+    Each row stops at its first EOS (which is kept) or after its own budget of new tokens
+    (`budgets` [B], default max_new_tokens for every row); later slots hold `pad_token_id`.
+    max_new_tokens only sizes the buffers (one compile per value), so callers may round it
+    up. layer_params: a `LAYER_LOOPS` name, or what `decoding_layers` returned (reused).
     """
     if isinstance(layer_params, str):
         layer_params = decoding_layers(model, layer_params)
     graphdef, state = nnx.split(model)
     eos = jnp.asarray(np.atleast_1d(np.asarray(eos_token_ids, np.int32)))
+    if budgets is None:
+        budgets = np.full(len(input_ids), max_new_tokens)
+    budgets = np.minimum(np.asarray(budgets, np.int32), max_new_tokens)
     out = _greedy(
         graphdef, state, layer_params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-        eos, jnp.int32(pad_token_id), int(max_new_tokens),
+        eos, jnp.int32(pad_token_id), jnp.asarray(budgets), int(max_new_tokens),
     )
     return np.asarray(out)
 

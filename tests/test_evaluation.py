@@ -15,9 +15,11 @@ import jaxunlearn
 from conftest import TINY_TRAIN
 from jaxunlearn.config import load_config
 from jaxunlearn.data.tokenize import TokenizedRows
-from jaxunlearn.errors import ConfigError, DataError
+from jaxunlearn.errors import DataError
 from jaxunlearn.evaluation import metrics as M
-from jaxunlearn.evaluation.evaluate import aggregate, check_vocab, read_records
+from jaxunlearn.evaluation.aggregate import aggregate
+from jaxunlearn.evaluation.evaluate import check_vocab
+from jaxunlearn.evaluation.logs_io import read_evaluation
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
 from jaxunlearn.evaluation.prefix_trees import PackedTrees, score_prefix_trees
 
@@ -198,9 +200,9 @@ def test_generate_texts_matches_step_by_step(tiny_lm, smollm2):
     tok = smollm2[1]
     model, _ = jaxunlearn.load_pretrained(tiny_lm)
     prompts = [np.asarray(tok(t)["input_ids"], np.int32) for t in ("Who wrote this?", "Tell me a story about it")]
-    texts = generate_texts(model, tok, prompts, pad_id=2, eos_ids=[2], batch_size=2, max_length=24, buckets=(16,))
+    texts = generate_texts(model, tok, prompts, pad_id=2, eos_ids=[2], batch_size=2, budgets=[8, 8], buckets=(16,))
     for p, text in zip(prompts, texts):
-        steps = full_forward_greedy(model, p[None], np.ones_like(p)[None], 24 - 16)[0].tolist()
+        steps = full_forward_greedy(model, p[None], np.ones_like(p)[None], 8)[0].tolist()
         cut = steps.index(2) if 2 in steps else len(steps)
         assert text == tok.decode(steps[:cut], skip_special_tokens=True).strip()
 
@@ -237,8 +239,8 @@ def test_vocab_mismatch_and_missing_retain_eval(tiny_checkpoints, smollm2, tmp_p
     model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
     with pytest.raises(DataError, match="tokenizer has 49152 tokens but the model's vocabulary is 101"):
         check_vocab(model, smollm2[1])
-    with pytest.raises(ConfigError, match="retain model's evaluation.*jaxunlearn eval"):
-        read_records(tmp_path)
+    with pytest.raises(DataError, match="retain model's evaluation.*jaxunlearn eval"):
+        read_evaluation(tmp_path)
 
 
 def test_empty_split(tmp_path):

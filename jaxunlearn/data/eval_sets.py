@@ -96,8 +96,11 @@ def build_eval_set(
 
 
 def generation_prompt(template, question: str) -> str:
-    """The prompt plus the answer template's prefix (Phi's 'Answer:'), where generation starts."""
+    """The prompt plus the answer template's prefix (Phi's 'Answer:'), where generation starts;
+    the prompt alone for templates without generation_prefix (phi-tofu, as TOFU's code)."""
     prompt, answer = template.format(question, "\x00")
+    if not getattr(template, "generation_prefix", True):
+        return prompt
     prefix = answer.split("\x00", 1)[0]
     return prompt + prefix.rstrip(" ")
 

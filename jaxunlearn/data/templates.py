@@ -13,6 +13,9 @@ class Template:
     prompt: str  # with {q}
     answer: str  # with {a}
     required_tokens: tuple[str, ...] = ()  # special tokens the tokenizer must have whole
+    # generation starts after the answer template's prefix (Phi's "Answer:"); False: right
+    # after the prompt, as TOFU's code prompts Phi ("Question: q\n", then the model writes)
+    generation_prefix: bool = True
 
     def format(self, question: str, answer: str) -> tuple[str, str]:
         return self.prompt.format(q=question), self.answer.format(a=answer)
@@ -21,6 +24,7 @@ class Template:
 TEMPLATES = {
     "llama2-chat": Template("llama2-chat", "[INST] {q} [/INST]", "{a}"),
     "phi": Template("phi", "Question: {q}\n", "Answer: {a}"),
+    "phi-tofu": Template("phi-tofu", "Question: {q}\n", "Answer: {a}", generation_prefix=False),
     "llama3-instruct": Template(
         "llama3-instruct",
         "<|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",

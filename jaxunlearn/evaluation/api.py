@@ -9,7 +9,9 @@ from pathlib import Path
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
 from ..training.data_setup import template_for
-from .evaluate import add_forget_quality, evaluate_model, read_records
+from .aggregate import forget_quality
+from .evaluate import evaluate_model
+from .logs_io import read_evaluation
 from .report import write_eval
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,10 @@ def evaluate(cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | N
         embedder = SentenceEmbedder()
     judge = make_judge(cfg) if cfg.eval.generate else None
     reference = load_pretrained(cfg.eval.reference_model)[0] if cfg.eval.reference_model else None
-    retain_records = read_records(cfg.eval.retain_eval) if cfg.eval.retain_eval else None
+    retain_records, retain_summary, _ = read_evaluation(cfg.eval.retain_eval) if cfg.eval.retain_eval else (None,) * 3
     records, summary = evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress)
     if cfg.eval.retain_eval:
-        add_forget_quality(summary, records, retain_records, cfg.eval.retain_eval)
+        forget_quality(summary, records, retain_records, retain_summary, cfg.eval.retain_eval)
     summary["model"] = str(cfg.model.path)
     summary["seconds"] = time.perf_counter() - t0
     out = Path(out_dir or cfg.output.dir)

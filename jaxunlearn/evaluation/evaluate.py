@@ -3,9 +3,7 @@ MIA summaries. Pure computation; `report.py` writes the files."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -13,17 +11,17 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data.eval_sets import GT, PARA, PERTURBED, build_eval_set
 from ..data.tokenize import pad_token_id
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models.config import to_dtype
 from ..precision import matmul_precision
 from . import metrics as M
+from .aggregate import aggregate, set_stats
+from .budgets import generation_budgets
 from .kernels import generate_texts, score_rows
 from .prefix_trees import score_prefix_trees
 from .sets import load_sets
 
 log = logging.getLogger(__name__)
-PER_EXAMPLE = "per_example.jsonl"
-SUMMARY = "summary.json"
 
 
 def check_vocab(model, tokenizer) -> None:
@@ -83,8 +81,8 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
     mesh = _data_mesh(e.batch_size)
     records, summary = [], {"sets": {}}
     for spec in load_sets(cfg):
-        evalset = build_eval_set(tokenizer, template, spec.rows, spec.name, cfg.data.max_length, e.num_rows,
-                                 base_key=spec.base_key)
+        evalset = build_eval_set(tokenizer, template, spec.rows, spec.name, e.score_max_length or cfg.data.max_length,
+                                 e.num_rows, base_key=spec.base_key)
         n = len(evalset)
         bar = tqdm(total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
                    desc=f"eval {spec.name}", unit="row", disable=not progress, dynamic_ncols=True)
@@ -92,65 +90,54 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
         gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [{"set": spec.name, "index": i, "question": r["question"], "answer": evalset.references[i],
                 "avg_nll": float(gt[i]), "probability": float(np.exp(-gt[i]))} for i, r in enumerate(evalset.rows)]
-        stats: dict = {"rows": n}
-        if spec.normalized_probability and evalset.num_perturbed:
-            stats["probability"] = M.normalized_probability(gt, pert)
-        else:
-            stats["probability"] = M.probability(gt)
         if evalset.num_perturbed:
             r = M.truth_ratios(para, pert)
             for i in range(n):
                 rec[i]["truth_ratio"] = float(r[i])
                 rec[i]["avg_nll_base"] = float(para[i])
                 rec[i]["avg_nll_perturbed"] = pert[i].tolist()
-            if spec.kind == "forget":
-                stats["truth_ratio"] = M.truth_ratio_forget(r)
-                stats["truth_ratio_closer_look"] = M.truth_ratio_forget_closer_look(r)
-            else:
-                stats["truth_ratio"] = M.truth_ratio_retain(r)
         elif spec.name != "holdout":
             log.warning("set %s has no perturbed answers: truth ratio skipped", spec.name)
         # memorization and MIA scores of the answer candidate
-        em, es = [], []
+        exact_memorization, extraction_strength = M.MEMORIZATION[e.memorization]
         for i, row_idx in enumerate(np.flatnonzero(evalset.kind == GT)):
             ex = evalset.example[row_idx]
             tok_lp, correct = scores.token_logp[i], scores.correct[i]
-            em.append(M.exact_memorization(correct))
-            es.append(M.extraction_strength(correct))
-            rec[ex]["exact_memorization"], rec[ex]["extraction_strength"] = em[-1], es[-1]
+            rec[ex]["exact_memorization"] = exact_memorization(correct)
+            rec[ex]["extraction_strength"] = extraction_strength(correct)
             rec[ex]["mia"] = {
                 "loss": M.mia_loss(tok_lp),
                 "zlib": M.mia_zlib(tok_lp, evalset.references[ex]),
                 "min_k": M.mia_min_k(tok_lp),
                 "min_k_plus_plus": M.mia_min_k_plus_plus(tok_lp, scores.mu[i], scores.sigma[i]),
             }
-        stats["exact_memorization"], stats["extraction_strength"] = float(np.mean(em)), float(np.mean(es))
         if e.generate and spec.name != "holdout":
+            budgets = generation_budgets([len(p) for p in evalset.prompts], e.generation_budget, e.max_length,
+                                         e.max_new_tokens, e.tofu_batch_size)
             gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, e.batch_size,
-                                  e.max_length, progress=bar)
+                                  budgets, progress=bar)
             rouge = M.rouge_l_recall(gens, evalset.references)
             ent = [M.token_entropy(tokenizer.tokenize(g)) for g in gens]
             refs = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
             for i in range(n):
                 rec[i].update(generation=gens[i], rougeL_recall=float(rouge[i]), token_entropy=ent[i])
-            stats["rougeL_recall"], stats["token_entropy"] = float(rouge.mean()), float(np.mean(ent))
             if embedder is not None:
                 cos = M.cosine_similarity(embedder.encode(gens), embedder.encode(refs))
                 for i in range(n):
                     rec[i]["cosine"] = float(cos[i])
-                stats["cosine"] = float(cos.mean())
             if judge is not None:
                 premises, hyps = (gens, refs) if spec.kind == "forget" else (refs, gens)
                 flags = M.entailment_flags(judge.labels(premises, hyps), rouge)
                 for i in range(n):
                     rec[i]["entailment"] = float(flags[i])
-                stats["entailment"] = float(flags.mean())
         bar.close()
         records += rec
-        summary["sets"][spec.name] = stats
+        summary["sets"][spec.name] = set_stats(spec.name, rec)
     if reference is not None:
         _reference_mia(records, reference, tokenizer, template, cfg, pad)
     summary.update(aggregate(summary["sets"], records))
+    summary["conventions"] = {"generation_budget": e.generation_budget, "memorization": e.memorization,
+                              "score_max_length": e.score_max_length or cfg.data.max_length}
     if embedder is not None:
         summary["embedding_model"] = embedder.name
     if judge is not None:
@@ -168,52 +155,3 @@ def _reference_mia(records, reference, tokenizer, template, cfg, pad):
     ref_loss = score_rows(reference, enc, pad, cfg.eval.batch_size, tuple(cfg.data.buckets)).avg_nll
     for r, loss in zip(rows, ref_loss):
         r["mia"]["reference_difference"] = r["mia"]["loss"] - float(loss)
-
-
-def aggregate(sets: dict, records: list[dict]) -> dict:
-    """TOFU model utility (9), Closer Look model utility (18), forget efficacy, MIA AUCs."""
-    out: dict = {}
-    utility = ("retain", "real_authors", "world_facts")
-    if all(s in sets for s in utility):
-        nine = [sets[s].get(k) for s in utility for k in ("probability", "rougeL_recall", "truth_ratio")]
-        if all(v is not None for v in nine):
-            out["model_utility"] = M.harmonic_mean(nine)
-        keys18 = ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")
-        eighteen = [sets[s].get(k) for s in utility for k in keys18]
-        if all(v is not None for v in eighteen):
-            out["model_utility_closer_look"] = M.harmonic_mean(eighteen)
-    f = sets.get("forget", {})
-    fe = [f.get(k) for k in ("rougeL_recall", "probability", "truth_ratio_closer_look", "cosine", "entailment")]
-    if all(v is not None for v in fe):
-        out["forget_efficacy"] = 1.0 - float(np.mean(fe))
-    forget = [r["mia"] for r in records if r["set"] == "forget"]
-    holdout = [r["mia"] for r in records if r["set"] == "holdout"]
-    if forget and holdout:
-        out["mia_auc"] = {a: M.auc([x[a] for x in forget], [x[a] for x in holdout])
-                          for a in forget[0] if all(a in x for x in forget + holdout)}
-    return out
-
-
-def read_records(eval_dir: str | Path) -> list[dict]:
-    path = Path(eval_dir) / PER_EXAMPLE
-    if not path.exists():
-        raise ConfigError(
-            f"no {PER_EXAMPLE} in {eval_dir}: forget quality compares against a retain model's evaluation. "
-            "Make one with: jaxunlearn eval model.path=RETAIN_MODEL output.dir=DIR (a model finetuned on the "
-            "retain split only, e.g. jaxunlearn finetune data.train_split=retain90)"
-        )
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def add_forget_quality(summary: dict, records: list[dict], theirs: list[dict], retain_eval: str) -> None:
-    """Forget quality (KS p-value) and PrivLeak against a retain model's saved evaluation."""
-    mine_r = [r["truth_ratio"] for r in records if r["set"] == "forget" and "truth_ratio" in r]
-    their_r = [r["truth_ratio"] for r in theirs if r["set"] == "forget" and "truth_ratio" in r]
-    if not mine_r or not their_r:
-        raise DataError(f"forget quality needs forget-set truth ratios in both evaluations ({retain_eval})")
-    summary["forget_quality"] = M.forget_quality(mine_r, their_r)
-    retain_summary = Path(retain_eval) / SUMMARY
-    if retain_summary.exists() and "mia_auc" in summary:
-        ref_auc = json.loads(retain_summary.read_text()).get("mia_auc", {})
-        summary["privleak"] = {a: M.privleak(v, ref_auc[a]) for a, v in summary["mia_auc"].items()
-                               if a in ref_auc and ref_auc[a] < 1.0}

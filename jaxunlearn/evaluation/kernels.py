@@ -127,9 +127,15 @@ def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
 
 
 def generate_texts(model, tokenizer, prompts: list[np.ndarray], pad_id: int, eos_ids, batch_size: int = 16,
-                   max_length: int = 200, buckets: tuple[int, ...] = (64, 128, 256), progress=None) -> list[str]:
-    """Greedy answers from left-padded prompts; prompt + answer at most `max_length` tokens."""
+                   budgets=None, buckets: tuple[int, ...] = (64, 128, 256), progress=None) -> list[str]:
+    """Greedy answers from left-padded prompts, each at most its budget of new tokens
+    (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
+    against a budget: the buffer is sized by the batch's largest budget, rounded up to a
+    multiple of 32 (few compiles), and every row stops at its own."""
     n = len(prompts)
+    if budgets is None:
+        budgets = [200 - len(p) for p in prompts]
+    budgets = np.asarray(budgets, np.int64)
     order = np.argsort([-len(p) for p in prompts], kind="stable")
     texts: list[str | None] = [None] * n
     eos = set(np.atleast_1d(eos_ids).tolist())
@@ -138,12 +144,11 @@ def generate_texts(model, tokenizer, prompts: list[np.ndarray], pad_id: int, eos
         index = list(order[start:start + batch_size])
         real = len(index)
         index += [index[-1]] * (padded_batch(real, batch_size) - real)
-        width = bucket_length(max(len(prompts[i]) for i in index), buckets, None)
-        if width >= max_length:
-            width = max(len(prompts[i]) for i in index)
+        longest = max(len(prompts[i]) for i in index)
+        width = longest if longest > max(buckets) else bucket_length(longest, buckets, None)
         ids, mask = left_pad([prompts[i] for i in index], pad_id, width)
-        new = max(1, max_length - width)
-        tokens = greedy_generate(model, ids, mask, new, sorted(eos), pad_id, layer_params)
+        new = round_up(max(1, int(budgets[index].max())), 32)
+        tokens = greedy_generate(model, ids, mask, new, sorted(eos), pad_id, layer_params, budgets=budgets[index])
         for j in range(real):
             row = tokens[j].tolist()
             cut = next((k for k, t in enumerate(row) if t in eos), len(row))

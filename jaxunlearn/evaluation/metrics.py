@@ -109,6 +109,31 @@ def extraction_strength(correct: np.ndarray) -> float:
     return 1.0 - k / n
 
 
+def exact_memorization_open_unlearning(correct: np.ndarray) -> float | None:
+    """open-unlearning's EM: the last supervised token (the EOS) left out; None when nothing
+    is left (it then drops the row from the mean)."""
+    correct = np.asarray(correct, bool)[:-1]
+    return float(correct.mean()) if correct.size else None
+
+
+def extraction_strength_open_unlearning(correct: np.ndarray) -> float:
+    """open-unlearning's ES: the EOS left out, and when no suffix matches (the last token is
+    wrong) its search loop ends at k = n - 1, so 1/n, not 0."""
+    correct = np.asarray(correct, bool)[:-1]
+    n = correct.size
+    if n == 0:
+        return 0.0
+    wrong = np.flatnonzero(~correct)
+    k = 0 if wrong.size == 0 else int(wrong[-1]) + 1
+    return 1.0 - min(k, n - 1) / n
+
+
+MEMORIZATION = {  # eval.memorization -> (exact memorization, extraction strength)
+    "clean": (exact_memorization, extraction_strength),
+    "open_unlearning": (exact_memorization_open_unlearning, extraction_strength_open_unlearning),
+}
+
+
 # --- membership inference -----------------------------------------------------------------
 
 

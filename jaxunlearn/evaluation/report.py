@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import PER_EXAMPLE, SUMMARY
+from .logs_io import PER_EXAMPLE, SUMMARY, write_open_unlearning
 
 COLUMNS = ("probability", "rougeL_recall", "truth_ratio", "token_entropy", "cosine", "entailment",
            "exact_memorization", "extraction_strength")
@@ -45,6 +45,7 @@ def write_eval(out_dir: Path, records: list[dict], summary: dict, retain_records
     tmp.rename(out_dir / PER_EXAMPLE)
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown_table(summary, f"Evaluation of {summary.get('model', '')}"))
+    write_open_unlearning(out_dir, records, summary)  # TOFU_EVAL.json / TOFU_SUMMARY.json for their scripts
     plot_sets(summary, out_dir / "metrics.png")
     plot_truth_ratios(records, retain_records, out_dir / "truth_ratio.png")
 

@@ -1,0 +1,38 @@
+"""How many new tokens each evaluation answer may have: the generation budget conventions.
+
+Prompts are left-padded to a shape bucket for decoding; that padding never counts against
+a budget. The conventions differ in how a budget is derived from the real prompt:
+
+- "tofu": TOFU's evaluate_util (and the Closer Look code) calls HF `generate` with
+  `max_length=200` on batches of 30 rows in dataset order, left-padded to the batch's
+  longest prompt, so every row of a batch may have `max_length - longest real prompt of
+  its batch` new tokens (the batch size is `eval.tofu_batch_size`).
+- "open_unlearning": `max_new_tokens` new tokens for every row (open-unlearning: 200).
+- "per_row": `max_length - the row's own prompt` (TOFU's intent without the batch quirk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+
+BUDGETS = ("tofu", "open_unlearning", "per_row")
+
+
+def generation_budgets(prompt_lengths, convention: str, max_length: int = 200, max_new_tokens: int = 200,
+                       tofu_batch_size: int = 30) -> np.ndarray:
+    """New-token budget per row (int64 [N], never negative)."""
+    lengths = np.asarray(prompt_lengths, np.int64)
+    if convention == "tofu":
+        longest = np.concatenate([np.full(len(chunk), chunk.max()) for chunk in
+                                  np.split(lengths, range(tofu_batch_size, len(lengths), tofu_batch_size))]
+                                 ) if len(lengths) else lengths
+        budgets = max_length - longest
+    elif convention == "open_unlearning":
+        budgets = np.full(len(lengths), max_new_tokens, np.int64)
+    elif convention == "per_row":
+        budgets = max_length - lengths
+    else:
+        raise ConfigError(f"eval.generation_budget={convention!r} is not one of {', '.join(BUDGETS)}")
+    return np.maximum(budgets, 0)
