@@ -95,7 +95,17 @@ def _demo(args) -> None:
 def _report(args) -> None:
     from .evaluation.report import compare_runs
 
-    print(compare_runs(args.runs, args.out))
+    print(compare_runs(args.runs, args.out, retain=args.retain, recompute=args.recompute))
+
+
+def _aggregate(args) -> None:
+    import json
+
+    from .evaluation.api import aggregate_evaluation
+    from .evaluation.report import markdown_table
+
+    summary = aggregate_evaluation(args.run, args.retain, args.out)
+    print(json.dumps(summary, indent=2) if args.json else markdown_table(summary, f"{args.run} ({summary['format']})"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="put several evaluations side by side (markdown + plot)")
     p.add_argument("runs", nargs="+", help="evaluation directories (holding summary.json)")
     p.add_argument("--out", help="also write comparison.md and comparison.png here")
+    p.add_argument("--retain", help="recompute each run's forget quality against this retain evaluation")
+    p.add_argument("--recompute", action="store_true",
+                   help="recompute every number from the runs' per-example results (also TOFU / open-unlearning logs)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("aggregate", help="every number of an evaluation from its per-example results, no model",
+                       description="Compute set numbers, model utility (TOFU 9 / Closer Look 18), forget efficacy, "
+                                   "MIA AUCs and, with --retain, forget quality and PrivLeak from RUN's saved "
+                                   "results: a jaxunlearn eval directory (per_example.jsonl), TOFU's eval logs "
+                                   "(eval_log*.json or eval_log_aggregated.json) or open-unlearning's TOFU_EVAL.json.")
+    p.add_argument("run", help="evaluation to aggregate")
+    p.add_argument("--retain", help="a retain model's evaluation (any of the same formats): forget quality")
+    p.add_argument("--out", help="write summary.json, report.md, per_example.jsonl, TOFU_EVAL.json and plots here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.set_defaults(func=_aggregate)
 
     p = sub.add_parser("generate", help="greedy generation from a checkpoint")
     p.add_argument("model", help="checkpoint: HF dir, .gguf, hub id or built-in asset")

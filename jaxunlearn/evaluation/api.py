@@ -9,7 +9,7 @@ from pathlib import Path
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
 from ..training.data_setup import template_for
-from .aggregate import forget_quality
+from .aggregate import forget_quality, summarize
 from .evaluate import evaluate_model
 from .logs_io import read_evaluation
 from .report import write_eval
@@ -54,4 +54,24 @@ def evaluate(cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | N
     out = Path(out_dir or cfg.output.dir)
     log.info("evaluation took %.1f s", summary["seconds"])
     write_eval(out, records, summary, retain_records)
+    return summary
+
+
+def aggregate_evaluation(run: str | Path, retain: str | Path | None = None, out_dir: str | Path | None = None) -> dict:
+    """Every set number, model utility, forget efficacy, MIA AUCs and, against `retain`,
+    forget quality and PrivLeak, from saved per-example results alone (no model runs).
+
+    `run` and `retain` may each be a jaxunlearn eval directory (per_example.jsonl), TOFU's
+    eval logs (a directory of eval_log*.json, or eval_log_aggregated.json) or
+    open-unlearning's TOFU_EVAL.json. `out_dir`, if given, gets the files `evaluate` writes.
+    """
+    records, _, fmt = read_evaluation(run)
+    summary = summarize(records)
+    retain_records = None
+    if retain is not None:
+        retain_records, retain_summary, _ = read_evaluation(retain)
+        forget_quality(summary, records, retain_records, retain_summary, str(retain))
+    summary.update(source=str(run), format=fmt)
+    if out_dir is not None:
+        write_eval(Path(out_dir), records, summary, retain_records)
     return summary

@@ -95,12 +95,20 @@ def plot_truth_ratios(records: list[dict], retain_records: list[dict] | None, pa
     plt.close(fig)
 
 
-def compare_runs(run_dirs: list[str], out: Path | None = None) -> str:
-    """A side-by-side markdown table (and bar plot) of several evaluation directories."""
+def compare_runs(run_dirs: list[str], out: Path | None = None, retain: str | None = None,
+                 recompute: bool = False) -> str:
+    """A side-by-side markdown table (and bar plot) of several evaluation directories; with
+    `recompute` (or a `retain` evaluation) every number is recomputed from the per-example
+    results (aggregate_evaluation), so TOFU / open-unlearning logs can sit beside runs."""
     from ..errors import ConfigError
 
     rows = []
     for d in run_dirs:
+        if recompute or retain:
+            from .api import aggregate_evaluation
+
+            rows.append((Path(d).name, aggregate_evaluation(d, retain)))
+            continue
         path = Path(d) / SUMMARY
         if not path.exists():
             path = Path(d) / "eval" / SUMMARY
