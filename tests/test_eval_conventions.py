@@ -6,7 +6,6 @@ TOFU / open-unlearning logs in and out."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from jaxunlearn.errors import DataError
 from jaxunlearn.evaluation import metrics as M
 from jaxunlearn.evaluation.aggregate import summarize
 from jaxunlearn.evaluation.budgets import generation_budgets
-from jaxunlearn.evaluation.logs_io import (TOFU_FILES, open_unlearning_logs, read_evaluation, read_open_unlearning,
+from jaxunlearn.evaluation.logs_io import (TOFU_FILES, read_evaluation, read_open_unlearning,
                                            read_tofu_logs)
 
 
