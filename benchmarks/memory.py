@@ -48,7 +48,7 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
 
     import jaxunlearn
     from jaxunlearn.models.registry import family_for
-    from jaxunlearn.objectives import build_objective
+    from jaxunlearn.objectives import StepBatch, build_objective
     from jaxunlearn.parallel import make_mesh
     from jaxunlearn.training.step import (batch_sharding, init_state, jit_train_step, make_train_step,
                                          param_shardings, state_shardings)
@@ -70,7 +70,8 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     objective = build_objective("NPO+GD")
     b = batch_per_device * devices
     row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
-    batch = {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
+    batch = StepBatch.from_arrays({s: {"input_ids": row, "attention_mask": row, "labels": row}
+                                   for s in ("forget", "retain")})
     cast = dict(compute_dtype=jnp.bfloat16, param_shardings_tree=shardings) if policy == "mixed" else {}
     step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5, **cast), state, reference, mesh)
     t = time.perf_counter()

@@ -94,6 +94,7 @@ def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, to
     from jaxunlearn.objectives import build_objective
     from jaxunlearn.parallel import make_mesh
     from jaxunlearn.training.optimizer import make_optimizer
+    from jaxunlearn.objectives import StepBatch
     from jaxunlearn.training.step import init_state, jit_train_step, make_train_step, place_batch, place_params
 
     model = common.jax_model(shape, torch_model, dtype, remat)
@@ -106,7 +107,8 @@ def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, to
     state = jax.jit(lambda p: init_state(p, tx, 0))(params)
     step_fn = make_train_step(graphdef, obj, tx, lambda _: lr)
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
-    batch = place_batch({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}, mesh)
+    batch = place_batch(StepBatch.from_arrays({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}),
+                        mesh)
     holder = {"state": state}
 
     def run(n: int):

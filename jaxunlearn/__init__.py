@@ -6,7 +6,7 @@
 """
 
 from .checkpoints.api import load_pretrained, load_tokenizer, save_pretrained
-from .evaluation.api import aggregate_evaluation
+from .pipelines.evaluate import aggregate_evaluation
 from .errors import CheckpointError, ConfigError, DataError, JaxUnlearnError
 from .models.config import ModelConfig
 from .models.registry import create_model, supported_model_types

@@ -13,6 +13,7 @@ def _convert(args) -> None:
     from pathlib import Path
 
     from .checkpoints.api import load_pretrained, save_pretrained
+    from .models.registry import num_parameters
 
     if Path(args.dst).exists() and not args.overwrite:
         raise JaxUnlearnError(f"{args.dst} already exists; choose another destination or pass --overwrite")
@@ -21,12 +22,12 @@ def _convert(args) -> None:
         model, tokenizer, args.dst, format=args.to, overwrite=args.overwrite, max_shard_size=args.max_shard_size
     )
     print(f"wrote {args.to} checkpoint of {model.config.model_type} "
-          f"({model.config.num_parameters() / 1e6:.1f}M parameters) to {out}")
+          f"({num_parameters(model.config) / 1e6:.1f}M parameters) to {out}")
 
 
 def _generate(args) -> None:
     from .checkpoints.api import load_pretrained
-    from .generation import encode_prompts, greedy_generate, strip_after_eos
+    from .evaluation.generation import encode_prompts, greedy_generate, strip_after_eos
 
     model, tokenizer = load_pretrained(args.model, dtype=args.dtype)
     if tokenizer is None:
@@ -40,7 +41,7 @@ def _generate(args) -> None:
 def _train_command(kind: str):
     def run(args) -> None:
         from .config import load_config
-        from .training import api
+        from .pipelines import unlearn as api
 
         cfg = load_config(args.config, args.overrides)
         fn = api.unlearn if kind == "unlearn" else api.finetune
@@ -72,7 +73,7 @@ def _eval(args) -> None:
     from pathlib import Path
 
     from .config import load_config
-    from .evaluation.api import evaluate
+    from .pipelines.evaluate import evaluate
     from .evaluation.report import markdown_table
 
     cfg = load_config(args.config, args.overrides)
@@ -84,7 +85,7 @@ def _eval(args) -> None:
 
 
 def _demo(args) -> None:
-    from .demo import run_demo
+    from .pipelines.demo import run_demo
 
     result = run_demo(args.config, args.out, args.overrides, progress=not args.no_progress)
     print(result["table"])
@@ -93,15 +94,15 @@ def _demo(args) -> None:
 
 
 def _report(args) -> None:
-    from .evaluation.report import compare_runs
+    from .pipelines.evaluate import compare
 
-    print(compare_runs(args.runs, args.out, retain=args.retain, recompute=args.recompute))
+    print(compare(args.runs, args.out, retain=args.retain, recompute=args.recompute))
 
 
 def _aggregate(args) -> None:
     import json
 
-    from .evaluation.api import aggregate_evaluation
+    from .pipelines.evaluate import aggregate_evaluation
     from .evaluation.report import markdown_table
 
     summary = aggregate_evaluation(args.run, args.retain, args.out)

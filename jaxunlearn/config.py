@@ -11,11 +11,13 @@ import difflib
 import types
 import typing
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from .errors import ConfigError
-from .objectives.base import ObjectiveOptions
+from .objectives.compose import DEFAULT_OBJECTIVE
+from .objectives.options import ObjectiveOptions
 
 
 @dataclasses.dataclass
@@ -25,15 +27,15 @@ class ModelSection:
     compute_dtype: str | None = None  # activations (default: dtype)
     reference_path: str | None = None  # frozen reference (default: the policy's start)
     reference_dtype: str | None = None  # e.g. bfloat16 to halve the reference's memory
-    remat: str = "none"  # none | full | dots
+    remat: Literal["none", "full", "dots"] = "none"
     # auto: highest for fp32 compute (no TF32 / bf16 passes on GPU / TPU), default for bf16
-    matmul_precision: str = "auto"
+    matmul_precision: Literal["auto", "highest", "high", "default"] = "auto"
     allow_pickle: bool = False
 
 
 @dataclasses.dataclass
 class DataSection:
-    source: str = "tofu"  # tofu | closer_look | real_world | files
+    source: Literal["tofu", "closer_look", "real_world", "files"] = "tofu"
     data_dir: str | None = None  # default: $JAXUNLEARN_DATA or ../shared/data; "hub" for locuslab/TOFU
     forget_split: str = "forget10"
     retain_split: str = "retain90"
@@ -42,7 +44,7 @@ class DataSection:
     question_key: str = "question"
     answer_key: str = "answer"
     refusals_file: str | None = None  # default: TOFU's idontknow.jsonl
-    pairing: str = "seeded"  # retain row / refusal per forget row: seeded | closer_look (the paper code's draws)
+    pairing: Literal["seeded", "closer_look"] = "seeded"  # retain row / refusal per forget row (closer_look: the paper code's draws)
     template: str = "auto"  # auto | llama2-chat | phi | llama3-instruct | chatml | plain | chat
     max_length: int = 500
     buckets: list[int] = dataclasses.field(default_factory=lambda: [64, 128, 256, 512])
@@ -56,7 +58,7 @@ class DataSection:
 
 @dataclasses.dataclass
 class ObjectiveSection:
-    name: str = "ME+GD"
+    name: str = DEFAULT_OBJECTIVE
     forget_weight: float = 0.1
     retain_weight: float = 1.0
     options: ObjectiveOptions = dataclasses.field(default_factory=ObjectiveOptions)
@@ -119,11 +121,11 @@ class EvalSection:
     # new tokens per answer: tofu (max_length - longest real prompt of each group of
     # tofu_batch_size rows, as TOFU's code) | open_unlearning (max_new_tokens) | per_row
     # (max_length - the row's own prompt); prompt padding never counts
-    generation_budget: str = "per_row"
+    generation_budget: Literal["tofu", "open_unlearning", "per_row"] = "per_row"
     max_new_tokens: int = 200
     tofu_batch_size: int = 30
     score_max_length: int | None = None  # scored rows cut at this many tokens (TOFU: 200); None: data.max_length
-    memorization: str = "clean"  # clean | open_unlearning (EOS left out, extraction strength 1/n without a match)
+    memorization: Literal["clean", "open_unlearning"] = "clean"  # open_unlearning: EOS left out, ES 1/n without a match
     generate: bool = True
     cosine: bool = True  # sentence embeddings (all-MiniLM-L6-v2)
     nli_judge: str = "none"  # none | causal-lm | hub | an HF model name
@@ -177,6 +179,12 @@ def _coerce(key: str, value, tp):
         raise ConfigError(f"{key} may not be null")
     if origin in (typing.Union, types.UnionType) and args:
         return _coerce(key, value, args[0])
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, args))}{hint}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -307,29 +315,19 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
     return _merge(merged, data)
 
 
-CHOICES = {
-    "model.remat": ("none", "full", "dots"),
-    "model.matmul_precision": ("auto", "highest", "high", "default"),
-    "data.source": ("tofu", "closer_look", "real_world", "files"),
-    "data.pairing": ("seeded", "closer_look"),
-    "eval.generation_budget": ("tofu", "open_unlearning", "per_row"),
-    "eval.memorization": ("clean", "open_unlearning"),
-    "objective.options.me_direction": ("uniform_ce", "kl_to_uniform"),
-    "objective.options.me_positions": ("all_padded", "prompt_and_answer", "answer"),
-    "objective.options.kl_positions": ("attended", "all_padded"),
-    "objective.options.rmu_trainable": ("mlp", "down_proj", "all"),
-}
+def _check_choices(obj, prefix: str = "") -> None:
+    """Every Literal field holds one of its choices (also for configs built in Python)."""
+    for name, tp in _field_types(type(obj)).items():
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{name}.")
+        elif typing.get_origin(tp) is Literal:
+            _coerce(f"{prefix}{name}", value, tp)
 
 
 def validate(cfg: RunConfig) -> None:
-    for key, choices in CHOICES.items():
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), choices, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}{hint}")
+    """Choices, then checks across fields."""
+    _check_choices(cfg)
     t = cfg.train
     if t.batch_size < 1 or t.micro_batches < 1 or t.batch_size % t.micro_batches:
         raise ConfigError(

@@ -34,7 +34,7 @@ def _source(path: Path) -> str:
 def rows() -> list[list[str]]:
     sys.path.insert(0, str(REPO))
     from jaxunlearn.config import load_config
-    from jaxunlearn.objectives.base import ObjectiveOptions
+    from jaxunlearn.objectives import ObjectiveOptions
 
     defaults = dataclasses.asdict(ObjectiveOptions())
     out = []

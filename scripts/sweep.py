@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from jaxunlearn.config import load_config
     from jaxunlearn.errors import JaxUnlearnError
-    from jaxunlearn.evaluation.api import evaluate
-    from jaxunlearn.training.api import unlearn
+    from jaxunlearn.pipelines.evaluate import evaluate
+    from jaxunlearn.pipelines.unlearn import unlearn
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", required=True)

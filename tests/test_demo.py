@@ -10,7 +10,7 @@ from conftest import REPO
 
 @pytest.mark.real_model
 def test_demo_pipeline_shrunk(tiny_lm, tmp_path):
-    from jaxunlearn.demo import run_demo
+    from jaxunlearn.pipelines.demo import run_demo
 
     cfg = {
         "base": str(REPO / "configs" / "models" / "smollm2-135m.yaml"),

@@ -87,7 +87,7 @@ def _eval_cfg(tiny_lm, tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_eval(tiny_lm, tmp_path_factory):
-    from jaxunlearn.evaluation.api import evaluate
+    from jaxunlearn.pipelines.evaluate import evaluate
 
     out = tmp_path_factory.mktemp("tiny_eval")
     summary = evaluate(_eval_cfg(tiny_lm, out), progress=False)
@@ -127,7 +127,7 @@ def test_evaluation_writes_open_unlearning_files_that_read_back(tiny_eval):
 
 
 def test_scored_rows_truncated_at_score_max_length(tiny_lm, tmp_path):
-    from jaxunlearn.evaluation.api import evaluate
+    from jaxunlearn.pipelines.evaluate import evaluate
 
     cut = evaluate(_eval_cfg(tiny_lm, tmp_path / "a", "eval.score_max_length=40", "eval.generate=false",
                              "eval.sets=[forget]", "eval.holdout_split=none"), progress=False)

@@ -17,7 +17,7 @@ import jaxunlearn
 from conftest import FAMILY_CONFIGS, padded_batch
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
 from jaxunlearn.evaluation.prefix_trees import score_prefix_trees
-from jaxunlearn.objectives import build_objective
+from jaxunlearn.objectives import StepBatch, build_objective
 from jaxunlearn.parallel import make_mesh
 from jaxunlearn.training.optimizer import make_optimizer
 from jaxunlearn.training.step import init_state, jit_train_step, make_train_step, place_batch, place_params
@@ -77,7 +77,7 @@ def test_unlearning_step_and_evaluation_run_unchanged(name, tiny_checkpoints):
     state = init_state(params, tx, 0)
     before = flat_params(model)
     step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-3), state, ref, mesh)
-    batch = place_batch({"forget": _stream(0), "retain": _stream(1)}, mesh)
+    batch = place_batch(StepBatch.from_arrays({"forget": _stream(0), "retain": _stream(1)}), mesh)
     state, metrics = step(state, ref, batch)
     assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
     # at the start the policy is the reference: NPO's loss is (2/beta) log 2

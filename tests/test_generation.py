@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxunlearn
-from jaxunlearn.generation import greedy_generate
+from jaxunlearn.evaluation.generation import greedy_generate
 
 NEW = 6
 
@@ -41,7 +41,7 @@ def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
 
 def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
     """fp32 parameters computing in bf16: the per-layer copies are cast once, not every token."""
-    from jaxunlearn.generation import decoding_layers
+    from jaxunlearn.evaluation.generation import decoding_layers
     from jaxunlearn.models.config import ModelConfig
 
     cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,

@@ -12,6 +12,7 @@ from jaxunlearn.objectives import (
     FORGET_TERMS,
     RETAIN_TERMS,
     ObjectiveOptions,
+    StepBatch,
     StreamOutputs,
     build_objective,
 )
@@ -35,7 +36,7 @@ def make_batch(seed=0):
                                rng.randn(LAYERS + 1, B, T, D).astype(np.float32))
         ref[s] = StreamOutputs(rng.randn(B, T, V).astype(np.float32) * 2,
                                rng.randn(LAYERS + 1, B, T, D).astype(np.float32))
-    return batch, pol, ref
+    return StepBatch.from_arrays(batch), pol, ref
 
 
 def np_logsoftmax(x):
@@ -85,14 +86,14 @@ def data():
 
 def test_ga_idk_gd(data):
     batch, pol, ref = data
-    assert value("GA", *data) == pytest.approx(-tok_nll(pol["forget"].logits, batch["forget"]["labels"]), rel=1e-5)
-    assert value("IDK", *data) == pytest.approx(tok_nll(pol["forget_idk"].logits, batch["forget_idk"]["labels"]), rel=1e-5)
-    assert value("GD", *data) == pytest.approx(tok_nll(pol["retain"].logits, batch["retain"]["labels"]), rel=1e-5)
+    assert value("GA", *data) == pytest.approx(-tok_nll(pol["forget"].logits, batch.streams["forget"].labels), rel=1e-5)
+    assert value("IDK", *data) == pytest.approx(tok_nll(pol["forget_idk"].logits, batch.streams["forget_idk"].labels), rel=1e-5)
+    assert value("GD", *data) == pytest.approx(tok_nll(pol["retain"].logits, batch.streams["retain"].labels), rel=1e-5)
 
 
 def test_npo(data):
     batch, pol, ref = data
-    lab, beta = batch["forget"]["labels"], 0.1
+    lab, beta = batch.streams["forget"].labels, 0.1
     diff = seq_nll(ref["forget"].logits, lab) - seq_nll(pol["forget"].logits, lab)
     want = np.mean(-(2 / beta) * logsig(-beta * diff))
     assert value("NPO", *data) == pytest.approx(want, rel=1e-5)
@@ -103,7 +104,7 @@ def test_npo(data):
 
 def test_simnpo(data):
     batch, pol, ref = data
-    lab = batch["forget"]["labels"]
+    lab = batch.streams["forget"].labels
     lp, m = np_token_logp(pol["forget"].logits, lab)
     avg = -lp.sum(1) / m.sum(1)
     beta, delta = 4.5, 0.3
@@ -113,7 +114,7 @@ def test_simnpo(data):
 
 def test_dpo(data):
     batch, pol, ref = data
-    f, i, beta = batch["forget"]["labels"], batch["forget_idk"]["labels"], 0.1
+    f, i, beta = batch.streams["forget"].labels, batch.streams["forget_idk"].labels, 0.1
     lp = lambda m, s, lab: -seq_nll(m[s].logits, lab)  # noqa: E731
     h = (lp(pol, "forget_idk", i) - lp(pol, "forget", f)) - (lp(ref, "forget_idk", i) - lp(ref, "forget", f))
     assert value("DPO", *data) == pytest.approx(np.mean(-(2 / beta) * logsig(beta * h)), rel=1e-5)
@@ -121,7 +122,7 @@ def test_dpo(data):
 
 def test_ap(data):
     batch, pol, ref = data
-    r, i, beta = batch["retain"]["labels"], batch["retain_idk"]["labels"], 0.1
+    r, i, beta = batch.streams["retain"].labels, batch.streams["retain_idk"].labels, 0.1
     diff = seq_nll(pol["retain_idk"].logits, i) - seq_nll(pol["retain"].logits, r)
     assert value("AP", *data) == pytest.approx(np.mean(-(1 / beta) * logsig(beta * diff)), rel=1e-5)
 
@@ -130,15 +131,15 @@ def test_ap(data):
 @pytest.mark.parametrize("direction", ["uniform_ce", "kl_to_uniform"])
 def test_me(data, positions, direction):
     batch, pol, ref = data
-    b = batch["forget"]
+    b = batch.streams["forget"]
     p = np.exp(np_logsoftmax(pol["forget"].logits[:, :-1]))
     if direction == "uniform_ce":  # paper code: KL(U||P) = sum_v (1/V) (log(1/V) - log P_v)
         per = (1.0 / V * (np.log(1.0 / V) - np.log(p))).sum(-1)
     else:  # paper text: KL(P||U) = log V - H(P)
         per = np.log(V) + (p * np.log(p)).sum(-1)
     mask = {"all_padded": np.ones((B, T - 1), bool),
-            "prompt_and_answer": b["attention_mask"][:, 1:] == 1,
-            "answer": b["labels"][:, 1:] != -100}[positions]
+            "prompt_and_answer": b.attention_mask[:, 1:] == 1,
+            "answer": b.labels[:, 1:] != -100}[positions]
     want = per[mask].mean()
     got = value("ME", *data, me_positions=positions, me_direction=direction)
     assert got == pytest.approx(want, rel=1e-5)
@@ -160,13 +161,13 @@ def test_kl(data, positions):
     if positions == "all_padded":  # paper code: sum over every position / (B*L)
         want = per.sum() / (B * T)
     else:
-        want = per[batch["retain"]["attention_mask"] == 1].mean()
+        want = per[batch.streams["retain"].attention_mask == 1].mean()
     assert value("KL", *data, kl_positions=positions) == pytest.approx(want, rel=1e-5)
 
 
 def test_undial(data):
     batch, pol, ref = data
-    lab = batch["forget"]["labels"]
+    lab = batch.streams["forget"].labels
     lp_s = np_logsoftmax(pol["forget"].logits)
     total, n = 0.0, 0
     for b in range(B):
@@ -185,7 +186,7 @@ def test_undial(data):
 
 def test_wga(data):
     batch, pol, ref = data
-    lp, m = np_token_logp(pol["forget"].logits, batch["forget"]["labels"])
+    lp, m = np_token_logp(pol["forget"].logits, batch.streams["forget"].labels)
     beta = 0.7
     want = (np.exp(beta * lp) * lp)[m].mean()  # -(w * nll).mean()
     assert value("WGA", *data, wga_beta=beta) == pytest.approx(want, rel=1e-5)
@@ -204,16 +205,16 @@ def test_rmu_forget_and_retain(data):
     layer, coeff = 2, 6.5
     u = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (D,)))
     control = coeff * u / np.linalg.norm(u)
-    want = _mse_per_seq(pol["forget"].hidden_states[layer + 1], control, batch["forget"]["labels"])
+    want = _mse_per_seq(pol["forget"].hidden_states[layer + 1], control, batch.streams["forget"].labels)
     assert value("RMU", *data, rmu_layer=layer, rmu_steering_coeff=coeff) == pytest.approx(want, rel=1e-5)
     want_r = _mse_per_seq(pol["retain"].hidden_states[layer + 1], ref["retain"].hidden_states[layer + 1],
-                          batch["retain"]["labels"])
+                          batch.streams["retain"].labels)
     assert value("RMU_RETAIN", *data, rmu_layer=layer) == pytest.approx(want_r, rel=1e-5)
 
 
 def test_dist(data):
     batch, pol, ref = data
-    lab = batch["forget"]["labels"]
+    lab = batch.streams["forget"].labels
     lp, m = np_token_logp(pol["forget"].logits, lab)
     neg = np.mean([np.exp(lp[b][m[b]]).mean() for b in range(B)])
 
@@ -221,7 +222,7 @@ def test_dist(data):
         h, mask = out.hidden_states[-1], labels != -100
         return np.stack([h[b][mask[b]].mean(0) for b in range(B)])
 
-    centroid = pooled(ref["forget_idk"], batch["forget_idk"]["labels"]).mean(0)
+    centroid = pooled(ref["forget_idk"], batch.streams["forget_idk"].labels).mean(0)
     pos = ((pooled(pol["forget"], lab) - centroid) ** 2).mean(-1).mean()
     got = value("DIST", *data, dist_neg_weight=0.5, dist_pos_weight=2.0)
     assert got == pytest.approx(0.5 * neg + 2.0 * pos, rel=1e-5)
@@ -264,3 +265,39 @@ def test_fused_target_logp_gradient_matches_autodiff():
     np.testing.assert_allclose(jax.grad(fused)(logits), jax.grad(reference)(logits), atol=1e-6)
     bf16 = jax.grad(fused)(logits.astype(jnp.bfloat16))
     assert bf16.dtype == jnp.bfloat16
+
+
+def test_a_new_term_is_one_registration(data):
+    """A term registered from outside the package composes, declares its streams and runs."""
+    from jaxunlearn.objectives import TERMS, register_term
+    from jaxunlearn.objectives.terms.common import rows
+
+    @register_term("MISMATCH_TEST", "retain", "tokNLL(a_r|q_f)", ("forget_mismatch",), rows("forget_mismatch"))
+    def mismatch(pol, ref, batch, o):
+        return -pol["forget_mismatch"].logits[:, 0, 0]
+
+    try:
+        obj = build_objective("GA+MISMATCH_TEST")
+        assert obj.streams == ("forget", "forget_mismatch") and not obj.needs_reference
+        batch, pol, ref = data
+        out = {"forget": pol["forget"], "forget_mismatch": pol["retain"]}
+        both = StepBatch({**batch.streams, "forget_mismatch": batch.streams["retain"]})
+        total, values = obj.loss(out, ref, both, obj.row_weights(both))
+        assert float(values["MISMATCH_TEST"]) == pytest.approx(-float(np.mean(pol["retain"].logits[:, 0, 0])), rel=1e-6)
+    finally:
+        TERMS.pop("MISMATCH_TEST")
+
+
+def test_engine_data_and_config_name_no_term():
+    """The loop, the step, the data setup and the config know terms only through the registry."""
+    import pathlib
+    import re
+
+    from jaxunlearn.objectives import TERMS
+
+    root = pathlib.Path(__file__).parents[1] / "jaxunlearn"
+    files = [*(root / "training").glob("*.py"), *(root / "data").glob("*.py"), root / "config.py"]
+    for path in files:
+        text = path.read_text()
+        for name in TERMS:
+            assert not re.search(rf"[\"']{re.escape(name)}[\"'+]", text), f"{path.name} names the term {name}"

@@ -16,8 +16,8 @@ from conftest import TINY_TRAIN
 from jaxunlearn.config import load_config
 from jaxunlearn.data import BatchIterator, pad_token_id
 from jaxunlearn.errors import ConfigError, DataError
-from jaxunlearn.objectives import build_objective
-from jaxunlearn.training.api import finetune, unlearn
+from jaxunlearn.objectives import StepBatch, build_objective
+from jaxunlearn.pipelines.unlearn import finetune, unlearn
 from jaxunlearn.training.data_setup import forget_and_retain, unlearning_streams
 from jaxunlearn.training.loop import train
 from jaxunlearn.training.optimizer import linear_warmup_decay, make_optimizer, paper_num_steps, paper_warmup
@@ -76,7 +76,7 @@ def _one_step(model, streams, objective, micro, tokenizer, reference, group=None
     tx = make_optimizer(sched)
     step = jax.jit(make_train_step(graphdef, objective, tx, sched, micro_batches=micro, mean_group_rows=group))
     it = BatchIterator(streams, 8, seed=0, pad_id=pad_token_id(tokenizer), buckets=(128,))
-    state, metrics = step(init_state(params, tx, 0), ref, jax.tree.map(jnp.asarray, next(it)))
+    state, metrics = step(init_state(params, tx, 0), ref, StepBatch.from_arrays(jax.tree.map(jnp.asarray, next(it))))
     return state, metrics
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.registry import family_for
-from ..tokenizer import load_hf_tokenizer, tokenizer_from_gguf
+from .tokenizer import load_hf_tokenizer, tokenizer_from_gguf
 from . import gguf_io
 from .convert import iter_hf_tensors, load_model
 from .hf_flax import FILENAME as FLAX_FILE

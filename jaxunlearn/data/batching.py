@@ -25,9 +25,9 @@ import dataclasses
 import numpy as np
 
 from ..errors import DataError
+from .streams import STREAM_SOURCES, STREAMS, needs_refusals, needs_retain
 from .tokenize import IGNORE, TokenizedRows, encode_qa
 
-STREAMS = ("forget", "retain", "forget_idk", "retain_idk", "forget_mismatch")
 DEFAULT_BUCKETS = (64, 128, 256, 512)
 
 
@@ -78,25 +78,23 @@ def build_streams(
         raise DataError(f"unknown stream(s) {unknown}; known: {', '.join(STREAMS)}")
     if not forget:
         raise DataError("the forget set is empty; check the split name or the file")
-    needs_retain = any("retain" in s or "mismatch" in s for s in streams)
-    if needs_retain and not retain:
-        raise DataError(f"streams {list(streams)} need a retain set, but it is empty")
-    if any("idk" in s for s in streams) and not refusals:
-        raise DataError(f"streams {list(streams)} need refusal strings (idontknow.jsonl), but none were given")
+    if needs_retain(streams) and not retain:
+        raise DataError(f"streams {needs_retain(streams)} need a retain set, but it is empty")
+    if needs_refusals(streams) and not refusals:
+        raise DataError(f"streams {needs_refusals(streams)} need refusal strings (idontknow.jsonl), but none were given")
     pairing = draw_pairing(len(forget), len(retain or []), len(refusals or []), seed, pairing)
-    fq = [r["question"] for r in forget]
-    fa = [r["answer"] for r in forget]
-    rq = [retain[j]["question"] for j in pairing.retain_index] if needs_retain else []
-    ra = [retain[j]["answer"] for j in pairing.retain_index] if needs_retain else []
-    idk = [refusals[k] for k in pairing.refusal_index] if refusals else []
-    pairs = {
-        "forget": (fq, fa),
-        "retain": (rq, ra),
-        "forget_idk": (fq, idk),
-        "retain_idk": (rq, idk),
-        "forget_mismatch": (fq, ra),
+    paired_retain = [retain[j] for j in pairing.retain_index] if needs_retain(streams) else []
+    texts = {  # source -> (questions, answers) per forget index
+        "forget": ([r["question"] for r in forget], [r["answer"] for r in forget]),
+        "retain": ([r["question"] for r in paired_retain], [r["answer"] for r in paired_retain]),
+        "refusal": ([], [refusals[k] for k in pairing.refusal_index] if refusals else []),
     }
-    return {s: encode_qa(tokenizer, template, *pairs[s], max_length=max_length, what=s) for s in streams}
+    out = {}
+    for s in streams:
+        question_from, answer_from = STREAM_SOURCES[s]
+        out[s] = encode_qa(tokenizer, template, texts[question_from][0], texts[answer_from][1],
+                           max_length=max_length, what=s)
+    return out
 
 
 def bucket_length(longest: int, buckets: tuple[int, ...] | None, pad_to: int | None) -> int:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import logging
+
 from ..errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,3 +97,12 @@ def default_template_name(tokenizer) -> str:
     if "<s>" in vocab and "</s>" in vocab:  # SentencePiece Llama-2 vocabulary
         return "llama2-chat"
     return "plain"
+
+
+def template_for(name: str, tokenizer):
+    """The template `name` (data.template), "auto" meaning the one the tokenizer's special
+    tokens call for."""
+    if name == "auto":
+        name = default_template_name(tokenizer)
+        log.info("template: %s (auto)", name)
+    return get_template(name, tokenizer)

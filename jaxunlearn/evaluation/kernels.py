@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ..data.batching import bucket_length, pad_rows
 from ..data.eval_sets import left_pad
 from ..data.tokenize import TokenizedRows
-from ..generation import decoding_layers, greedy_generate
+from .generation import decoding_layers, greedy_generate
 from ..objectives.token_stats import log_probs, shifted
 
 

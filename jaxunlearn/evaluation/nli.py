@@ -68,7 +68,7 @@ class CausalLMNLIJudge:
 
     def margins(self, premises: list[str], hypotheses: list[str]) -> np.ndarray:
         """log p(yes) - log p(no) for the answer's first token, per pair."""
-        from ..generation import encode_prompts
+        from .generation import encode_prompts
 
         graphdef, params = nnx.split(self.model)
         chat = bool(getattr(self.tokenizer, "chat_template", None))

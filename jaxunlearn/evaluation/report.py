@@ -95,19 +95,15 @@ def plot_truth_ratios(records: list[dict], retain_records: list[dict] | None, pa
     plt.close(fig)
 
 
-def compare_runs(run_dirs: list[str], out: Path | None = None, retain: str | None = None,
-                 recompute: bool = False) -> str:
-    """A side-by-side markdown table (and bar plot) of several evaluation directories; with
-    `recompute` (or a `retain` evaluation) every number is recomputed from the per-example
-    results (aggregate_evaluation), so TOFU / open-unlearning logs can sit beside runs."""
+def compare_runs(run_dirs: list[str], out: Path | None = None, summaries: list[dict] | None = None) -> str:
+    """A side-by-side markdown table (and bar plot) of several evaluation directories, from
+    their summary.json or from the given summaries (one per directory)."""
     from ..errors import ConfigError
 
     rows = []
-    for d in run_dirs:
-        if recompute or retain:
-            from .api import aggregate_evaluation
-
-            rows.append((Path(d).name, aggregate_evaluation(d, retain)))
+    for k, d in enumerate(run_dirs):
+        if summaries is not None:
+            rows.append((Path(d).name, summaries[k]))
             continue
         path = Path(d) / SUMMARY
         if not path.exists():

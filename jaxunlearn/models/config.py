@@ -72,13 +72,3 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
-
-    def num_parameters(self) -> int:
-        """Parameters of this config's model, counted on abstract shapes (nothing allocated)."""
-        import jax
-        from flax import nnx
-
-        from .registry import family_for
-
-        abstract = nnx.eval_shape(lambda: family_for(self.model_type).module(self, rngs=nnx.Rngs(0)))
-        return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

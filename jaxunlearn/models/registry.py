@@ -66,5 +66,10 @@ def hf_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
-# Importing the family modules registers them.
-from . import gemma, gpt2, gpt_neox, llama_family, phi  # noqa: E402,F401
+
+def num_parameters(config: ModelConfig) -> int:
+    """Parameters of a config's model, counted on abstract shapes (nothing allocated)."""
+    import jax
+
+    abstract = nnx.eval_shape(lambda: family_for(config.model_type).module(config, rngs=nnx.Rngs(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

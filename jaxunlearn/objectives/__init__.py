@@ -1,8 +1,13 @@
-"""Unlearning objectives: forget terms, retain terms and their composition by name."""
+"""Unlearning objectives: forget terms, retain terms (one file each under terms/, registered
+by decorator) and their composition by name."""
 
-from .base import ObjectiveOptions, StreamOutputs, Term
+from .base import StepBatch, StreamBatch, StreamOutputs, Term, option
 from .compose import Objective, build_objective, known_terms
-from .terms import FORGET_TERMS, RETAIN_TERMS
+from .options import ObjectiveOptions
+from .registry import TERMS, register_term, terms_of
 
-__all__ = ["ObjectiveOptions", "StreamOutputs", "Term", "Objective", "build_objective", "known_terms",
-           "FORGET_TERMS", "RETAIN_TERMS"]
+FORGET_TERMS = terms_of("forget")
+RETAIN_TERMS = terms_of("retain")
+
+__all__ = ["ObjectiveOptions", "StepBatch", "StreamBatch", "StreamOutputs", "Term", "option", "Objective",
+           "build_objective", "known_terms", "TERMS", "register_term", "terms_of", "FORGET_TERMS", "RETAIN_TERMS"]

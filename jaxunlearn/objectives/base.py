@@ -1,4 +1,4 @@
-"""What an objective term is, and the options every term reads.
+"""What an objective term is, the batch it reads, and the options every term declares.
 
 A term's loss is `sum numerator / sum denominator`, both given per row. The denominator
 (a count of tokens, positions or sequences) depends only on the batch, so it is turned
@@ -12,29 +12,41 @@ sum with other weights.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import flax.struct
 import jax
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectiveOptions:
-    beta: float = 0.1  # NPO, DPO, AP
-    simnpo_beta: float = 4.5
-    simnpo_delta: float = 0.0
-    me_direction: str = "uniform_ce"  # uniform_ce (paper code) | kl_to_uniform (paper text)
-    me_epsilon: float = 0.0  # 0: exact log_softmax; 1e-12: the paper code's log(softmax + 1e-12)
-    me_positions: str = "prompt_and_answer"  # all_padded (paper scripts) | prompt_and_answer | answer
-    kl_positions: str = "attended"  # attended | all_padded (paper code: sum / (B*L))
-    undial_beta: float = 10.0
-    wga_beta: float = 1.0
-    rmu_layer: int = 7
-    rmu_steering_coeff: float = 20.0
-    rmu_seed: int = 0
-    rmu_trainable: str = "mlp"  # mlp: gate/up/down of layers l-2..l | down_proj: their down_proj | all
-    dist_neg_weight: float = 1.0
-    dist_pos_weight: float = 1.0
+def option(default: Any, help: str):  # noqa: A002 - the word the config reference uses
+    """A term option: its default and the help text `--help` and docs/reference/config.md show."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@flax.struct.dataclass
+class StreamBatch:
+    """One stream's rows: int32 [B, T] each; labels -100 where not supervised."""
+
+    input_ids: jax.Array
+    attention_mask: jax.Array
+    labels: jax.Array
+
+
+@flax.struct.dataclass
+class StepBatch:
+    """What one train step reads: named stream batches, and the reference model's sequence
+    NLL per stream where it was computed once before training (train.precompute_reference)."""
+
+    streams: dict[str, StreamBatch]
+    reference_nll: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(cls, streams: dict[str, dict], reference_nll: dict | None = None) -> "StepBatch":
+        """From {stream: {"input_ids", "attention_mask", "labels"}} (what BatchIterator yields)."""
+        return cls({s: StreamBatch(**b) for s, b in streams.items()}, dict(reference_nll or {}))
+
+    def rows(self) -> int:
+        return next(iter(self.streams.values())).input_ids.shape[0]
 
 
 @flax.struct.dataclass
@@ -47,14 +59,21 @@ class StreamOutputs:
 
 @dataclasses.dataclass(frozen=True)
 class Term:
+    """Everything the engine needs to know of a term; the engine knows no term by name."""
+
     name: str
     kind: str  # "forget" | "retain"
     formula: str  # SPEC section 2
     policy_streams: tuple[str, ...]  # streams the policy forward must cover
     ref_streams: tuple[str, ...]  # streams the frozen reference must cover (empty: none)
-    numerator: Callable  # (policy, ref, batch, opts) -> per-row sums [B]
-    denominator: Callable  # (batch, opts) -> per-row counts [B]
-    needs_hidden: bool = False
+    numerator: Callable  # (policy, ref, batch: StepBatch, options) -> per-row sums [B]
+    denominator: Callable  # (batch: StepBatch, options) -> per-row counts [B]
+    needs_hidden: bool = False  # hidden states of every layer in StreamOutputs
+    options: type | None = None  # frozen dataclass of the term's options (fields made with `option`)
+    # the reference part is the sequence NLL of ref_streams, so it can be computed once
+    precomputable_reference: bool = False
+    # (params, options, num_layers) -> 0/1 mask tree of the parameters the term trains, or None: all
+    trainable_mask: Callable | None = None
 
     @property
     def needs_reference(self) -> bool:

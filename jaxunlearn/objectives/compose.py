@@ -7,22 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from ..errors import ConfigError
-from .base import ObjectiveOptions, Term
-from .terms import FORGET_TERMS, RETAIN_TERMS
+from .base import Term
+from .options import ObjectiveOptions
+from .registry import TERMS, terms_of
+
+
+DEFAULT_OBJECTIVE = "ME+GD"  # the main paper's untargeted method
 
 
 def known_terms() -> list[str]:
-    return [*FORGET_TERMS, *RETAIN_TERMS]
+    return list(TERMS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
     terms: tuple[tuple[Term, float], ...]  # (term, weight)
-    options: ObjectiveOptions = ObjectiveOptions()
+    options: ObjectiveOptions = dataclasses.field(default_factory=ObjectiveOptions)
 
     @property
     def policy_streams(self) -> tuple[str, ...]:
@@ -44,6 +49,23 @@ class Objective:
     @property
     def needs_hidden(self) -> bool:
         return any(t.needs_hidden for t, _ in self.terms)
+
+    @property
+    def precomputable_reference(self) -> bool:
+        """Every term reading the reference reads only its sequence NLL (computed once)."""
+        users = [t for t, _ in self.terms if t.needs_reference]
+        return bool(users) and all(t.precomputable_reference for t in users)
+
+    def trainable_mask(self, params, num_layers: int):
+        """0/1 tree of the trained parameters (product of the terms' masks), None: all."""
+        masks = [m for t, _ in self.terms if t.trainable_mask is not None
+                 for m in [t.trainable_mask(params, self.options, num_layers)] if m is not None]
+        if not masks:
+            return None
+        mask = masks[0]
+        for other in masks[1:]:
+            mask = jax.tree.map(jnp.multiply, mask, other)
+        return mask
 
     def row_weights(self, batch, group_rows: int | None = None) -> dict[str, jnp.ndarray]:
         """Per term, a weight per row [B] of the global batch, so that the term's loss is
@@ -77,6 +99,10 @@ def _union(groups) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _find(part: str, kind: str) -> Term | None:
+    return next((t for n, t in terms_of(kind).items() if n.upper() == part.upper()), None)
+
+
 def build_objective(
     name: str,
     forget_weight: float = 1.0,
@@ -84,23 +110,20 @@ def build_objective(
     options: ObjectiveOptions | None = None,
 ) -> Objective:
     """Parse "FORGET+RETAIN" (either part alone is fine) into weighted terms."""
-    parts = [p.strip() for p in name.split("+") if p.strip()]
-    if not parts or len(parts) > 2:
-        raise ConfigError(f"objective {name!r} must be FORGET, RETAIN or FORGET+RETAIN; known terms: "
-                          f"{', '.join(known_terms())}")
+    forget, retain = terms_of("forget"), terms_of("retain")
+    parts = [p.strip() for p in name.split("+")]
+    if not name.strip() or len(parts) > 2 or not all(parts):
+        raise ConfigError(f"objective {name!r} must be FORGET, RETAIN or FORGET+RETAIN with both sides named; "
+                          f"forget terms: {', '.join(forget)}; retain terms: {', '.join(retain)}")
     terms = []
     for part in parts:
-        key = next((k for k in FORGET_TERMS if k.upper() == part.upper()), None)
-        if key is not None:
-            terms.append((FORGET_TERMS[key], float(forget_weight)))
-            continue
-        key = next((k for k in RETAIN_TERMS if k.upper() == part.upper()), None)
-        if key is None:
+        term = _find(part, "forget") or _find(part, "retain")
+        if term is None:
             raise ConfigError(
-                f"unknown objective term {part!r} in {name!r}; forget terms: {', '.join(FORGET_TERMS)}; "
-                f"retain terms: {', '.join(RETAIN_TERMS)}"
+                f"unknown objective term {part!r} in {name!r}; forget terms: {', '.join(forget)}; "
+                f"retain terms: {', '.join(retain)}"
             )
-        terms.append((RETAIN_TERMS[key], float(retain_weight)))
+        terms.append((term, float(forget_weight if term.kind == "forget" else retain_weight)))
     kinds = [t.kind for t, _ in terms]
     if len(kinds) != len(set(kinds)):
         raise ConfigError(f"objective {name!r} has two {kinds[0]} terms; combine one forget and one retain term")

@@ -5,20 +5,13 @@ from __future__ import annotations
 import logging
 
 from ..config import RunConfig
-from ..data import build_streams, continual_task, get_template, load_qa_file, load_real_world, load_refusals, load_tofu
-from ..data.templates import default_template_name
+from ..data import build_streams, continual_task, load_qa_file, load_real_world, load_refusals, load_tofu
+from ..data.streams import needs_refusals, needs_retain
+from ..data.templates import template_for
 from ..data.tokenize import TokenizedRows, encode_qa
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-
-def template_for(cfg: RunConfig, tokenizer):
-    name = cfg.data.template
-    if name == "auto":
-        name = default_template_name(tokenizer)
-        log.info("template: %s (auto)", name)
-    return get_template(name, tokenizer)
 
 
 def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None) -> tuple[list, list]:
@@ -46,15 +39,15 @@ def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None
 
 def unlearning_streams(cfg: RunConfig, tokenizer, objective, forget, retain) -> dict[str, TokenizedRows]:
     refusals = None
-    if any("idk" in s for s in objective.streams):
+    if needs_refusals(objective.streams):
         refusals = load_refusals(cfg.data.data_dir, cfg.data.refusals_file)
-    missing_retain = [s for s in objective.streams if ("retain" in s or "mismatch" in s)] if not retain else []
+    missing_retain = needs_retain(objective.streams) if not retain else []
     if missing_retain:
         raise DataError(
             f"objective {objective.name} needs the stream(s) {', '.join(missing_retain)}, but the data has no "
             "retain set; configure one (data.retain_split or data.retain_file) or use a forget-only objective"
         )
-    return build_streams(tokenizer, template_for(cfg, tokenizer), forget, retain, refusals, objective.streams,
+    return build_streams(tokenizer, template_for(cfg.data.template, tokenizer), forget, retain, refusals, objective.streams,
                          cfg.data.max_length, cfg.train.seed, cfg.data.pairing)
 
 
@@ -71,7 +64,7 @@ def finetune_streams(cfg: RunConfig, tokenizer, rows) -> dict[str, TokenizedRows
     """Plain answer-NLL training on `rows`, as the single stream the GD term reads."""
     if not rows:
         raise DataError("the finetuning set is empty")
-    template = template_for(cfg, tokenizer)
+    template = template_for(cfg.data.template, tokenizer)
     encoded = encode_qa(tokenizer, template, [r["question"] for r in rows], [r["answer"] for r in rows],
                         cfg.data.max_length, what="finetune")
     return {"retain": encoded}

@@ -24,7 +24,7 @@ from ..data import BatchIterator, pad_rows, pad_token_id
 from ..data.batching import bucket_length
 from ..errors import ConfigError, JaxUnlearnError
 from ..models.config import to_dtype
-from ..objectives import Objective
+from ..objectives import Objective, StepBatch
 from ..parallel import make_mesh
 from ..precision import matmul_precision
 from .checkpointing import Checkpointer
@@ -85,23 +85,6 @@ def check_param_precision(param_dtype, cfg: RunConfig) -> None:
                 "their weight round away; prefer model.dtype=float32 model.compute_dtype=%s", name, name, name)
 
 
-def rmu_trainable_mask(params, layer: int, which: str, num_layers: int):
-    """1 on the MLP weights of layers l-2..l (RMU trains only those), 0 elsewhere."""
-    names = ("down_proj",) if which == "down_proj" else ("gate_proj", "up_proj", "down_proj")
-    if not 0 <= layer < num_layers - 1:
-        raise ConfigError(f"objective.options.rmu_layer={layer} must be in 0..{num_layers - 2} for this model")
-    rows = np.zeros(num_layers, np.float32)
-    rows[max(0, layer - 2): layer + 1] = 1.0
-
-    def one(path, x):
-        key = jax.tree_util.keystr(path)
-        if "layers" in key and any(f"'{n}'" in key for n in names):
-            return jnp.asarray(rows.reshape((-1,) + (1,) * (x.ndim - 1)))
-        return jnp.zeros((), jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(one, params)
-
-
 def _cast(params, dtype_name: str | None):
     if not dtype_name:
         return params
@@ -110,13 +93,12 @@ def _cast(params, dtype_name: str | None):
 
 
 def precompute_reference_nll(graphdef, ref_params, streams, objective: Objective, cfg: RunConfig, pad_id):
-    """seqNLL of the reference for every row of the streams NPO/DPO read, computed once."""
-    allowed = {"NPO", "DPO"}
-    users = [t.name for t, _ in objective.terms if t.needs_reference]
-    if not set(users) <= allowed:
+    """seqNLL of the reference for every row of the streams the objective's reference reads
+    (terms declaring precomputable_reference, such as NPO and DPO), computed once."""
+    if not objective.precomputable_reference:
         raise ConfigError(
-            f"train.precompute_reference works for NPO and DPO only; {objective.name} needs full reference "
-            "outputs every step"
+            f"train.precompute_reference needs terms whose reference part is a sequence NLL (NPO, DPO); "
+            f"{objective.name} needs full reference outputs every step"
         )
     out = {}
     for s in objective.ref_streams:
@@ -184,10 +166,7 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
     warmup = t.warmup_steps if t.warmup_steps is not None else paper_warmup(n, t.batch_size)
     schedule = linear_warmup_decay(t.lr, total, warmup)
     tx = make_optimizer(schedule, t.weight_decay, t.adam_b1, t.adam_b2, t.adam_eps, t.clip_grad_norm)
-    mask = None
-    if any(term.name == "RMU" for term, _ in objective.terms) and objective.options.rmu_trainable != "all":
-        o = objective.options
-        mask = rmu_trainable_mask(params, o.rmu_layer, o.rmu_trainable, model.config.num_layers)
+    mask = objective.trainable_mask(params, model.config.num_layers)
 
     pad_id = pad_token_id(tokenizer)
     iterator = BatchIterator(
@@ -224,11 +203,12 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
     try:
         for step in range(start, total):
             index = iterator.global_indices(iterator.step)
-            batch = next(iterator)
+            reference_nll = {}
             if precomputed is not None:
                 per = t.batch_size // jax.process_count()
                 local = index[jax.process_index() * per:(jax.process_index() + 1) * per]
-                batch["_ref_seqnll"] = {s: v[local] for s, v in precomputed.items()}
+                reference_nll = {s: v[local] for s, v in precomputed.items()}
+            batch = StepBatch.from_arrays(next(iterator), reference_nll)
             t_step = time.perf_counter()
             with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
                 state, metrics = jitted(state, ref_params, place_batch(batch, mesh))

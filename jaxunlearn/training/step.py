@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..errors import ConfigError
-from ..objectives import Objective, StreamOutputs
+from ..objectives import Objective, StepBatch, StreamOutputs
 from ..parallel import logical_sharding
 
 BATCH_AXES = ("data", "fsdp")
@@ -114,7 +114,7 @@ def cast_for_compute(params, dtype, shardings=None):
     return jax.tree.map(one, params, shardings)
 
 
-def run_streams(graphdef, params, batch, streams, hidden: bool) -> dict[str, StreamOutputs]:
+def run_streams(graphdef, params, batch: StepBatch, streams, hidden: bool) -> dict[str, StreamOutputs]:
     """One forward per stream. Separate forwards, not one over the concatenated streams:
     slicing the joint [B, T, V] logits apart costs a copy (and its transpose in the
     backward) that is slower than the smaller matmuls, and raises peak memory."""
@@ -123,7 +123,8 @@ def run_streams(graphdef, params, batch, streams, hidden: bool) -> dict[str, Str
     model = nnx.merge(graphdef, params)
     result = {}
     for s in streams:
-        out = model.forward(batch[s]["input_ids"], batch[s]["attention_mask"], output_hidden_states=hidden)
+        b = batch.streams[s]
+        out = model.forward(b.input_ids, b.attention_mask, output_hidden_states=hidden)
         result[s] = StreamOutputs(out.logits, out.hidden_states if hidden else None)
     return result
 
@@ -162,12 +163,10 @@ def make_train_step(
 
     def micro_step(params, ref_params, mb, weights):
         ref_out = jax.lax.stop_gradient(run_streams(graphdef, ref_params, mb, ref_streams, hidden))
-        if "_ref_seqnll" in mb:
-            ref_out = dict(ref_out, _ref_seqnll=mb["_ref_seqnll"])
         (loss, values), grads = grad_fn(params, ref_out, mb, weights)
         return loss, values, grads
 
-    def step(state: TrainState, ref_params, batch):
+    def step(state: TrainState, ref_params, batch: StepBatch):
         weights = objective.row_weights(batch, mean_group_rows)  # from the global batch
         if micro_batches == 1:
             loss, values, grads = micro_step(state.params, ref_params, batch, weights)
@@ -196,7 +195,7 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.split(state.rng)[0])
         kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        tokens = sum(batch[s]["attention_mask"].sum() for s in objective.policy_streams)
+        tokens = sum(batch.streams[s].attention_mask.sum() for s in objective.policy_streams)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite,
                    "tokens": tokens, **{f"loss/{k}": v for k, v in values.items()}}
         return kept, metrics

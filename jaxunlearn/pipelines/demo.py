@@ -12,9 +12,9 @@ import logging
 import time
 from pathlib import Path
 
-from .config import config_from_dict, read_yaml
-from .data import load_tofu
-from .errors import ConfigError
+from ..config import config_from_dict, read_yaml
+from ..data import load_tofu
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ def _persistent_compilation_cache(path: Path) -> None:
 
 def run_demo(config_path: str | Path, out: str | Path, overrides: list[str] | None = None,
              progress: bool = True) -> dict:
-    from .evaluation.api import evaluate
-    from .evaluation.report import compare_runs
-    from .training.api import finetune, unlearn
+    from .evaluate import evaluate
+    from ..evaluation.report import compare_runs
+    from .unlearn import finetune, unlearn
 
     t0 = time.perf_counter()
     data = read_yaml(Path(config_path))

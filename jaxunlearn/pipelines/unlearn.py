@@ -10,8 +10,8 @@ from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
 from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env
-from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
-from .loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
+from ..training.data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
+from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
 
     def on_step(step: int, get_model) -> None:
         if step % every == 0:
-            from ..evaluation.api import evaluate
+            from .evaluate import evaluate
 
             evaluate(cfg, get_model(), tokenizer, out_dir=out / "eval" / f"step_{step}", progress=False)
 

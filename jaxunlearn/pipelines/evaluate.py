@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
-from ..training.data_setup import template_for
-from .aggregate import forget_quality, summarize
-from .evaluate import evaluate_model
-from .logs_io import read_evaluation
-from .report import write_eval
+from ..data.templates import template_for
+from ..evaluation.aggregate import forget_quality, summarize
+from ..evaluation.evaluate import evaluate_model
+from ..evaluation.logs_io import read_evaluation
+from ..evaluation.report import compare_runs, write_eval
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,11 @@ def make_judge(cfg: RunConfig, model=None, tokenizer=None):
     if name == "none":
         return None
     if name == "causal-lm":
-        from .nli import CausalLMNLIJudge
+        from ..evaluation.nli import CausalLMNLIJudge
 
         judge_model, judge_tok = load_pretrained(cfg.eval.nli_model)
         return CausalLMNLIJudge(judge_model, judge_tok, cfg.eval.nli_model)
-    from .nli import PAPER_NLI_MODEL, HubNLIJudge
+    from ..evaluation.nli import PAPER_NLI_MODEL, HubNLIJudge
 
     return HubNLIJudge(PAPER_NLI_MODEL if name == "hub" else name)
 
@@ -37,10 +37,10 @@ def evaluate(cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | N
     t0 = time.perf_counter()
     if model is None:
         model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
-    template = template_for(cfg, tokenizer)
+    template = template_for(cfg.data.template, tokenizer)
     embedder = None
     if cfg.eval.cosine and cfg.eval.generate:
-        from .bert import SentenceEmbedder
+        from ..evaluation.bert import SentenceEmbedder
 
         embedder = SentenceEmbedder()
     judge = make_judge(cfg) if cfg.eval.generate else None
@@ -75,3 +75,14 @@ def aggregate_evaluation(run: str | Path, retain: str | Path | None = None, out_
     if out_dir is not None:
         write_eval(Path(out_dir), records, summary, retain_records)
     return summary
+
+
+def compare(run_dirs: list[str], out: str | Path | None = None, retain: str | None = None,
+            recompute: bool = False) -> str:
+    """Several evaluations side by side (markdown, and a plot under `out`); with `recompute`
+    or a `retain` evaluation every number comes from the per-example results
+    (aggregate_evaluation), so TOFU / open-unlearning logs can sit beside runs."""
+    summaries = None
+    if recompute or retain:
+        summaries = [aggregate_evaluation(d, retain) for d in run_dirs]
+    return compare_runs(run_dirs, out, summaries)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .models.config import to_dtype
-from .models.stack import unstack_layers
+from ..models.config import to_dtype
+from ..models.stack import unstack_layers
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
@@ -97,8 +97,8 @@ def encode_prompts(tokenizer, prompts: list[str], chat: bool = False, round_widt
     """Left-padded (ids, mask, pad_id) for generation; chat applies the chat template.
 
     round_width pads to the next power of two, so repeated calls compile few shapes."""
-    from .data.eval_sets import left_pad
-    from .data.tokenize import pad_token_id
+    from ..data.eval_sets import left_pad
+    from ..data.tokenize import pad_token_id
 
     if chat:
         prompts = [
