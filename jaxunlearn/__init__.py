@@ -9,7 +9,7 @@ from .checkpoints.api import load_pretrained, load_tokenizer, save_pretrained
 from .pipelines.evaluate import aggregate_evaluation
 from .errors import CheckpointError, ConfigError, DataError, JaxUnlearnError
 from .models.config import ModelConfig
-from .models.registry import create_model, supported_model_types
+from .models.registry import create_model, num_parameters, supported_model_types
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "save_pretrained",
     "aggregate_evaluation",
     "create_model",
+    "num_parameters",
     "supported_model_types",
     "ModelConfig",
     "JaxUnlearnError",

@@ -1,51 +1,31 @@
 """Every set number and aggregate from per-example records alone, without a model.
 
-`evaluate_model` builds its summary with these functions, so `aggregate(records)` of a
+`evaluate_model` builds its summary with these functions, so `summarize(records)` of a
 saved per_example.jsonl equals the evaluation's own summary; the same functions read
 records converted from TOFU's eval logs and open-unlearning's TOFU_EVAL.json (`logs_io`).
-A record holds what its set was scored for; a number is computed when every record of its
-set has the fields it needs (no MIA scores, no generations: those numbers are left out).
+The numbers are the registry's (`registry.SET_METRICS`, `registry.AGGREGATES`): a set
+metric is computed when every record of its set has the fields it reads, so records
+without MIA scores or generations aggregate what they have.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
-
 from ..errors import DataError
+from . import measures  # noqa: F401  (registers the built-in metrics)
 from . import metrics as M
-
-FORGET_LIKE = ("forget", "holdout")  # truth ratio aggregated as TOFU's forget set
-NORMALIZED = ("real_authors", "world_facts")  # probability normalized over the perturbed answers
-UTILITY_SETS = ("retain", "real_authors", "world_facts")
-MEAN_FIELDS = ("exact_memorization", "extraction_strength", "rougeL_recall", "token_entropy", "cosine", "entailment")
-
-
-def _have(recs, key) -> bool:
-    return bool(recs) and all(r.get(key) is not None for r in recs)
+from .registry import AGGREGATES, SET_METRICS
 
 
 def set_stats(name: str, recs: list[dict]) -> dict:
     """The numbers of one evaluation set from its records."""
     stats: dict = {"rows": len(recs)}
-    if _have(recs, "avg_nll"):
-        gt = np.array([r["avg_nll"] for r in recs])
-        if name in NORMALIZED and _have(recs, "avg_nll_perturbed"):
-            stats["probability"] = M.normalized_probability(gt, np.array([r["avg_nll_perturbed"] for r in recs]))
-        else:
-            stats["probability"] = M.probability(gt)
-    if _have(recs, "truth_ratio"):
-        r = np.array([x["truth_ratio"] for x in recs])
-        if name in FORGET_LIKE:
-            stats["truth_ratio"] = M.truth_ratio_forget(r)
-            stats["truth_ratio_closer_look"] = M.truth_ratio_forget_closer_look(r)
-        else:
-            stats["truth_ratio"] = M.truth_ratio_retain(r)
-    for key in MEAN_FIELDS:
-        values = [r[key] for r in recs if r.get(key) is not None]
-        if values and (key in ("exact_memorization",) or len(values) == len(recs)):
-            stats[key] = float(np.mean(values))  # EM: rows without a value (open-unlearning's None) left out
+    for metric in SET_METRICS.values():
+        if recs and all(r.get(f) is not None for r in recs for f in metric.fields):
+            value = metric.compute(name, recs)
+            if value is not None:
+                stats[metric.name] = value
     return stats
 
 
@@ -58,24 +38,11 @@ def by_set(records: list[dict]) -> dict[str, list[dict]]:
 
 def aggregate(sets: dict, records: list[dict]) -> dict:
     """TOFU model utility (9), Closer Look model utility (18), forget efficacy, MIA AUCs."""
-    out: dict = {}
-    if all(s in sets for s in UTILITY_SETS):
-        nine = [sets[s].get(k) for s in UTILITY_SETS for k in ("probability", "rougeL_recall", "truth_ratio")]
-        if all(v is not None for v in nine):
-            out["model_utility"] = M.harmonic_mean(nine)
-        keys18 = ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")
-        eighteen = [sets[s].get(k) for s in UTILITY_SETS for k in keys18]
-        if all(v is not None for v in eighteen):
-            out["model_utility_closer_look"] = M.harmonic_mean(eighteen)
-    f = sets.get("forget", {})
-    fe = [f.get(k) for k in ("rougeL_recall", "probability", "truth_ratio_closer_look", "cosine", "entailment")]
-    if all(v is not None for v in fe):
-        out["forget_efficacy"] = 1.0 - float(np.mean(fe))
-    forget = [r["mia"] for r in records if r["set"] == "forget" and r.get("mia")]
-    holdout = [r["mia"] for r in records if r["set"] == "holdout" and r.get("mia")]
-    if forget and holdout:
-        out["mia_auc"] = {a: M.auc([x[a] for x in forget], [x[a] for x in holdout])
-                          for a in forget[0] if all(a in x for x in forget + holdout)}
+    out = {}
+    for metric in AGGREGATES.values():
+        value = metric.compute(sets, records)
+        if value is not None:
+            out[metric.name] = value
     return out
 
 

@@ -16,6 +16,7 @@ from ..models.config import to_dtype
 from ..precision import matmul_precision
 from . import metrics as M
 from .aggregate import aggregate, set_stats
+from .registry import EXAMPLE_METRICS, SetPass
 from .budgets import generation_budgets
 from .kernels import generate_texts, score_rows
 from .prefix_trees import score_prefix_trees
@@ -98,38 +99,27 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
                 rec[i]["avg_nll_perturbed"] = pert[i].tolist()
         elif spec.name != "holdout":
             log.warning("set %s has no perturbed answers: truth ratio skipped", spec.name)
-        # memorization and MIA scores of the answer candidate
-        exact_memorization, extraction_strength = M.MEMORIZATION[e.memorization]
-        for i, row_idx in enumerate(np.flatnonzero(evalset.kind == GT)):
-            ex = evalset.example[row_idx]
-            tok_lp, correct = scores.token_logp[i], scores.correct[i]
-            rec[ex]["exact_memorization"] = exact_memorization(correct)
-            rec[ex]["extraction_strength"] = extraction_strength(correct)
-            rec[ex]["mia"] = {
-                "loss": M.mia_loss(tok_lp),
-                "zlib": M.mia_zlib(tok_lp, evalset.references[ex]),
-                "min_k": M.mia_min_k(tok_lp),
-                "min_k_plus_plus": M.mia_min_k_plus_plus(tok_lp, scores.mu[i], scores.sigma[i]),
-            }
+        # the registry's per-example metrics, from what this set's single pass produced
+        done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
+        available = {"scores"}
         if e.generate and spec.name != "holdout":
             budgets = generation_budgets([len(p) for p in evalset.prompts], e.generation_budget, e.max_length,
                                          e.max_new_tokens, e.tofu_batch_size)
-            gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, e.batch_size,
-                                  budgets, progress=bar)
-            rouge = M.rouge_l_recall(gens, evalset.references)
-            ent = [M.token_entropy(tokenizer.tokenize(g)) for g in gens]
-            refs = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
+            done.generations = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id,
+                                              e.batch_size, budgets, progress=bar)
+            done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
             for i in range(n):
-                rec[i].update(generation=gens[i], rougeL_recall=float(rouge[i]), token_entropy=ent[i])
-            if embedder is not None:
-                cos = M.cosine_similarity(embedder.encode(gens), embedder.encode(refs))
-                for i in range(n):
-                    rec[i]["cosine"] = float(cos[i])
-            if judge is not None:
-                premises, hyps = (gens, refs) if spec.kind == "forget" else (refs, gens)
-                flags = M.entailment_flags(judge.labels(premises, hyps), rouge)
-                for i in range(n):
-                    rec[i]["entailment"] = float(flags[i])
+                rec[i]["generation"] = done.generations[i]
+            available.add("generations")
+            done.embedder, done.judge = embedder, judge
+            available |= {"embeddings"} if embedder is not None else set()
+            available |= {"judge"} if judge is not None else set()
+        for metric in EXAMPLE_METRICS.values():
+            if metric.needs in available:
+                values = metric.compute(done)
+                for field, column in (values.items() if isinstance(values, dict) else [(metric.name, values)]):
+                    for i in range(n):
+                        rec[i][field] = column[i]
         bar.close()
         records += rec
         summary["sets"][spec.name] = set_stats(spec.name, rec)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .aggregate import SET_METRICS
 from .logs_io import PER_EXAMPLE, SUMMARY, write_open_unlearning
 
-COLUMNS = ("probability", "rougeL_recall", "truth_ratio", "token_entropy", "cosine", "entailment",
-           "exact_memorization", "extraction_strength")
+# the per-set table's columns: the registry's set metrics (measures.py registers them)
+COLUMNS = tuple(m.name for m in SET_METRICS.values() if m.column)
 HEADLINE = ("forget_quality", "model_utility", "model_utility_closer_look", "forget_efficacy")
 
 
