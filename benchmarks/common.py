@@ -15,14 +15,50 @@ import numpy as np
 
 # Llama shapes (HF LlamaConfig fields). batch is per stream (forget, retain), seq the padded length.
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False, batch=2, seq=32),
-    "llama-20m": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, batch=8, seq=256),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, batch=4, seq=256),
-    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, batch=8, seq=512),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+        batch=2,
+        seq=32,
+    ),
+    "llama-20m": dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        batch=8,
+        seq=256,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        batch=4,
+        seq=256,
+    ),
+    "llama3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        batch=8,
+        seq=512,
+    ),
 }
 # Dense bf16 peak FLOP/s per chip, for model FLOPs utilization on accelerators.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -30,8 +66,18 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 def hf_config_dict(shape: str) -> dict:
     s = {k: v for k, v in SHAPES[shape].items() if k not in ("batch", "seq")}
-    return dict(s, model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096,
-                bos_token_id=1, eos_token_id=2, pad_token_id=2, hidden_act="silu", attention_bias=False)
+    return dict(
+        s,
+        model_type="llama",
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        hidden_act="silu",
+        attention_bias=False,
+    )
 
 
 def torch_model(shape: str, seed: int = 0, dtype: str = "float32", device: str = "cpu"):
@@ -108,8 +154,9 @@ def peak_rss_mib() -> float:
 
 def rss_of_child(script: str, args: list[str]) -> dict:
     """Run this benchmark for one framework in a fresh process and read its JSON line."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                         env=dict(os.environ, TQDM_DISABLE="1"))
+    out = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1")
+    )
     if out.returncode:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -66,12 +66,13 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
     order = np.argsort(-rows.lengths(), kind="stable")
     with torch.no_grad():
         for start in range(0, len(rows), batch):
-            index = list(order[start:start + batch])
+            index = list(order[start : start + batch])
             length = int(rows.lengths()[index].max())  # eager PyTorch pads to the longest row, no buckets
             b = {k: torch.tensor(v, dtype=torch.long) for k, v in pad_rows(rows, index, length, pad).items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), b["labels"][:, 1:], ignore_index=-100,
-                                 reduction="none")
+            ce = F.cross_entropy(
+                logits[:, :-1].transpose(1, 2), b["labels"][:, 1:], ignore_index=-100, reduction="none"
+            )
             count = (b["labels"][:, 1:] != -100).sum(-1).clamp(min=1)
             nll[index] = (ce.sum(-1) / count).numpy()
         scored = time.perf_counter()
@@ -79,15 +80,19 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
         order = np.argsort([-len(p) for p in prompts], kind="stable")
         gens = [None] * len(prompts)
         for start in range(0, len(prompts), batch):
-            index = list(order[start:start + batch])
+            index = list(order[start : start + batch])
             width = bucket_length(max(len(prompts[i]) for i in index), (64, 128, 256), None)
             ids, mask = left_pad([prompts[i] for i in index], pad, width)
-            out = model.generate(input_ids=torch.tensor(ids, dtype=torch.long),
-                                 attention_mask=torch.tensor(mask, dtype=torch.long),
-                                 max_new_tokens=max(1, int(budgets[index].max())), do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+            out = model.generate(
+                input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask, dtype=torch.long),
+                max_new_tokens=max(1, int(budgets[index].max())),
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
+            )
             for j, i in enumerate(index):
-                new = out[j, ids.shape[1]:ids.shape[1] + budgets[i]].tolist()  # the row's own budget
+                new = out[j, ids.shape[1] : ids.shape[1] + budgets[i]].tolist()  # the row's own budget
                 cut = next((k for k, tok in enumerate(new) if tok == tokenizer.eos_token_id), len(new))
                 gens[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
@@ -116,8 +121,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # one HF checkpoint that both sides load
         jaxunlearn.save_pretrained(model, tokenizer, Path(tmp) / "model")
         model, tokenizer = jaxunlearn.load_pretrained(Path(tmp) / "model")
-        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32,
-                                                  attn_implementation="sdpa").eval()
+        hf = AutoModelForCausalLM.from_pretrained(
+            Path(tmp) / "model", dtype=torch.float32, attn_implementation="sdpa"
+        ).eval()
     template = get_template(default_template_name(tokenizer), tokenizer)
     rows = load_rows(args.split, args.rows, args.data_dir)
     evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
@@ -142,20 +148,31 @@ def main(argv=None) -> dict:
     j, t = (sum(best[k].values()) for k in ("jaxunlearn", "transformers"))
     rows.append({"phase": "total (warm)", "jaxunlearn_s": j, "transformers_s": t, "speedup": t / j})
     c = sum(cold.values())
-    rows.append({"phase": "total (jaxunlearn cold, incl. compile)", "jaxunlearn_s": c, "transformers_s": t,
-                 "speedup": t / c})
+    rows.append(
+        {"phase": "total (jaxunlearn cold, incl. compile)", "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c}
+    )
     result = {
-        "model": args.model, "split": args.split, "rows": len(evalset), "candidates": len(evalset.candidates),
-        "batch": args.batch, "max_length": args.max_length, "device": common.accelerator_name(),
-        "torch_threads": torch.get_num_threads(), "phases": rows,
+        "model": args.model,
+        "split": args.split,
+        "rows": len(evalset),
+        "candidates": len(evalset.candidates),
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "device": common.accelerator_name(),
+        "torch_threads": torch.get_num_threads(),
+        "phases": rows,
         "max_abs_avg_nll_diff": float(np.abs(nll_j - nll_t).max()),
         "identical_generations": f"{same}/{len(gens_j)}",
     }
-    print(f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
-          f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})")
+    print(
+        f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
+        f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})"
+    )
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup"]))
-    print(f"outputs: max |avg NLL diff| {result['max_abs_avg_nll_diff']:.2e}; identical greedy answers "
-          f"{result['identical_generations']}")
+    print(
+        f"outputs: max |avg NLL diff| {result['max_abs_avg_nll_diff']:.2e}; identical greedy answers "
+        f"{result['identical_generations']}"
+    )
     common.write_json(args.json, result)
     return result
 

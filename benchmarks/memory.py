@@ -27,13 +27,34 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = {  # HF config fields
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
-                      rope_theta=500000.0),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+    ),
 }
 CHIPS = {"80 GB GPU (H100/A100)": 80e9, "TPU v4 (32 GiB)": 32 * 2**30, "TPU v5e (16 GiB)": 16 * 2**30}
 
@@ -50,11 +71,24 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     from jaxunlearn.models.registry import family_for
     from jaxunlearn.objectives import StepBatch, build_objective
     from jaxunlearn.parallel import make_mesh
-    from jaxunlearn.training.step import (batch_sharding, init_state, jit_train_step, make_train_step,
-                                         param_shardings, state_shardings)
+    from jaxunlearn.training.step import (
+        batch_sharding,
+        init_state,
+        jit_train_step,
+        make_train_step,
+        param_shardings,
+        state_shardings,
+    )
 
-    hf = dict(MODELS[model], model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=4096,
-              bos_token_id=1, eos_token_id=2, hidden_act="silu")
+    hf = dict(
+        MODELS[model],
+        model_type="llama",
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        hidden_act="silu",
+    )
     config = family_for("llama").config_from_hf(hf)
     param_dtype, compute_dtype = ("float32", "bfloat16") if policy == "mixed" else (policy, policy)
     config = dataclasses.replace(config, param_dtype=param_dtype, dtype=compute_dtype, remat=remat)
@@ -63,15 +97,20 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     shardings = param_shardings(params, mesh)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
     tx = optax.adamw(1e-5, weight_decay=0.01)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: init_state(p, tx, 0), params), state_shardings(params, tx, mesh))
-    reference = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(compute_dtype), sharding=x.sharding),
-                             params)
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(lambda p: init_state(p, tx, 0), params),
+        state_shardings(params, tx, mesh),
+    )
+    reference = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(compute_dtype), sharding=x.sharding), params
+    )
     objective = build_objective("NPO+GD")
     b = batch_per_device * devices
     row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
-    batch = StepBatch.from_arrays({s: {"input_ids": row, "attention_mask": row, "labels": row}
-                                   for s in ("forget", "retain")})
+    batch = StepBatch.from_arrays(
+        {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
+    )
     cast = dict(compute_dtype=jnp.bfloat16, param_shardings_tree=shardings) if policy == "mixed" else {}
     step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5, **cast), state, reference, mesh)
     t = time.perf_counter()
@@ -79,19 +118,29 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
         m = step.lower(state, reference, batch).compile().memory_analysis()
     n_params = sum(x.size for x in jax.tree.leaves(params))
     total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    return {"model": model, "params_B": n_params / 1e9, "devices": devices, "policy": policy, "remat": remat,
-            "batch_per_device": batch_per_device, "seq": seq,
-            "arguments_GiB": m.argument_size_in_bytes / 2**30, "temp_GiB": m.temp_size_in_bytes / 2**30,
-            "total_GiB": total / 2**30, "compile_s": time.perf_counter() - t,
-            **{chip: "yes" if total <= cap else "no" for chip, cap in CHIPS.items()}}
+    return {
+        "model": model,
+        "params_B": n_params / 1e9,
+        "devices": devices,
+        "policy": policy,
+        "remat": remat,
+        "batch_per_device": batch_per_device,
+        "seq": seq,
+        "arguments_GiB": m.argument_size_in_bytes / 2**30,
+        "temp_GiB": m.temp_size_in_bytes / 2**30,
+        "total_GiB": total / 2**30,
+        "compile_s": time.perf_counter() - t,
+        **{chip: "yes" if total <= cap else "no" for chip, cap in CHIPS.items()},
+    }
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["llama2-7b", "llama3-8b"], choices=sorted(MODELS))
     p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64])
-    p.add_argument("--policies", nargs="+", default=["mixed", "float32", "bfloat16"],
-                   choices=["mixed", "float32", "bfloat16"])
+    p.add_argument(
+        "--policies", nargs="+", default=["mixed", "float32", "bfloat16"], choices=["mixed", "float32", "bfloat16"]
+    )
     p.add_argument("--remat", nargs="+", default=["none", "full"], choices=["none", "full", "dots"])
     p.add_argument("--batch-per-device", type=int, default=1, help="rows per stream per device")
     p.add_argument("--seq", type=int, default=512, help="padded length (TOFU's max_length is 500)")
@@ -108,10 +157,11 @@ def main(argv=None) -> list[dict]:
     rows = []
     for m, d, pol, r in tqdm(grid, desc="compile", unit="plan"):
         rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq))
-    print(f"\nNPO+GD step, {args.batch_per_device} row(s) per stream per device x {args.seq} tokens, "
-          "FSDP over all devices; bytes per device")
-    print(common.table(rows, ["model", "devices", "policy", "remat", "arguments_GiB", "temp_GiB", "total_GiB",
-                              *CHIPS]))
+    print(
+        f"\nNPO+GD step, {args.batch_per_device} row(s) per stream per device x {args.seq} tokens, "
+        "FSDP over all devices; bytes per device"
+    )
+    print(common.table(rows, ["model", "devices", "policy", "remat", "arguments_GiB", "temp_GiB", "total_GiB", *CHIPS]))
     common.write_json(args.json, rows)
     return rows
 

@@ -49,16 +49,19 @@ def torch_runner(shape: str, objective: str, dtype: str, device: str, lr: float)
     model = common.torch_model(shape, dtype=dtype, device=device)
     ref = common.torch_model(shape, dtype=dtype, device=device).eval() if objective.startswith("NPO") else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    batch = {s: {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in common.qa_batch(shape, i).items()}
-             for i, s in ((1, "forget"), (2, "retain"))}
+    batch = {
+        s: {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in common.qa_batch(shape, i).items()}
+        for i, s in ((1, "forget"), (2, "retain"))
+    }
     f, r = batch["forget"], batch["retain"]
 
     def step() -> float:
         logits = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
         if objective.startswith("NPO"):
             with torch.no_grad():
-                ref_nll = _torch_seq_nll(ref(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits,
-                                         f["labels"])
+                ref_nll = _torch_seq_nll(
+                    ref(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits, f["labels"]
+                )
             nll = _torch_seq_nll(logits, f["labels"])
             forget = (-(2.0 / BETA) * F.logsigmoid(BETA * (nll - ref_nll))).mean()
         else:  # ME, uniform_ce over attended positions (SPEC)
@@ -107,8 +110,9 @@ def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, to
     state = jax.jit(lambda p: init_state(p, tx, 0))(params)
     step_fn = make_train_step(graphdef, obj, tx, lambda _: lr)
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
-    batch = place_batch(StepBatch.from_arrays({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}),
-                        mesh)
+    batch = place_batch(
+        StepBatch.from_arrays({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}), mesh
+    )
     holder = {"state": state}
 
     def run(n: int):
@@ -118,8 +122,11 @@ def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, to
 
     def memory_analysis():
         m = jitted.lower(holder["state"], ref_params, batch).compile().memory_analysis()
-        return None if m is None else {"argument_mib": m.argument_size_in_bytes / 2**20,
-                                       "temp_mib": m.temp_size_in_bytes / 2**20}
+        return (
+            None
+            if m is None
+            else {"argument_mib": m.argument_size_in_bytes / 2**20, "temp_mib": m.temp_size_in_bytes / 2**20}
+        )
 
     return run, memory_analysis
 
@@ -177,16 +184,25 @@ def main(argv=None) -> dict:
 
     device = "cuda" if args.device == "gpu" else "cpu"
     torch_run, torch_model = torch_runner(args.shape, args.objective, args.dtype, device, args.lr)
-    jax_run, _ = jax_runner(args.shape, args.objective, args.dtype, args.lr, args.remat,
-                            torch_model=common.torch_model(args.shape))
+    jax_run, _ = jax_runner(
+        args.shape, args.objective, args.dtype, args.lr, args.remat, torch_model=common.torch_model(args.shape)
+    )
     first = {"jaxunlearn": jax_run(1), "pytorch": torch_run(1)}  # warm-up (compiles), same start
     times = common.interleaved({"jaxunlearn": jax_run, "pytorch": torch_run}, args.rounds, args.steps)
     s = common.SHAPES[args.shape]
     tokens = 2 * s["batch"] * s["seq"]
     flops = train_flops(args.shape, args.objective)
-    result = {"shape": args.shape, "objective": args.objective, "dtype": args.dtype, "remat": args.remat,
-              "device": common.accelerator_name(), "torch_threads": torch.get_num_threads(),
-              "tokens_per_step": tokens, "first_step_loss": first, "rows": []}
+    result = {
+        "shape": args.shape,
+        "objective": args.objective,
+        "dtype": args.dtype,
+        "remat": args.remat,
+        "device": common.accelerator_name(),
+        "torch_threads": torch.get_num_threads(),
+        "tokens_per_step": tokens,
+        "first_step_loss": first,
+        "rows": [],
+    }
     for name, ts in times.items():
         sec = common.median(ts)
         row = {"framework": name, "s_per_step": sec, "tokens_per_s": tokens / sec, "TFLOP/s": flops / sec / 1e12}
@@ -196,19 +212,37 @@ def main(argv=None) -> dict:
         result["rows"].append(row)
     if not args.no_memory:
         script = os.path.abspath(__file__)
-        base = ["--shape", args.shape, "--objective", args.objective, "--dtype", args.dtype, "--device", args.device,
-                "--remat", args.remat, "--steps", "2"]
+        base = [
+            "--shape",
+            args.shape,
+            "--objective",
+            args.objective,
+            "--dtype",
+            args.dtype,
+            "--device",
+            args.device,
+            "--remat",
+            args.remat,
+            "--steps",
+            "2",
+        ]
         for row, who in zip(result["rows"], ("jax", "torch")):
             mem = common.rss_of_child(script, [*base, "--only", who])
             row["peak_MiB"] = mem["peak_mib"]
             if mem.get("compiled"):
                 row["compiled_temp_MiB"] = mem["compiled"]["temp_mib"]
     result["speedup"] = result["rows"][1]["s_per_step"] / result["rows"][0]["s_per_step"]
-    print(f"\n{args.objective} step, {args.shape} ({s['batch']} x {s['seq']} per stream, {args.dtype}, "
-          f"{result['device']}); first-step loss jaxunlearn {first['jaxunlearn']:.6f} vs "
-          f"pytorch {first['pytorch']:.6f}")
-    print(common.table(result["rows"], ["framework", "s_per_step", "tokens_per_s", "TFLOP/s", "MFU", "peak_MiB",
-                                        "compiled_temp_MiB"]))
+    print(
+        f"\n{args.objective} step, {args.shape} ({s['batch']} x {s['seq']} per stream, {args.dtype}, "
+        f"{result['device']}); first-step loss jaxunlearn {first['jaxunlearn']:.6f} vs "
+        f"pytorch {first['pytorch']:.6f}"
+    )
+    print(
+        common.table(
+            result["rows"],
+            ["framework", "s_per_step", "tokens_per_s", "TFLOP/s", "MFU", "peak_MiB", "compiled_temp_MiB"],
+        )
+    )
     print(f"jaxunlearn / pytorch speed: {result['speedup']:.2f}x")
     common.write_json(args.json, result)
     return result

@@ -1,8 +1,8 @@
 """jaxunlearn: make a large language model forget, in JAX/Flax, and measure that it forgot.
 
-    model, tokenizer = jaxunlearn.load_pretrained("path/or/hub-id")
-    logits = model(input_ids, attention_mask=mask)          # [B, T, V]
-    jaxunlearn.save_pretrained(model, tokenizer, "out", format="hf")
+model, tokenizer = jaxunlearn.load_pretrained("path/or/hub-id")
+logits = model(input_ids, attention_mask=mask)          # [B, T, V]
+jaxunlearn.save_pretrained(model, tokenizer, "out", format="hf")
 """
 
 from .checkpoints.api import load_pretrained, load_tokenizer, save_pretrained

@@ -21,8 +21,10 @@ def _convert(args) -> None:
     out = save_pretrained(
         model, tokenizer, args.dst, format=args.to, overwrite=args.overwrite, max_shard_size=args.max_shard_size
     )
-    print(f"wrote {args.to} checkpoint of {model.config.model_type} "
-          f"({num_parameters(model.config) / 1e6:.1f}M parameters) to {out}")
+    print(
+        f"wrote {args.to} checkpoint of {model.config.model_type} "
+        f"({num_parameters(model.config) / 1e6:.1f}M parameters) to {out}"
+    )
 
 
 def _generate(args) -> None:
@@ -53,13 +55,19 @@ def _train_command(kind: str):
     return run
 
 
-def _add_train_parser(sub, kind: str, help_text: str) -> None:
-    from .config import all_keys
+def _keys_epilog() -> str:
+    from .config import config_help
 
+    return "config keys (key = default: meaning; docs/reference/config.md):\n" + "\n".join(config_help())
+
+
+def _add_train_parser(sub, kind: str, help_text: str) -> None:
     p = sub.add_parser(
-        kind, help=help_text,
-        description=f"{help_text}. Settings come from defaults, then --config FILE (YAML), then key=value "
-                    "overrides. Valid keys: " + ", ".join(all_keys()),
+        kind,
+        help=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{help_text}. Settings come from defaults, then --config FILE (YAML), then key=value overrides.",
+        epilog=_keys_epilog(),
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=5e-6")
     p.add_argument("--config", help="YAML config file (see configs/)")
@@ -89,8 +97,10 @@ def _demo(args) -> None:
 
     result = run_demo(args.config, args.out, args.overrides, progress=not args.no_progress)
     print(result["table"])
-    print(f"demo done in {result['seconds']:.0f} s: report in {args.out}/report "
-          f"(README.md, comparison.png), unlearned HF models in {args.out}/unlearn/*/model")
+    print(
+        f"demo done in {result['seconds']:.0f} s: report in {args.out}/report "
+        f"(README.md, comparison.png), unlearned HF models in {args.out}/unlearn/*/model"
+    )
 
 
 def _report(args) -> None:
@@ -114,27 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert a checkpoint between formats",
-                       description="Convert SRC (HF dir, HF-Flax dir, .gguf file, hub id or built-in asset "
-                                   "such as smollm2-135m-instruct) into DST.")
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint between formats",
+        description="Convert SRC (HF dir, HF-Flax dir, .gguf file, hub id or built-in asset "
+        "such as smollm2-135m-instruct) into DST.",
+    )
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--to", choices=("hf", "hf-flax"), default="hf", help="output format (default hf: safetensors)")
     p.add_argument("--dtype", default="float32", help="parameter dtype: float32 or bfloat16")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow pickled pytorch_model.bin (loaded with torch weights_only=True)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow pickled pytorch_model.bin (loaded with torch weights_only=True)",
+    )
     p.add_argument("--max-shard-size", default="5GB", help="shard safetensors past this size (default 5GB)")
     p.set_defaults(func=_convert)
 
     _add_train_parser(sub, "unlearn", "unlearn a forget set from a model (objective, data, training, output)")
     _add_train_parser(sub, "finetune", "finetune a model on QA data (TOFU target and retain models)")
 
-    from .config import all_keys
-
-    p = sub.add_parser("eval", help="evaluate a model (TOFU, Closer Look and MIA metrics)",
-                       description="Evaluate model.path on eval.sets and write per_example.jsonl, summary.json, "
-                                   "report.md and plots to output.dir. Valid keys: " + ", ".join(all_keys()))
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model (TOFU, Closer Look and MIA metrics)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_keys_epilog(),
+        description="Evaluate model.path on eval.sets and write per_example.jsonl, summary.json, "
+        "report.md, TOFU_EVAL.json and plots to output.dir.",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--config")
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation already in output.dir")
@@ -152,15 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="evaluation directories (holding summary.json)")
     p.add_argument("--out", help="also write comparison.md and comparison.png here")
     p.add_argument("--retain", help="recompute each run's forget quality against this retain evaluation")
-    p.add_argument("--recompute", action="store_true",
-                   help="recompute every number from the runs' per-example results (also TOFU / open-unlearning logs)")
+    p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute every number from the runs' per-example results (also TOFU / open-unlearning logs)",
+    )
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("aggregate", help="every number of an evaluation from its per-example results, no model",
-                       description="Compute set numbers, model utility (TOFU 9 / Closer Look 18), forget efficacy, "
-                                   "MIA AUCs and, with --retain, forget quality and PrivLeak from RUN's saved "
-                                   "results: a jaxunlearn eval directory (per_example.jsonl), TOFU's eval logs "
-                                   "(eval_log*.json or eval_log_aggregated.json) or open-unlearning's TOFU_EVAL.json.")
+    p = sub.add_parser(
+        "aggregate",
+        help="every number of an evaluation from its per-example results, no model",
+        description="Compute set numbers, model utility (TOFU 9 / Closer Look 18), forget efficacy, "
+        "MIA AUCs and, with --retain, forget quality and PrivLeak from RUN's saved "
+        "results: a jaxunlearn eval directory (per_example.jsonl), TOFU's eval logs "
+        "(eval_log*.json or eval_log_aggregated.json) or open-unlearning's TOFU_EVAL.json.",
+    )
     p.add_argument("run", help="evaluation to aggregate")
     p.add_argument("--retain", help="a retain model's evaluation (any of the same formats): forget quality")
     p.add_argument("--out", help="write summary.json, report.md, per_example.jsonl, TOFU_EVAL.json and plots here")
@@ -170,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="greedy generation from a checkpoint")
     p.add_argument("model", help="checkpoint: HF dir, .gguf, hub id or built-in asset")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
-                   help="wrap prompts in the tokenizer's chat template (default on)")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wrap prompts in the tokenizer's chat template (default on)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=_generate)

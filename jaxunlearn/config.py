@@ -20,120 +20,180 @@ from .objectives.compose import DEFAULT_OBJECTIVE
 from .objectives.options import ObjectiveOptions
 
 
+def setting(default, help: str):  # noqa: A002 - the word --help and the reference page use
+    """A config field: its default (lists and sections are copied per instance) and its help
+    text, which `--help` and docs/reference/config.md show."""
+    meta = {"help": help}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, type):
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclasses.dataclass
 class ModelSection:
-    path: str = "smollm2-135m-instruct"  # HF dir, .gguf, hub id or built-in asset
-    dtype: str = "float32"  # parameter dtype of the policy
-    compute_dtype: str | None = None  # activations (default: dtype)
-    reference_path: str | None = None  # frozen reference (default: the policy's start)
-    reference_dtype: str | None = None  # e.g. bfloat16 to halve the reference's memory
-    remat: Literal["none", "full", "dots"] = "none"
-    # auto: highest for fp32 compute (no TF32 / bf16 passes on GPU / TPU), default for bf16
-    matmul_precision: Literal["auto", "highest", "high", "default"] = "auto"
-    allow_pickle: bool = False
+    path: str = setting(
+        "smollm2-135m-instruct", "the policy's start: HF dir, HF-Flax dir, .gguf, hub id or built-in asset"
+    )
+    dtype: str = setting(
+        "float32",
+        "parameter (master weight) dtype of the policy: float32, bfloat16 (training needs "
+        "train.low_precision_params), float16",
+    )
+    compute_dtype: str | None = setting(
+        None, "matmul and activation dtype (null: dtype); bfloat16 with float32 parameters is mixed precision"
+    )
+    reference_path: str | None = setting(None, "frozen reference model (null: the policy's start)")
+    reference_dtype: str | None = setting(None, "dtype of the frozen reference (null: model.dtype); bfloat16 halves it")
+    remat: Literal["none", "full", "dots"] = setting("none", "per-block rematerialization in the backward pass")
+    matmul_precision: Literal["auto", "highest", "high", "default"] = setting(
+        "auto", "matmul precision; auto: highest for fp32 compute (no TF32 / bf16 passes), default for bf16"
+    )
+    allow_pickle: bool = setting(False, "allow pickled pytorch_model.bin (loaded with torch weights_only=True)")
 
 
 @dataclasses.dataclass
 class DataSection:
-    source: Literal["tofu", "closer_look", "real_world", "files"] = "tofu"
-    data_dir: str | None = None  # default: $JAXUNLEARN_DATA or ../shared/data; "hub" for locuslab/TOFU
-    forget_split: str = "forget10"
-    retain_split: str = "retain90"
-    forget_file: str | None = None  # source=files
-    retain_file: str | None = None
-    question_key: str = "question"
-    answer_key: str = "answer"
-    refusals_file: str | None = None  # default: TOFU's idontknow.jsonl
-    pairing: Literal["seeded", "closer_look"] = "seeded"  # retain row / refusal per forget row (closer_look: the paper code's draws)
-    template: str = "auto"  # auto | llama2-chat | phi | llama3-instruct | chatml | plain | chat
-    max_length: int = 500
-    buckets: list[int] = dataclasses.field(default_factory=lambda: [64, 128, 256, 512])
-    pad_to: int | None = None  # fixed padded length (the paper: 500)
-    max_forget_rows: int | None = None  # keep the first N forget rows (demos, smoke runs)
-    max_retain_rows: int | None = None
-    train_split: str = "full"  # finetune: TOFU split to train on (full: target; retain90: retain model)
-    train_file: str | None = None  # finetune: a user QA file instead
-    max_train_rows: int | None = None
+    source: Literal["tofu", "closer_look", "real_world", "files"] = setting(
+        "tofu", "where forget and retain rows come from"
+    )
+    data_dir: str | None = setting(
+        None,
+        "data root holding tofu/ and closer-look/ (null: $JAXUNLEARN_DATA or "
+        "../shared/data); hub: locuslab/TOFU through datasets",
+    )
+    forget_split: str = setting("forget10", "TOFU forget split (forget01 | forget05 | forget10)")
+    retain_split: str = setting("retain90", "TOFU retain split (retain99 | retain95 | retain90)")
+    forget_file: str | None = setting(None, "source=files: the forget QA file (JSON, JSONL, CSV, Parquet)")
+    retain_file: str | None = setting(None, "source=files: the retain QA file")
+    question_key: str = setting("question", "question field of user QA files")
+    answer_key: str = setting("answer", "answer field of user QA files")
+    refusals_file: str | None = setting(None, "refusal strings, one per line (null: TOFU's idontknow.jsonl)")
+    pairing: Literal["seeded", "closer_look"] = setting(
+        "seeded",
+        "retain row and refusal per forget row: seeded (numpy, by train.seed and index) or closer_look "
+        "(the paper code's torch.manual_seed(index) draws)",
+    )
+    template: str = setting(
+        "auto", "prompt format: auto | llama2-chat | phi | phi-tofu | llama3-instruct | chatml | plain | chat"
+    )
+    max_length: int = setting(500, "tokens per training row (longer rows are cut, and counted)")
+    buckets: list[int] = setting([64, 128, 256, 512], "padded lengths a batch may take (one compile each)")
+    pad_to: int | None = setting(None, "one fixed padded length instead of buckets (the paper: 500)")
+    max_forget_rows: int | None = setting(None, "keep the first N forget rows (demos, smoke runs)")
+    max_retain_rows: int | None = setting(None, "keep the first N retain rows")
+    train_split: str = setting(
+        "full", "finetune: TOFU split to train on (full: the target model; retain90: a retain model)"
+    )
+    train_file: str | None = setting(None, "finetune: a user QA file instead of a TOFU split")
+    max_train_rows: int | None = setting(None, "finetune: keep the first N rows")
 
 
 @dataclasses.dataclass
 class ObjectiveSection:
-    name: str = DEFAULT_OBJECTIVE
-    forget_weight: float = 0.1
-    retain_weight: float = 1.0
-    options: ObjectiveOptions = dataclasses.field(default_factory=ObjectiveOptions)
+    name: str = setting(
+        DEFAULT_OBJECTIVE, "FORGET+RETAIN term names, e.g. ME+GD, IDK+AP, NPO+KL, GA (see docs/reference/objectives.md)"
+    )
+    forget_weight: float = setting(0.1, "gamma: weight of the forget term")
+    retain_weight: float = setting(1.0, "alpha: weight of the retain term")
+    options: ObjectiveOptions = setting(ObjectiveOptions, "every term's options (objective.options.<name>)")
 
 
 @dataclasses.dataclass
 class TrainSection:
-    lr: float = 1e-5
-    epochs: float = 5.0
-    batch_size: int = 32  # effective (global) batch
-    micro_batches: int = 1  # gradient accumulation inside the step
-    # None: each term's mean over the global batch (exact); k: a mean per group of k rows,
-    # averaged over the groups, as the paper's code (4 rows x 4 accumulation steps x 2 GPUs)
-    loss_group_rows: int | None = None
-    weight_decay: float = 0.01
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad_norm: float | None = None
-    warmup_steps: int | None = None  # default: one epoch when an epoch has more than one step
-    max_steps: int | None = None  # default: the paper's formula
-    seed: int = 1001
-    precompute_reference: bool = False  # NPO/DPO: reference sequence log-probs computed once
-    # Training bf16 / fp16 parameters: at lr 1e-5 most updates round away. Opt in knowingly;
-    # mixed precision (model.dtype=float32, model.compute_dtype=bfloat16) is the default way.
-    low_precision_params: bool = False
+    lr: float = setting(1e-5, "peak learning rate (linear warmup, then linear decay to 0)")
+    epochs: float = setting(5.0, "epochs over the forget set; steps = int(epochs * rows) // batch_size")
+    batch_size: int = setting(32, "effective (global) batch of forget rows per step")
+    micro_batches: int = setting(1, "gradient accumulation inside the step (exact: equals the full batch)")
+    loss_group_rows: int | None = setting(
+        None,
+        "null: each term's mean over the global batch; k: a mean per group of k rows averaged over the "
+        "groups, as the paper's code (4 rows x 4 accumulation steps x 2 GPUs)",
+    )
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on norms and biases)")
+    adam_b1: float = setting(0.9, "AdamW beta1")
+    adam_b2: float = setting(0.999, "AdamW beta2")
+    adam_eps: float = setting(1e-8, "AdamW epsilon")
+    clip_grad_norm: float | None = setting(None, "global gradient-norm clipping (null: none, as the paper)")
+    warmup_steps: int | None = setting(None, "null: one epoch when an epoch has more than one step")
+    max_steps: int | None = setting(None, "null: the paper's formula from epochs")
+    seed: int = setting(1001, "data order, pairing and PRNG seed")
+    precompute_reference: bool = setting(
+        False, "compute the reference's sequence NLLs once (NPO, DPO) and drop the reference model from the step"
+    )
+    low_precision_params: bool = setting(
+        False,
+        "allow training bf16 / fp16 parameters (most updates round away at "
+        "small learning rates; prefer model.dtype=float32 model.compute_dtype=bfloat16)",
+    )
 
 
 @dataclasses.dataclass
 class MeshSection:
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
+    data: int = setting(-1, "data-parallel axis size (-1: the devices left over)")
+    fsdp: int = setting(1, "fully sharded data-parallel axis size (parameters and optimizer state sharded)")
+    tensor: int = setting(1, "tensor-parallel axis size")
 
 
 @dataclasses.dataclass
 class OutputSection:
-    dir: str = "runs/unlearn"
-    checkpoint_every: int | None = None  # steps; always at the end
-    keep_checkpoints: int = 2
-    export: bool = True
-    export_hf_flax: bool = False
+    dir: str = setting("runs/unlearn", "run directory (run.json, metrics.jsonl, checkpoints/, model/)")
+    checkpoint_every: int | None = setting(None, "checkpoint every N steps (always at the end)")
+    keep_checkpoints: int = setting(2, "checkpoints kept")
+    export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")
+    export_hf_flax: bool = setting(False, "also write an HF-Flax msgpack directory (model-hf-flax/)")
 
 
 @dataclasses.dataclass
 class ContinualSection:
-    split: str | None = None  # forget01 | forget05 | forget10 of the Closer Look pool
-    tasks: list[int] = dataclasses.field(default_factory=list)  # default: every task in order
-    fix_reference: bool = False  # reference = original model instead of the previous task's result
+    split: str | None = setting(
+        None, "forget01 | forget05 | forget10 pool of the Closer Look data: run its tasks one after another"
+    )
+    tasks: list[int] = setting([], "task ids in order (empty: every task)")
+    fix_reference: bool = setting(False, "reference = the original model instead of the previous task's result")
 
 
 @dataclasses.dataclass
 class EvalSection:
-    sets: list[str] = dataclasses.field(default_factory=lambda: ["forget", "retain", "real_authors", "world_facts"])
-    forget_split: str | None = None  # default: data.forget_split + "_perturbed"
-    holdout_split: str | None = None  # MIA: default the holdout split of the forget split's size; "none" skips
-    num_rows: int | None = 300  # TOFU scores the first 300 rows of each set
-    batch_size: int = 16  # rows per batch; scoring packs batch_size * 64 prefix-tree nodes per batch
-    max_length: int = 200  # generation: prompt + answer tokens (budgets tofu and per_row)
-    # new tokens per answer: tofu (max_length - longest real prompt of each group of
-    # tofu_batch_size rows, as TOFU's code) | open_unlearning (max_new_tokens) | per_row
-    # (max_length - the row's own prompt); prompt padding never counts
-    generation_budget: Literal["tofu", "open_unlearning", "per_row"] = "per_row"
-    max_new_tokens: int = 200
-    tofu_batch_size: int = 30
-    score_max_length: int | None = None  # scored rows cut at this many tokens (TOFU: 200); None: data.max_length
-    memorization: Literal["clean", "open_unlearning"] = "clean"  # open_unlearning: EOS left out, ES 1/n without a match
-    generate: bool = True
-    cosine: bool = True  # sentence embeddings (all-MiniLM-L6-v2)
-    nli_judge: str = "none"  # none | causal-lm | hub | an HF model name
-    nli_model: str = "smollm2-135m-instruct"  # the causal-lm judge's checkpoint
-    retain_eval: str | None = None  # eval dir of a retain model (per_example.jsonl) for forget quality
-    reference_model: str | None = None  # MIA reference-difference attack
-    task_id: int = 1  # source=closer_look: the continual task whose forget rows are evaluated
-    every_steps: int | None = None  # unlearn: also evaluate every k steps (into output.dir/eval/step_k)
+    sets: list[str] = setting(
+        ["forget", "retain", "real_authors", "world_facts"],
+        "evaluation sets: forget, retain, real_authors, world_facts (holdout added for MIA)",
+    )
+    forget_split: str | None = setting(None, "forget evaluation split (null: data.forget_split + _perturbed)")
+    holdout_split: str | None = setting(
+        None, "MIA holdout split (null: the holdout of the forget split's size; none: skip)"
+    )
+    num_rows: int | None = setting(300, "first N rows of each set (TOFU: 300); null: all")
+    batch_size: int = setting(16, "rows per generation batch; scoring packs batch_size x 64 prefix-tree nodes")
+    max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")
+    generation_budget: Literal["tofu", "open_unlearning", "per_row"] = setting(
+        "per_row",
+        "new tokens per answer: tofu (max_length - longest real prompt of each group of tofu_batch_size "
+        "rows, as TOFU's code), open_unlearning (max_new_tokens), per_row (max_length - its own prompt)",
+    )
+    max_new_tokens: int = setting(200, "generation_budget=open_unlearning: new tokens per answer")
+    tofu_batch_size: int = setting(30, "generation_budget=tofu: TOFU's evaluation batch size")
+    score_max_length: int | None = setting(
+        None, "scored rows cut at this many tokens (TOFU: 200); null: data.max_length"
+    )
+    memorization: Literal["clean", "open_unlearning"] = setting(
+        "clean",
+        "exact memorization / extraction strength: clean (every supervised token) or open_unlearning "
+        "(EOS left out, extraction strength 1/n without a match)",
+    )
+    generate: bool = setting(True, "generate answers (ROUGE, entropy, cosine, entailment)")
+    cosine: bool = setting(True, "cosine similarity with sentence embeddings (all-MiniLM-L6-v2)")
+    nli_judge: str = setting("none", "entailment judge: none | causal-lm (offline zero-shot) | hub | an HF model name")
+    nli_model: str = setting("smollm2-135m-instruct", "the causal-lm judge's checkpoint")
+    retain_eval: str | None = setting(
+        None,
+        "a retain model's evaluation (jaxunlearn eval dir, TOFU logs or "
+        "open-unlearning TOFU_EVAL.json): forget quality and PrivLeak",
+    )
+    reference_model: str | None = setting(None, "MIA reference-difference attack's model")
+    task_id: int = setting(1, "source=closer_look: the continual task whose forget rows are evaluated")
+    every_steps: int | None = setting(None, "unlearn: also evaluate every k steps (into output.dir/eval/step_k)")
 
 
 @dataclasses.dataclass
@@ -168,6 +228,24 @@ def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{name}")
     return keys
+
+
+def config_help(cls=None, prefix: str = "") -> list[str]:
+    """'key = default: help' per config key, for --help (docs/reference/config.md has the same)."""
+    cls = cls or RunConfig
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            lines += config_help(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f" ({' | '.join(map(str, typing.get_args(tp)))})" if typing.get_origin(tp) is Literal else ""
+        lines.append(
+            f"  {prefix}{f.name} = {'null' if default is None else default}{choices}: {f.metadata.get('help', '')}"
+        )
+    return lines
 
 
 def _coerce(key: str, value, tp):
@@ -282,8 +360,9 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: RunConfig | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None
+) -> RunConfig:
     """Defaults <- YAML file (may name `base:` files to extend) <- key=value overrides."""
     return config_from_dict(read_yaml(Path(path)) if path is not None else {}, overrides, base)
 

@@ -45,8 +45,13 @@ def main(argv=None) -> int:
             for split in args.splits:
                 for seed in args.seeds:
                     cell = out / f"{method}-{split}-s{seed}"
-                    keys = [f"data.forget_split={split}", f"data.retain_split={RETAIN_OF[split]}",
-                            f"train.seed={seed}", f"output.dir={cell}", *args.overrides]
+                    keys = [
+                        f"data.forget_split={split}",
+                        f"data.retain_split={RETAIN_OF[split]}",
+                        f"train.seed={seed}",
+                        f"output.dir={cell}",
+                        *args.overrides,
+                    ]
                     if args.retain_eval:
                         keys.append(f"eval.retain_eval={args.retain_eval.format(retain_split=RETAIN_OF[split])}")
                     summary_path = cell / "eval" / "summary.json"
@@ -56,10 +61,16 @@ def main(argv=None) -> int:
                         eval_cfg = load_config(path, [*keys, f"model.path={cell / 'model'}"])
                         evaluate(eval_cfg, out_dir=cell / "eval")
                     s = json.loads(summary_path.read_text())
-                    rows.append({"method": method, "split": split, "seed": seed,
-                                 **{c: s.get(c) for c in COLUMNS},
-                                 "forget_probability": s["sets"].get("forget", {}).get("probability"),
-                                 "forget_rougeL": s["sets"].get("forget", {}).get("rougeL_recall")})
+                    rows.append(
+                        {
+                            "method": method,
+                            "split": split,
+                            "seed": seed,
+                            **{c: s.get(c) for c in COLUMNS},
+                            "forget_probability": s["sets"].get("forget", {}).get("probability"),
+                            "forget_rougeL": s["sets"].get("forget", {}).get("rougeL_recall"),
+                        }
+                    )
     except JaxUnlearnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -70,8 +81,9 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     header = list(rows[0])
     md = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    md += ["| " + " | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |"
-           for r in rows]
+    md += [
+        "| " + " | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |" for r in rows
+    ]
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

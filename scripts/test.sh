@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# From a fresh clone: set up the environment (skipped when already done) and run the
-# whole test suite. Extra arguments go to pytest. Exits non-zero on any failure,
+# From a fresh clone: set up the environment (skipped when already done), check style
+# (ruff format + ruff check) and run the whole test suite. Extra arguments go to pytest. Exits non-zero on any failure,
 # including pytest's exit 5 (no tests collected).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+# style first (seconds): formatting and lint of everything the repository ships
+.venv/bin/ruff format --check --quiet jaxunlearn tests scripts benchmarks
+.venv/bin/ruff check --quiet jaxunlearn tests scripts benchmarks
 exec .venv/bin/python -m pytest "$@"

@@ -25,21 +25,49 @@ TINY_CONFIGS = {
     "llama_gqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2)),
     "llama_mqa": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=3)),
     "llama_tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
-    "llama_bias": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
-    "llama3_rope": ("LlamaConfig", dict(
-        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0, max_position_embeddings=64,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8})),
+    "llama_bias": (
+        "LlamaConfig",
+        dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True),
+    ),
+    "llama3_rope": (
+        "LlamaConfig",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=500000.0,
+            max_position_embeddings=64,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8,
+            },
+        ),
+    ),
     "qwen2_bias": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
-    "mistral_window": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=4, head_dim=16)),
+    "mistral_window": (
+        "MistralConfig",
+        dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=4, head_dim=16),
+    ),
     "phi": ("PhiConfig", dict(num_attention_heads=4, partial_rotary_factor=0.5)),
     "gpt2": ("GPT2Config", dict(num_attention_heads=4)),
     "gpt_neox": ("GPTNeoXConfig", dict(num_attention_heads=4, rotary_pct=0.25)),
     "gpt_neox_sequential": ("GPTNeoXConfig", dict(num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=False)),
     "gemma": ("GemmaConfig", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16)),
-    "gemma2": ("Gemma2Config", dict(
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=3, sliding_window=4,
-        query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=8.0)),
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_hidden_layers=3,
+            sliding_window=4,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=8.0,
+        ),
+    ),
 }
 FAMILY_CONFIGS = ("phi", "gpt2", "gpt_neox", "gpt_neox_sequential", "gemma", "gemma2")
 
@@ -48,8 +76,16 @@ def tiny_hf_config(name: str):
     import transformers
 
     cls_name, kwargs = TINY_CONFIGS[name]
-    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     base.update(kwargs)
     return getattr(transformers, cls_name)(**base)
 
@@ -103,14 +139,16 @@ def smollm2():
 def run_python(code: str, *args: str, env_extra: dict | None = None, timeout: int = 600):
     """Run `python -c code args...` in a fresh process (own XLA flags, own JAX devices)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+    )
 
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "jaxunlearn", *args], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxunlearn", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="session")
@@ -127,9 +165,20 @@ def tiny_lm(tmp_path_factory, smollm2):
     from jaxunlearn.models.config import ModelConfig
 
     tokenizer = smollm2[1]
-    cfg = ModelConfig(model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=True, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=2)
+    cfg = ModelConfig(
+        model_type="llama",
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     model = jaxunlearn.create_model(cfg, seed=0)
     graphdef, state = nnx.split(model)
     state = jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x * 10.0, state)
@@ -140,6 +189,11 @@ def tiny_lm(tmp_path_factory, smollm2):
 
 
 TINY_TRAIN = [
-    "data.forget_split=forget01", "data.max_retain_rows=64", "data.max_length=128", "data.buckets=[128]",
-    "train.batch_size=8", "train.epochs=1", "train.lr=1e-3",
+    "data.forget_split=forget01",
+    "data.max_retain_rows=64",
+    "data.max_length=128",
+    "data.buckets=[128]",
+    "train.batch_size=8",
+    "train.epochs=1",
+    "train.lr=1e-3",
 ]

@@ -96,7 +96,7 @@ def test_no_import_cycles():
         stack.append(m)
         for t in sorted(edges.get(m, ())):
             if state.get(t) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(t):] + [t]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(t) :] + [t]))
             if t not in state:
                 visit(t)
         stack.pop()
@@ -111,5 +111,6 @@ def test_registries_import_no_member():
     """The registry of a kind imports none of its members; the package's __init__ lists them."""
     assert not any("terms" in t for t in imports_of(PACKAGE / "objectives" / "registry.py"))
     registry = imports_of(PACKAGE / "models" / "registry.py")
-    assert not any(t.split(".")[-1] in ("llama", "phi", "gpt2", "gpt_neox", "gemma", "llama_family")
-                   for t in registry), registry
+    assert not any(
+        t.split(".")[-1] in ("llama", "phi", "gpt2", "gpt_neox", "gemma", "llama_family") for t in registry
+    ), registry

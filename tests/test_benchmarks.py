@@ -13,15 +13,33 @@ from conftest import REPO
 
 def run_benchmark(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
-                         env=env, timeout=timeout, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
 def test_train_step_benchmark_tiny(tmp_path):
-    out = run_benchmark("train_step.py", "--shape", "tiny", "--objective", "NPO+GD", "--rounds", "1", "--steps", "1",
-                        "--no-memory", "--json", str(tmp_path / "r.json"))
+    out = run_benchmark(
+        "train_step.py",
+        "--shape",
+        "tiny",
+        "--objective",
+        "NPO+GD",
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--no-memory",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert "jaxunlearn / pytorch speed" in out.stdout
     result = json.loads((tmp_path / "r.json").read_text())
     loss = result["first_step_loss"]  # same weights, same batch, same objective
@@ -30,8 +48,19 @@ def test_train_step_benchmark_tiny(tmp_path):
 
 
 def test_eval_benchmark_tiny(tiny_lm, tmp_path):
-    out = run_benchmark("eval.py", "--model", str(tiny_lm), "--rows", "3", "--batch", "4", "--max-length", "80",
-                        "--json", str(tmp_path / "e.json"))
+    out = run_benchmark(
+        "eval.py",
+        "--model",
+        str(tiny_lm),
+        "--rows",
+        "3",
+        "--batch",
+        "4",
+        "--max-length",
+        "80",
+        "--json",
+        str(tmp_path / "e.json"),
+    )
     assert "transformers" in out.stdout
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["identical_generations"] == "3/3"
@@ -39,8 +68,23 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
 
 
 def test_memory_benchmark_tiny(tmp_path):
-    out = run_benchmark("memory.py", "--models", "tiny", "--devices", "1", "2", "--policies", "float32", "mixed",
-                        "--remat", "none", "--seq", "32", "--json", str(tmp_path / "m.json"))
+    out = run_benchmark(
+        "memory.py",
+        "--models",
+        "tiny",
+        "--devices",
+        "1",
+        "2",
+        "--policies",
+        "float32",
+        "mixed",
+        "--remat",
+        "none",
+        "--seq",
+        "32",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
     assert "TPU v5e" in out.stdout
     rows = json.loads((tmp_path / "m.json").read_text())
     one, mixed, two, _ = rows

@@ -16,10 +16,7 @@ from test_model_parity import assert_close_on_tokens, torch_logits
 
 
 def flat_params(model):
-    return {
-        "/".join(map(str, p)): np.asarray(v.get_value())
-        for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
+    return {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 @pytest.mark.parametrize("name", ["llama_tied", "qwen2_bias", "llama3_rope", "mistral_window"])

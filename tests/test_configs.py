@@ -43,5 +43,6 @@ def test_presets_page_lists_every_preset_as_configured():
 
     gen = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "docs_presets.py"))
     page = gen["PAGE"].read_text()
-    assert gen["page_table"](page) == gen["table"](), "docs/reference/presets.md is stale: " \
-        "run python scripts/docs_presets.py --write"
+    assert gen["page_table"](page) == gen["table"](), (
+        "docs/reference/presets.md is stale: run python scripts/docs_presets.py --write"
+    )

@@ -50,12 +50,35 @@ def retain90():
 
 
 def test_tofu_row_counts():
-    counts = {s: len(load_tofu(s)) for s in ("full", "forget01", "forget05", "forget10", "retain90",
-                                             "retain95", "retain99", "holdout10", "real_authors",
-                                             "world_facts", "retain_perturbed")}
-    assert counts == {"full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain90": 3600,
-                      "retain95": 3800, "retain99": 3960, "holdout10": 400, "real_authors": 100,
-                      "world_facts": 117, "retain_perturbed": 400}
+    counts = {
+        s: len(load_tofu(s))
+        for s in (
+            "full",
+            "forget01",
+            "forget05",
+            "forget10",
+            "retain90",
+            "retain95",
+            "retain99",
+            "holdout10",
+            "real_authors",
+            "world_facts",
+            "retain_perturbed",
+        )
+    }
+    assert counts == {
+        "full": 4000,
+        "forget01": 40,
+        "forget05": 200,
+        "forget10": 400,
+        "retain90": 3600,
+        "retain95": 3800,
+        "retain99": 3960,
+        "holdout10": 400,
+        "real_authors": 100,
+        "world_facts": 117,
+        "retain_perturbed": 400,
+    }
     pert = load_tofu("forget10_perturbed")
     assert len(pert) == 400 and all(len(r["perturbed_answer"]) == 5 for r in pert)
     assert all(len(r["perturbed_answer"]) == 3 for r in load_tofu("real_authors_perturbed"))
@@ -63,8 +86,9 @@ def test_tofu_row_counts():
     assert len(load_real_world("forget")) == 400 and len(load_real_world("neighbor")) == 400
 
 
-@pytest.mark.parametrize("split,size,retain_base,tasks", [
-    ("forget01", 40, 3600, 10), ("forget05", 200, 2000, 10), ("forget10", 400, 400, 9)])
+@pytest.mark.parametrize(
+    "split,size,retain_base,tasks", [("forget01", 40, 3600, 10), ("forget05", 200, 2000, 10), ("forget10", 400, 400, 9)]
+)
 def test_continual_task_sizes_follow_the_paper(split, size, retain_base, tasks):
     pool = size * tasks
     for t in (1, 2, tasks):
@@ -155,8 +179,9 @@ def test_each_process_builds_its_slice(tok, forget10):
     streams = build_streams(tok, template, forget10, None, None, ("forget",), 256, seed=1)
     pad = pad_token_id(tok)
     whole = BatchIterator(streams, 8, seed=3, pad_id=pad).batch_at(4)["forget"]["input_ids"]
-    parts = [BatchIterator(streams, 8, seed=3, pad_id=pad, process_index=p, process_count=2).batch_at(4)
-             for p in range(2)]
+    parts = [
+        BatchIterator(streams, 8, seed=3, pad_id=pad, process_index=p, process_count=2).batch_at(4) for p in range(2)
+    ]
     np.testing.assert_array_equal(np.concatenate([p["forget"]["input_ids"] for p in parts]), whole)
 
 
@@ -231,8 +256,13 @@ def test_empty_forget_set(tok):
 
 def test_everything_truncated(tok, forget10):
     with pytest.raises(DataError, match="truncated to nothing"):
-        encode_qa(tok, get_template("chatml", tok), [r["question"] for r in forget10[:3]],
-                  [r["answer"] for r in forget10[:3]], max_length=4)
+        encode_qa(
+            tok,
+            get_template("chatml", tok),
+            [r["question"] for r in forget10[:3]],
+            [r["answer"] for r in forget10[:3]],
+            max_length=4,
+        )
 
 
 def test_truncation_is_counted(tok, forget10, caplog):

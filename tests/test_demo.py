@@ -16,12 +16,23 @@ def test_demo_pipeline_shrunk(tiny_lm, tmp_path):
         "base": str(REPO / "configs" / "models" / "smollm2-135m.yaml"),
         "model": {"path": str(tiny_lm)},
         "data": {"max_length": 128, "buckets": [128]},
-        "eval": {"sets": ["forget", "retain"], "holdout_split": "none", "num_rows": 4, "batch_size": 4,
-                 "max_length": 40, "cosine": False},
-        "demo": {"forget_split": "forget01", "forget_rows": 4, "retain_split": "retain90", "retain_rows": 4,
-                 "finetune": ["train.lr=1e-3", "train.max_steps=2", "train.batch_size=4"],
-                 "unlearn_common": ["train.max_steps=2", "train.batch_size=4"],
-                 "methods": {"GA+GD": ["objective.name=GA+GD", "objective.forget_weight=1.0"]}},
+        "eval": {
+            "sets": ["forget", "retain"],
+            "holdout_split": "none",
+            "num_rows": 4,
+            "batch_size": 4,
+            "max_length": 40,
+            "cosine": False,
+        },
+        "demo": {
+            "forget_split": "forget01",
+            "forget_rows": 4,
+            "retain_split": "retain90",
+            "retain_rows": 4,
+            "finetune": ["train.lr=1e-3", "train.max_steps=2", "train.batch_size=4"],
+            "unlearn_common": ["train.max_steps=2", "train.batch_size=4"],
+            "methods": {"GA+GD": ["objective.name=GA+GD", "objective.forget_weight=1.0"]},
+        },
     }
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.subprocess
 
 def cli(*args, env_extra=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "jaxunlearn", "unlearn", *args, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxunlearn", "unlearn", *args, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def losses(run_dir):
@@ -30,8 +36,15 @@ def losses(run_dir):
 
 
 def common(tiny_lm, out, *extra):
-    return [f"model.path={tiny_lm}", f"output.dir={out}", *TINY_TRAIN, "objective.name=NPO+GD",
-            "train.max_steps=3", "output.export=false", *extra]
+    return [
+        f"model.path={tiny_lm}",
+        f"output.dir={out}",
+        *TINY_TRAIN,
+        "objective.name=NPO+GD",
+        "train.max_steps=3",
+        "output.export=false",
+        *extra,
+    ]
 
 
 def free_port() -> int:
@@ -42,16 +55,24 @@ def free_port() -> int:
 
 def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
     single = cli(*common(tiny_lm, tmp_path / "one", "mesh.data=1"))
-    eight = cli(*common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
-                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    eight = cli(
+        *common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
     assert single.wait(600) == 0, single.stderr.read()[-3000:]
     assert eight.wait(600) == 0, eight.stderr.read()[-3000:]
 
     port = free_port()
     procs = [
-        cli(*common(tiny_lm, tmp_path / "two", "mesh.data=2"), env_extra={
-            "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}", "JAXUNLEARN_NUM_PROCESSES": "2",
-            "JAXUNLEARN_PROCESS_ID": str(i), "JAXUNLEARN_CPU_COLLECTIVES": "gloo"})
+        cli(
+            *common(tiny_lm, tmp_path / "two", "mesh.data=2"),
+            env_extra={
+                "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
+                "JAXUNLEARN_NUM_PROCESSES": "2",
+                "JAXUNLEARN_PROCESS_ID": str(i),
+                "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
+            },
+        )
         for i in range(2)
     ]
     for p in procs:
@@ -67,8 +88,14 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
-    args = [*TINY_TRAIN, f"model.path={tiny_lm}", "objective.name=ME+GD", "train.max_steps=12",
-            "output.checkpoint_every=1", "output.keep_checkpoints=3"]
+    args = [
+        *TINY_TRAIN,
+        f"model.path={tiny_lm}",
+        "objective.name=ME+GD",
+        "train.max_steps=12",
+        "output.checkpoint_every=1",
+        "output.keep_checkpoints=3",
+    ]
     straight = cli(*args, f"output.dir={tmp_path / 'straight'}")
 
     killed_dir = tmp_path / "killed"

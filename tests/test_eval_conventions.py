@@ -20,8 +20,7 @@ from jaxunlearn.errors import DataError
 from jaxunlearn.evaluation import metrics as M
 from jaxunlearn.evaluation.aggregate import summarize
 from jaxunlearn.evaluation.budgets import generation_budgets
-from jaxunlearn.evaluation.logs_io import (TOFU_FILES, read_evaluation, read_open_unlearning,
-                                           read_tofu_logs)
+from jaxunlearn.evaluation.logs_io import TOFU_FILES, read_evaluation, read_open_unlearning, read_tofu_logs
 
 
 def test_budget_conventions_by_hand():
@@ -45,14 +44,18 @@ def test_greedy_answers_take_exactly_their_budget_whatever_the_bucket(smollm2, b
 
     model, tok = smollm2
     template = get_template("chatml", tok)
-    questions = ["Who wrote 'Romeo and Juliet'?", "Name the largest planet of the solar system, please.",
-                 "What is two plus two?"]
+    questions = [
+        "Who wrote 'Romeo and Juliet'?",
+        "Name the largest planet of the solar system, please.",
+        "What is two plus two?",
+    ]
     prompts = [np.asarray(tok(generation_prompt(template, q))["input_ids"], np.int32) for q in questions]
     lengths = [len(p) for p in prompts]
     for convention, max_length in (("per_row", max(lengths) + 6), ("tofu", max(lengths) + 9)):
         budgets = generation_budgets(lengths, convention, max_length, tofu_batch_size=2)
-        texts = generate_texts(model, tok, prompts, pad_id=2, eos_ids=[2], batch_size=4, budgets=budgets,
-                               buckets=buckets)
+        texts = generate_texts(
+            model, tok, prompts, pad_id=2, eos_ids=[2], batch_size=4, budgets=budgets, buckets=buckets
+        )
         for p, budget, text in zip(prompts, budgets, texts):
             steps = full_forward_greedy(model, p[None], np.ones_like(p)[None], int(budget))[0].tolist()
             cut = steps.index(2) if 2 in steps else len(steps)
@@ -80,9 +83,20 @@ def test_open_unlearning_memorization_definitions_by_hand():
 
 
 def _eval_cfg(tiny_lm, tmp_path, *extra):
-    return load_config(None, [f"model.path={tiny_lm}", f"output.dir={tmp_path}", "eval.num_rows=3",
-                              "eval.sets=[forget,retain,real_authors,world_facts]", "eval.max_length=48",
-                              "eval.cosine=false", "eval.batch_size=4", "data.forget_split=forget01", *extra])
+    return load_config(
+        None,
+        [
+            f"model.path={tiny_lm}",
+            f"output.dir={tmp_path}",
+            "eval.num_rows=3",
+            "eval.sets=[forget,retain,real_authors,world_facts]",
+            "eval.max_length=48",
+            "eval.cosine=false",
+            "eval.batch_size=4",
+            "data.forget_split=forget01",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +117,14 @@ def test_aggregation_from_records_equals_the_evaluations_summary(tiny_eval):
     for key in ("model_utility", "mia_auc"):
         assert again[key] == summary[key]
     # records without MIA scores or generations aggregate what they have
-    bare = [{k: v for k, v in r.items() if k not in ("mia", "generation", "rougeL_recall", "token_entropy")}
-            for r in records]
+    bare = [
+        {k: v for k, v in r.items() if k not in ("mia", "generation", "rougeL_recall", "token_entropy")}
+        for r in records
+    ]
     partial = summarize(bare)
     assert "rougeL_recall" not in partial["sets"]["forget"] and "mia_auc" not in partial
     assert partial["sets"]["retain"]["probability"] == summary["sets"]["retain"]["probability"]
-    assert summary["conventions"] == {"generation_budget": "per_row", "memorization": "clean",
-                                      "score_max_length": 500}
+    assert summary["conventions"] == {"generation_budget": "per_row", "memorization": "clean", "score_max_length": 500}
 
 
 def test_evaluation_writes_open_unlearning_files_that_read_back(tiny_eval):
@@ -129,10 +144,21 @@ def test_evaluation_writes_open_unlearning_files_that_read_back(tiny_eval):
 def test_scored_rows_truncated_at_score_max_length(tiny_lm, tmp_path):
     from jaxunlearn.pipelines.evaluate import evaluate
 
-    cut = evaluate(_eval_cfg(tiny_lm, tmp_path / "a", "eval.score_max_length=40", "eval.generate=false",
-                             "eval.sets=[forget]", "eval.holdout_split=none"), progress=False)
-    full = evaluate(_eval_cfg(tiny_lm, tmp_path / "b", "eval.generate=false", "eval.sets=[forget]",
-                              "eval.holdout_split=none"), progress=False)
+    cut = evaluate(
+        _eval_cfg(
+            tiny_lm,
+            tmp_path / "a",
+            "eval.score_max_length=40",
+            "eval.generate=false",
+            "eval.sets=[forget]",
+            "eval.holdout_split=none",
+        ),
+        progress=False,
+    )
+    full = evaluate(
+        _eval_cfg(tiny_lm, tmp_path / "b", "eval.generate=false", "eval.sets=[forget]", "eval.holdout_split=none"),
+        progress=False,
+    )
     assert cut["conventions"]["score_max_length"] == 40
     assert cut["sets"]["forget"]["probability"] != full["sets"]["forget"]["probability"]
 
@@ -166,19 +192,26 @@ def _tofu_aggregate_eval_stat(unlearn: dict, retain: dict) -> dict:
         else:
             false = np.exp(-np.array(list(log["average_perturb_loss"].values())))
             prob = np.mean(gt / np.concatenate([gt[:, None], false], axis=1).sum(-1))
-        stat = np.exp(np.array(list(log["average_perturb_loss"].values())).mean(-1)
-                      - np.array(list(log["avg_paraphrased_loss"].values())))
+        stat = np.exp(
+            np.array(list(log["average_perturb_loss"].values())).mean(-1)
+            - np.array(list(log["avg_paraphrased_loss"].values()))
+        )
         tr = np.mean(np.minimum(stat, 1 / stat)) if "forget" in name else np.mean(np.maximum(0, 1 - 1 / stat))
         out[name] = (prob, np.mean(list(log["rougeL_recall"].values())), tr)
     utility = hmean([v for name, vals in out.items() if "forget" not in name for v in vals])
 
     def ratios(logs):
         f = logs["eval_log_forget.json"]
-        return np.exp(np.array(list(f["average_perturb_loss"].values())).mean(-1)
-                      - np.array(list(f["avg_paraphrased_loss"].values())))
+        return np.exp(
+            np.array(list(f["average_perturb_loss"].values())).mean(-1)
+            - np.array(list(f["avg_paraphrased_loss"].values()))
+        )
 
-    return {"per_file": out, "model_utility": utility,
-            "forget_quality": ks_2samp(ratios(unlearn), ratios(retain)).pvalue}
+    return {
+        "per_file": out,
+        "model_utility": utility,
+        "forget_quality": ks_2samp(ratios(unlearn), ratios(retain)).pvalue,
+    }
 
 
 def test_tofu_logs_aggregate_as_tofus_own_script(tmp_path):
@@ -204,9 +237,13 @@ def test_open_unlearning_retain_reference_gives_forget_quality(tiny_eval, tmp_pa
     out, summary = tiny_eval
     ours = [r["truth_ratio"] for r in read_evaluation(out)[0] if r["set"] == "forget"]
     theirs = [0.3, 0.9, 1.7][: len(ours)]
-    ou = {"forget_truth_ratio": {"agg_value": 0.5, "value_by_index": {str(i): {"score": v}
-                                                                      for i, v in enumerate(theirs)}},
-          "mia_min_k": {"agg_value": 0.6}}
+    ou = {
+        "forget_truth_ratio": {
+            "agg_value": 0.5,
+            "value_by_index": {str(i): {"score": v} for i, v in enumerate(theirs)},
+        },
+        "mia_min_k": {"agg_value": 0.6},
+    }
     (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(ou))
     got = jaxunlearn.aggregate_evaluation(out, retain=tmp_path / "TOFU_EVAL.json")
     assert got["forget_quality"] == pytest.approx(ks_2samp(ours, theirs).pvalue)
@@ -233,6 +270,8 @@ def test_aggregate_command(tiny_eval, tmp_path):
     res = run_cli("aggregate", str(out), "--retain", str(out), "--json")
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
-    assert got["forget_quality"] == pytest.approx(1.0) and got["model_utility"] == pytest.approx(summary["model_utility"])
+    assert got["forget_quality"] == pytest.approx(1.0) and got["model_utility"] == pytest.approx(
+        summary["model_utility"]
+    )
     bad = run_cli("aggregate", str(tmp_path))
     assert bad.returncode == 2 and "holds no evaluation" in bad.stderr and "Traceback" not in bad.stderr

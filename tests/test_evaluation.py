@@ -49,7 +49,8 @@ def test_forget_quality_is_the_ks_p_value():
 
 def test_generation_metrics_by_hand():
     assert M.token_entropy(["a", "b", "a", "c"]) == pytest.approx(
-        -(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25)) / math.log2(4))
+        -(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25)) / math.log2(4)
+    )
     assert M.token_entropy(["x"]) == 0.0 and M.token_entropy(["x", "x", "x"]) == 0.0
     rouge = M.rouge_l_recall(["the cat sat", "nothing here"], ["the cat sat on the mat", "a dog"])
     assert rouge[0] == pytest.approx(3 / 6) and rouge[1] == 0.0
@@ -84,22 +85,51 @@ def test_mia_scores_auc_and_privleak_by_hand():
 
 def test_aggregation_on_a_hand_built_fixture():
     sets = {
-        "forget": {"rougeL_recall": 0.2, "probability": 0.1, "truth_ratio": 0.6, "truth_ratio_closer_look": 0.4,
-                   "cosine": 0.3, "entailment": 0.0, "token_entropy": 0.9},
-        "retain": {"probability": 0.8, "rougeL_recall": 0.7, "truth_ratio": 0.5, "token_entropy": 0.9,
-                   "cosine": 0.8, "entailment": 0.6},
-        "real_authors": {"probability": 0.6, "rougeL_recall": 0.9, "truth_ratio": 0.7, "token_entropy": 0.8,
-                         "cosine": 0.7, "entailment": 0.5},
-        "world_facts": {"probability": 0.5, "rougeL_recall": 0.8, "truth_ratio": 0.6, "token_entropy": 0.85,
-                        "cosine": 0.75, "entailment": 0.55},
+        "forget": {
+            "rougeL_recall": 0.2,
+            "probability": 0.1,
+            "truth_ratio": 0.6,
+            "truth_ratio_closer_look": 0.4,
+            "cosine": 0.3,
+            "entailment": 0.0,
+            "token_entropy": 0.9,
+        },
+        "retain": {
+            "probability": 0.8,
+            "rougeL_recall": 0.7,
+            "truth_ratio": 0.5,
+            "token_entropy": 0.9,
+            "cosine": 0.8,
+            "entailment": 0.6,
+        },
+        "real_authors": {
+            "probability": 0.6,
+            "rougeL_recall": 0.9,
+            "truth_ratio": 0.7,
+            "token_entropy": 0.8,
+            "cosine": 0.7,
+            "entailment": 0.5,
+        },
+        "world_facts": {
+            "probability": 0.5,
+            "rougeL_recall": 0.8,
+            "truth_ratio": 0.6,
+            "token_entropy": 0.85,
+            "cosine": 0.75,
+            "entailment": 0.55,
+        },
     }
     nine = [0.8, 0.7, 0.5, 0.6, 0.9, 0.7, 0.5, 0.8, 0.6]
-    records = [{"set": "forget", "mia": {"loss": v}} for v in (0.5, 1.0)] + \
-              [{"set": "holdout", "mia": {"loss": v}} for v in (2.0, 0.7)]
+    records = [{"set": "forget", "mia": {"loss": v}} for v in (0.5, 1.0)] + [
+        {"set": "holdout", "mia": {"loss": v}} for v in (2.0, 0.7)
+    ]
     out = aggregate(sets, records)
     assert out["model_utility"] == pytest.approx(9 / sum(1 / x for x in nine))
-    eighteen = [sets[s][k] for s in ("retain", "real_authors", "world_facts")
-                for k in ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")]
+    eighteen = [
+        sets[s][k]
+        for s in ("retain", "real_authors", "world_facts")
+        for k in ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")
+    ]
     assert out["model_utility_closer_look"] == pytest.approx(18 / sum(1 / x for x in eighteen))
     assert out["forget_efficacy"] == pytest.approx(1 - np.mean([0.2, 0.1, 0.4, 0.3, 0.0]))
     assert out["mia_auc"]["loss"] == pytest.approx(0.75)  # holdout > forget in 3 of 4 pairs
@@ -125,8 +155,11 @@ def test_score_kernel_matches_full_forward(tiny_checkpoints):
     light = score_rows(model, rows, pad_id=0, batch_size=4, buckets=(16, 32), full_stats=False)
     for i, (x, y) in enumerate(zip(rows.ids, rows.labels)):
         logits = np.asarray(model(x[None]))[0, :-1].astype(np.float64)
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
-            logits.max(-1, keepdims=True)
+        logp = (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - logits.max(-1, keepdims=True)
+        )
         sup = y[1:] != -100
         want = logp[np.arange(len(x) - 1), np.where(sup, y[1:], 0)][sup]
         np.testing.assert_allclose(full.token_logp[i], want, atol=1e-4)
@@ -224,8 +257,11 @@ def test_bert_encoder_matches_transformers():
     for i, e in enumerate(enc):
         ids[i, : len(e.ids)], mask[i, : len(e.ids)] = e.ids, 1
     with torch.no_grad():
-        ref = BertModel.from_pretrained(str(minilm_path())).eval()(
-            torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+        ref = (
+            BertModel.from_pretrained(str(minilm_path()))
+            .eval()(torch.tensor(ids), attention_mask=torch.tensor(mask))
+            .last_hidden_state.numpy()
+        )
     ours = np.asarray(emb.model(ids.astype(np.int32), mask.astype(np.int32)))
     assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
     pooled = (ref * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
@@ -258,8 +294,14 @@ def test_empty_split(tmp_path):
 def test_eval_and_report_cli_end_to_end(tiny_lm, tmp_path):
     from conftest import run_cli
 
-    common = [f"model.path={tiny_lm}", *TINY_TRAIN, "eval.num_rows=4", "eval.batch_size=4", "eval.max_length=48",
-              "data.buckets=[64,128]"]
+    common = [
+        f"model.path={tiny_lm}",
+        *TINY_TRAIN,
+        "eval.num_rows=4",
+        "eval.batch_size=4",
+        "eval.max_length=48",
+        "data.buckets=[64,128]",
+    ]
     a = run_cli("eval", *common, f"output.dir={tmp_path / 'a'}", "--no-progress")
     assert a.returncode == 0, a.stderr[-3000:]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
@@ -270,8 +312,14 @@ def test_eval_and_report_cli_end_to_end(tiny_lm, tmp_path):
     assert len(forget) == 4 and {"truth_ratio", "generation", "rougeL_recall", "cosine", "mia"} <= set(forget[0])
     assert (tmp_path / "a" / "report.md").exists() and (tmp_path / "a" / "truth_ratio.png").exists()
     # forget quality against a "retain model" evaluation: the same model gives p = 1
-    b = run_cli("eval", *common, f"output.dir={tmp_path / 'b'}", f"eval.retain_eval={tmp_path / 'a'}",
-                "eval.generate=false", "--no-progress")
+    b = run_cli(
+        "eval",
+        *common,
+        f"output.dir={tmp_path / 'b'}",
+        f"eval.retain_eval={tmp_path / 'a'}",
+        "eval.generate=false",
+        "--no-progress",
+    )
     assert b.returncode == 0, b.stderr[-3000:]
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["forget_quality"] == pytest.approx(1.0)
     again = run_cli("eval", *common, f"output.dir={tmp_path / 'a'}")

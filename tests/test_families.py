@@ -98,6 +98,7 @@ def test_unlearning_step_and_evaluation_run_unchanged(name, tiny_checkpoints):
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids))
 
-    texts = generate_texts(trained, Tok(), [r[:5] for r in rows.ids], pad_id=0, eos_ids=[2], batch_size=4,
-                           budgets=[4, 4, 4], buckets=(8,))
+    texts = generate_texts(
+        trained, Tok(), [r[:5] for r in rows.ids], pad_id=0, eos_ids=[2], batch_size=4, budgets=[4, 4, 4], buckets=(8,)
+    )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)

@@ -44,14 +44,25 @@ def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
     from jaxunlearn.evaluation.generation import decoding_layers
     from jaxunlearn.models.config import ModelConfig
 
-    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, dtype="bfloat16")
+    cfg = ModelConfig(
+        model_type="llama",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        dtype="bfloat16",
+    )
     model = jaxunlearn.create_model(cfg, seed=0)
     layers = decoding_layers(model, "unrolled")
     assert len(layers) == 2 and all(x.dtype == jnp.bfloat16 for p in layers for x in p.values())
     ids, mask = np.full((2, 5), 7, np.int32), np.ones((2, 5), np.int32)
-    np.testing.assert_array_equal(greedy_generate(model, ids, mask, 4, [-1], 0, layer_params=layers),
-                                  greedy_generate(model, ids, mask, 4, [-1], 0, layer_params="scan"))
+    np.testing.assert_array_equal(
+        greedy_generate(model, ids, mask, 4, [-1], 0, layer_params=layers),
+        greedy_generate(model, ids, mask, 4, [-1], 0, layer_params="scan"),
+    )
 
 
 def test_unknown_layer_loop_is_refused(tiny_checkpoints):

@@ -86,12 +86,15 @@ def test_per_query_mask_and_logits_at_positions(tiny_checkpoints):
     b, t = ids.shape
     full = np.asarray(model.forward(ids, mask).logits)
     causal = np.tril(np.ones((t, t), bool))[None] & mask.astype(bool)[:, None, :]
-    np.testing.assert_allclose(np.asarray(model.forward(ids, causal).logits)[mask.astype(bool)],
-                               full[mask.astype(bool)], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(model.forward(ids, mask, logits_to_keep=2).logits), full[:, -2:],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.forward(ids, causal).logits)[mask.astype(bool)], full[mask.astype(bool)], atol=1e-5
+    )
+    np.testing.assert_allclose(np.asarray(model.forward(ids, mask, logits_to_keep=2).logits), full[:, -2:], atol=1e-6)
     at = np.array([[3, 0, t - 1]] * b, np.int32)
-    np.testing.assert_allclose(np.asarray(model.forward(ids, mask, logits_to_keep=at).logits),
-                               np.take_along_axis(full, at[..., None], axis=1), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.forward(ids, mask, logits_to_keep=at).logits),
+        np.take_along_axis(full, at[..., None], axis=1),
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="cannot continue a KV cache"):
         model.forward(ids, causal, cache=model.init_cache(b, t + 4))

@@ -29,13 +29,15 @@ def make_batch(seed=0):
         mask = np.ones((B, T), np.int32)
         mask[0, -2:] = 0  # right padding
         labels = ids.copy()
-        labels[:, :2 + k % 2] = -100  # prompt
+        labels[:, : 2 + k % 2] = -100  # prompt
         labels[mask == 0] = -100
         batch[s] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        pol[s] = StreamOutputs(rng.randn(B, T, V).astype(np.float32) * 2,
-                               rng.randn(LAYERS + 1, B, T, D).astype(np.float32))
-        ref[s] = StreamOutputs(rng.randn(B, T, V).astype(np.float32) * 2,
-                               rng.randn(LAYERS + 1, B, T, D).astype(np.float32))
+        pol[s] = StreamOutputs(
+            rng.randn(B, T, V).astype(np.float32) * 2, rng.randn(LAYERS + 1, B, T, D).astype(np.float32)
+        )
+        ref[s] = StreamOutputs(
+            rng.randn(B, T, V).astype(np.float32) * 2, rng.randn(LAYERS + 1, B, T, D).astype(np.float32)
+        )
     return StepBatch.from_arrays(batch), pol, ref
 
 
@@ -87,7 +89,9 @@ def data():
 def test_ga_idk_gd(data):
     batch, pol, ref = data
     assert value("GA", *data) == pytest.approx(-tok_nll(pol["forget"].logits, batch.streams["forget"].labels), rel=1e-5)
-    assert value("IDK", *data) == pytest.approx(tok_nll(pol["forget_idk"].logits, batch.streams["forget_idk"].labels), rel=1e-5)
+    assert value("IDK", *data) == pytest.approx(
+        tok_nll(pol["forget_idk"].logits, batch.streams["forget_idk"].labels), rel=1e-5
+    )
     assert value("GD", *data) == pytest.approx(tok_nll(pol["retain"].logits, batch.streams["retain"].labels), rel=1e-5)
 
 
@@ -137,9 +141,11 @@ def test_me(data, positions, direction):
         per = (1.0 / V * (np.log(1.0 / V) - np.log(p))).sum(-1)
     else:  # paper text: KL(P||U) = log V - H(P)
         per = np.log(V) + (p * np.log(p)).sum(-1)
-    mask = {"all_padded": np.ones((B, T - 1), bool),
-            "prompt_and_answer": b.attention_mask[:, 1:] == 1,
-            "answer": b.labels[:, 1:] != -100}[positions]
+    mask = {
+        "all_padded": np.ones((B, T - 1), bool),
+        "prompt_and_answer": b.attention_mask[:, 1:] == 1,
+        "answer": b.labels[:, 1:] != -100,
+    }[positions]
     want = per[mask].mean()
     got = value("ME", *data, me_positions=positions, me_direction=direction)
     assert got == pytest.approx(want, rel=1e-5)
@@ -207,8 +213,9 @@ def test_rmu_forget_and_retain(data):
     control = coeff * u / np.linalg.norm(u)
     want = _mse_per_seq(pol["forget"].hidden_states[layer + 1], control, batch.streams["forget"].labels)
     assert value("RMU", *data, rmu_layer=layer, rmu_steering_coeff=coeff) == pytest.approx(want, rel=1e-5)
-    want_r = _mse_per_seq(pol["retain"].hidden_states[layer + 1], ref["retain"].hidden_states[layer + 1],
-                          batch.streams["retain"].labels)
+    want_r = _mse_per_seq(
+        pol["retain"].hidden_states[layer + 1], ref["retain"].hidden_states[layer + 1], batch.streams["retain"].labels
+    )
     assert value("RMU_RETAIN", *data, rmu_layer=layer) == pytest.approx(want_r, rel=1e-5)
 
 

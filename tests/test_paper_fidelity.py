@@ -94,7 +94,7 @@ def test_per_micro_batch_mean_equals_hf_gradient_accumulation():
         labels = ids.copy()
         for r in range(rows):  # prompts and padding of different lengths: group means differ
             labels[r, : 1 + r % 4] = -100
-            labels[r, length - r % 3:] = -100
+            labels[r, length - r % 3 :] = -100
         batch[s] = {"input_ids": ids, "attention_mask": (labels != -100).astype(np.int32), "labels": labels}
         logits[s] = (rng.randn(rows, length, vocab) * 2).astype(np.float32)
     objective = build_objective("GA+GD", forget_weight=0.7, retain_weight=1.0)
@@ -104,8 +104,9 @@ def test_per_micro_batch_mean_equals_hf_gradient_accumulation():
         pol = {"forget": StreamOutputs(lf), "retain": StreamOutputs(lr)}
         return objective.loss(pol, {}, batch, objective.row_weights(batch, group))[0]
 
-    value, (gf, gr) = jax.value_and_grad(ours, argnums=(0, 1))(jnp.asarray(logits["forget"]),
-                                                               jnp.asarray(logits["retain"]), k)
+    value, (gf, gr) = jax.value_and_grad(ours, argnums=(0, 1))(
+        jnp.asarray(logits["forget"]), jnp.asarray(logits["retain"]), k
+    )
     tf = torch.tensor(logits["forget"], requires_grad=True)
     tr = torch.tensor(logits["retain"], requires_grad=True)
     lab = {s: torch.tensor(arrays[s]["labels"], dtype=torch.long) for s in arrays}
@@ -185,8 +186,18 @@ def _one_adamw_step(param_dtype: str):
     from jaxunlearn.models.config import ModelConfig
     from jaxunlearn.training.step import init_state, make_train_step
 
-    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, param_dtype=param_dtype, dtype="bfloat16")
+    cfg = ModelConfig(
+        model_type="llama",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        param_dtype=param_dtype,
+        dtype="bfloat16",
+    )
     graphdef, params = nnx.split(jaxunlearn.create_model(cfg, seed=0))
     tx = optax.adamw(1e-5, weight_decay=0.0)
     objective = build_objective("GD")
@@ -243,10 +254,20 @@ print("GATHERS", kinds)
 @pytest.mark.subprocess
 def test_fsdp_all_gathers_weights_in_the_compute_dtype(tmp_path):
     """fp32 master weights, bf16 compute on 4 FSDP devices: the forward gathers bf16 weights."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=4 "
-               f"--xla_dump_to={tmp_path} --xla_dump_hlo_pass_re=spmd-partitioning")
-    out = subprocess.run([sys.executable, "-c", FSDP_GATHER, str(tmp_path)], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count=4 "
+        f"--xla_dump_to={tmp_path} --xla_dump_hlo_pass_re=spmd-partitioning",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", FSDP_GATHER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     gathers = eval(re.search(r"GATHERS (.*)", out.stdout).group(1))
     weights = [(dtype, shape) for dtype, shape in gathers if dtype != "s32"]

@@ -41,8 +41,7 @@ def _stats(logits, labels, mask):
 
 
 def stream_stats(model, streams, name, tokenizer, n=16):
-    it = BatchIterator({name: streams[name]}, n, seed=0, pad_id=pad_token_id(tokenizer), buckets=(128,),
-                       shuffle=False)
+    it = BatchIterator({name: streams[name]}, n, seed=0, pad_id=pad_token_id(tokenizer), buckets=(128,), shuffle=False)
     b = it.batch_at(0)[name]
     logits = model(b["input_ids"], b["attention_mask"])
     return [float(x) for x in _stats(logits, b["labels"], b["attention_mask"])]
@@ -64,7 +63,10 @@ def test_weight_decay_skips_norms_and_biases(tiny_checkpoints):
     opt = tx.init(params)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, opt, params)
-    flat = {jax.tree_util.keystr(p): np.abs(np.asarray(u)).max() for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    flat = {
+        jax.tree_util.keystr(p): np.abs(np.asarray(u)).max()
+        for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+    }
     assert all(v == 0 for k, v in flat.items() if "norm" in k or "bias" in k)
     assert all(v > 0 for k, v in flat.items() if "proj'" in k or "embed" in k)
 
@@ -96,8 +98,16 @@ def test_gradient_accumulation_equals_full_batch(tiny_lm, tmp_path, group):
 
 
 def test_ga_raises_forget_nll(tiny_lm, tmp_path):
-    cfg = config(tiny_lm, tmp_path, "objective.name=GA", "objective.forget_weight=1", "train.max_steps=4",
-                 "train.warmup_steps=0", "output.export=false", "train.lr=3e-3")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "objective.name=GA",
+        "objective.forget_weight=1",
+        "train.max_steps=4",
+        "train.warmup_steps=0",
+        "output.export=false",
+        "train.lr=3e-3",
+    )
     model, tok = jaxunlearn.load_pretrained(tiny_lm)
     objective = build_objective("GA")
     streams = unlearning_streams(cfg, tok, objective, *forget_and_retain(cfg))
@@ -110,8 +120,16 @@ def test_ga_raises_forget_nll(tiny_lm, tmp_path):
 
 
 def test_me_gd_raises_entropy_and_keeps_retain(tiny_lm, tmp_path):
-    cfg = config(tiny_lm, tmp_path, "objective.name=ME+GD", "objective.forget_weight=1", "train.max_steps=6",
-                 "train.warmup_steps=0", "output.export=false", "train.lr=3e-3")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "objective.name=ME+GD",
+        "objective.forget_weight=1",
+        "train.max_steps=6",
+        "train.warmup_steps=0",
+        "output.export=false",
+        "train.lr=3e-3",
+    )
     model, tok = jaxunlearn.load_pretrained(tiny_lm)
     objective = build_objective("ME+GD", 1.0, 1.0)
     streams = unlearning_streams(cfg, tok, objective, *forget_and_retain(cfg))
@@ -146,8 +164,14 @@ def test_unlearn_api_writes_run_and_export(tiny_lm, tmp_path):
 def test_precomputed_reference_matches_live_reference(tiny_lm, tmp_path):
     losses = []
     for pre in ("false", "true"):
-        cfg = config(tiny_lm, tmp_path / pre, "objective.name=NPO", "train.max_steps=2", "output.export=false",
-                     f"train.precompute_reference={pre}")
+        cfg = config(
+            tiny_lm,
+            tmp_path / pre,
+            "objective.name=NPO",
+            "train.max_steps=2",
+            "output.export=false",
+            f"train.precompute_reference={pre}",
+        )
         unlearn(cfg, progress=False)
         lines = (tmp_path / pre / "run" / "metrics.jsonl").read_text().splitlines()
         losses.append([json.loads(x)["loss"] for x in lines])
@@ -155,8 +179,14 @@ def test_precomputed_reference_matches_live_reference(tiny_lm, tmp_path):
 
 
 def test_finetune_lowers_nll(tiny_lm, tmp_path):
-    cfg = config(tiny_lm, tmp_path, "data.train_split=forget01", "train.max_steps=4", "train.warmup_steps=0",
-                 "output.export=false")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "data.train_split=forget01",
+        "train.max_steps=4",
+        "train.warmup_steps=0",
+        "output.export=false",
+    )
     summary = finetune(cfg, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss/GD"] < lines[0]["loss/GD"]
@@ -164,8 +194,16 @@ def test_finetune_lowers_nll(tiny_lm, tmp_path):
 
 
 def test_continual_tasks_chain(tiny_lm, tmp_path):
-    cfg = config(tiny_lm, tmp_path, "data.source=closer_look", "continual.split=forget01", "continual.tasks=[1,2]",
-                 "objective.name=GA", "train.max_steps=1", "data.max_retain_rows=40")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "data.source=closer_look",
+        "continual.split=forget01",
+        "continual.tasks=[1,2]",
+        "objective.name=GA",
+        "train.max_steps=1",
+        "data.max_retain_rows=40",
+    )
     report = unlearn(cfg, progress=False)
     tasks = report["tasks"]
     assert [t["task"] for t in tasks] == [1, 2] and all(t["forget_rows"] == 40 for t in tasks)
@@ -208,22 +246,43 @@ def test_unknown_config_key_names_closest():
         load_config(None, ["objective.options.me_direction=kl_to_uniform_"])
 
 
-
 def test_periodic_evaluation_inside_unlearning(tiny_lm, tmp_path):
-    cfg = config(tiny_lm, tmp_path, "objective.name=GA", "train.max_steps=2", "output.export=false",
-                 "eval.every_steps=1", "eval.num_rows=2", "eval.generate=false", "eval.sets=[forget]",
-                 "eval.holdout_split=none")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "objective.name=GA",
+        "train.max_steps=2",
+        "output.export=false",
+        "eval.every_steps=1",
+        "eval.num_rows=2",
+        "eval.generate=false",
+        "eval.sets=[forget]",
+        "eval.holdout_split=none",
+    )
     unlearn(cfg, progress=False)
-    probs = [json.loads((tmp_path / "run" / "eval" / f"step_{k}" / "summary.json").read_text())
-             ["sets"]["forget"]["probability"] for k in (1, 2)]
+    probs = [
+        json.loads((tmp_path / "run" / "eval" / f"step_{k}" / "summary.json").read_text())["sets"]["forget"][
+            "probability"
+        ]
+        for k in (1, 2)
+    ]
     assert probs[1] < probs[0]  # gradient ascent lowers the forget answers' probability
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_lm, tmp_path):
     from jaxunlearn.training.loop import TrainingError
 
-    cfg = config(tiny_lm, tmp_path, "objective.name=GA", "objective.forget_weight=1", "train.max_steps=6",
-                 "train.warmup_steps=0", "train.lr=1e30", "output.checkpoint_every=1", "output.export=false")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "objective.name=GA",
+        "objective.forget_weight=1",
+        "train.max_steps=6",
+        "train.warmup_steps=0",
+        "train.lr=1e30",
+        "output.checkpoint_every=1",
+        "output.export=false",
+    )
     with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step (\d).*last good checkpoint is step"):
         unlearn(cfg, progress=False)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -241,12 +300,21 @@ def test_training_and_evaluation_run_at_the_configured_matmul_precision(tiny_lm,
         def wrapped(*args, **kwargs):
             seen.append((name, jax.config.jax_default_matmul_precision))
             return real(*args, **kwargs)
+
         return wrapped
 
     monkeypatch.setattr(loop_module, "jit_train_step", spy("train", loop_module.jit_train_step))
     monkeypatch.setattr(evaluate_module, "score_candidates", spy("eval", evaluate_module.score_candidates))
-    common = ["objective.name=GA", "train.max_steps=1", "output.export=false", "eval.every_steps=1",
-              "eval.num_rows=2", "eval.generate=false", "eval.sets=[forget]", "eval.holdout_split=none"]
+    common = [
+        "objective.name=GA",
+        "train.max_steps=1",
+        "output.export=false",
+        "eval.every_steps=1",
+        "eval.num_rows=2",
+        "eval.generate=false",
+        "eval.sets=[forget]",
+        "eval.holdout_split=none",
+    ]
     unlearn(config(tiny_lm, tmp_path, *common), progress=False)  # fp32 compute: auto = highest
     unlearn(config(tiny_lm, tmp_path, *common, "model.matmul_precision=high"), overwrite=True, progress=False)
     assert seen == [("train", "highest"), ("eval", "highest"), ("train", "high"), ("eval", "high")]

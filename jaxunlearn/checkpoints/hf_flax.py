@@ -16,8 +16,14 @@ from flax import serialization
 from ..errors import CheckpointError
 
 FILENAME = "flax_model.msgpack"
-_LEAF = {"linear": "kernel", "conv1d": "kernel", "embedding": "embedding", "norm": "weight",
-         "layernorm": "scale", "bias": "bias"}
+_LEAF = {
+    "linear": "kernel",
+    "conv1d": "kernel",
+    "embedding": "embedding",
+    "norm": "weight",
+    "layernorm": "scale",
+    "bias": "bias",
+}
 # Flax kernels are the transpose of the PyTorch weight for nn.Linear and Conv1D alike.
 _TRANSPOSED = ("linear", "conv1d")
 

@@ -68,9 +68,7 @@ def resolve(source: str | Path) -> ResolvedCheckpoint:
         return ResolvedCheckpoint("hf-flax", path)
     if (path / TORCH_BIN).exists() or (path / TORCH_BIN_INDEX).exists():
         return ResolvedCheckpoint("torch-bin", path)
-    raise CheckpointError(
-        f"no weights in {path}: expected {SINGLE}, {INDEX}, {FLAX_FILE} or {TORCH_BIN}"
-    )
+    raise CheckpointError(f"no weights in {path}: expected {SINGLE}, {INDEX}, {FLAX_FILE} or {TORCH_BIN}")
 
 
 def download_from_hub(repo_id: str) -> Path:

@@ -39,4 +39,3 @@ def load_torch_bin(directory: Path) -> DictSource:
             else:
                 tensors[name] = t.numpy()
     return DictSource(tensors, description=str(directory / files[0]))
-

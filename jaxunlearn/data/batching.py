@@ -81,7 +81,9 @@ def build_streams(
     if needs_retain(streams) and not retain:
         raise DataError(f"streams {needs_retain(streams)} need a retain set, but it is empty")
     if needs_refusals(streams) and not refusals:
-        raise DataError(f"streams {needs_refusals(streams)} need refusal strings (idontknow.jsonl), but none were given")
+        raise DataError(
+            f"streams {needs_refusals(streams)} need refusal strings (idontknow.jsonl), but none were given"
+        )
     pairing = draw_pairing(len(forget), len(retain or []), len(refusals or []), seed, pairing)
     paired_retain = [retain[j] for j in pairing.retain_index] if needs_retain(streams) else []
     texts = {  # source -> (questions, answers) per forget index
@@ -92,8 +94,9 @@ def build_streams(
     out = {}
     for s in streams:
         question_from, answer_from = STREAM_SOURCES[s]
-        out[s] = encode_qa(tokenizer, template, texts[question_from][0], texts[answer_from][1],
-                           max_length=max_length, what=s)
+        out[s] = encode_qa(
+            tokenizer, template, texts[question_from][0], texts[answer_from][1], max_length=max_length, what=s
+        )
     return out
 
 
@@ -176,7 +179,7 @@ class BatchIterator:
         index = self.global_indices(step)
         length = bucket_length(int(self._longest[index].max()), self.buckets, self.pad_to)
         per = self.batch_size // self.process_count
-        local = index[self.process_index * per:(self.process_index + 1) * per]
+        local = index[self.process_index * per : (self.process_index + 1) * per]
         return {name: pad_rows(rows, local, length, self.pad_id) for name, rows in self.streams.items()}
 
     def __iter__(self):

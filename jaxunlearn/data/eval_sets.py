@@ -113,6 +113,6 @@ def left_pad(prompts: list[np.ndarray], pad_id: int, length: int | None = None):
     for row, p in enumerate(prompts):
         if len(p) > length:
             raise DataError(f"a prompt of {len(p)} tokens does not fit the generation length {length}")
-        ids[row, length - len(p):] = p
-        mask[row, length - len(p):] = 1
+        ids[row, length - len(p) :] = p
+        mask[row, length - len(p) :] = 1
     return ids, mask

@@ -13,10 +13,24 @@ from ..errors import DataError
 from .rows import read_lines, read_rows, require_fields
 
 TOFU_SPLITS = (
-    "full", "forget01", "forget05", "forget10", "retain90", "retain95", "retain99",
-    "holdout01", "holdout05", "holdout10", "forget01_perturbed", "forget05_perturbed",
-    "forget10_perturbed", "retain_perturbed", "real_authors", "real_authors_perturbed",
-    "world_facts", "world_facts_perturbed",
+    "full",
+    "forget01",
+    "forget05",
+    "forget10",
+    "retain90",
+    "retain95",
+    "retain99",
+    "holdout01",
+    "holdout05",
+    "holdout10",
+    "forget01_perturbed",
+    "forget05_perturbed",
+    "forget10_perturbed",
+    "retain_perturbed",
+    "real_authors",
+    "real_authors_perturbed",
+    "world_facts",
+    "world_facts_perturbed",
 )
 TOFU_HUB = "locuslab/TOFU"
 

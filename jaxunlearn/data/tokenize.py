@@ -49,8 +49,9 @@ def pad_token_id(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def encode_qa(tokenizer, template, questions: list[str], answers: list[str], max_length: int,
-              what: str = "rows") -> TokenizedRows:
+def encode_qa(
+    tokenizer, template, questions: list[str], answers: list[str], max_length: int, what: str = "rows"
+) -> TokenizedRows:
     """Tokenize (question, answer) pairs with the batch API; see the module docstring."""
     if len(questions) != len(answers):
         raise DataError(f"{what}: {len(questions)} questions but {len(answers)} answers")
@@ -80,8 +81,9 @@ def encode_qa(tokenizer, template, questions: list[str], answers: list[str], max
     return rows
 
 
-def encode_text_windows(tokenizer, texts: list[str], window: int, min_tokens: int = 2,
-                        what: str = "documents") -> TokenizedRows:
+def encode_text_windows(
+    tokenizer, texts: list[str], window: int, min_tokens: int = 2, what: str = "documents"
+) -> TokenizedRows:
     """Cut each document into consecutive windows of `window` tokens, every token supervised.
 
     A trailing window shorter than `min_tokens` is dropped (it has nothing to predict).
@@ -89,7 +91,7 @@ def encode_text_windows(tokenizer, texts: list[str], window: int, min_tokens: in
     rows = TokenizedRows([], [])
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         for start in range(0, len(ids), window):
-            chunk = np.asarray(ids[start:start + window], np.int32)
+            chunk = np.asarray(ids[start : start + window], np.int32)
             if len(chunk) >= min_tokens:
                 rows.ids.append(chunk)
                 rows.labels.append(chunk.copy())
@@ -103,8 +105,7 @@ def _report(rows: TokenizedRows, what: str, max_length: int) -> None:
         log.warning("%s: %d of %d rows truncated at max_length=%d", what, rows.truncated, len(rows), max_length)
     if len(rows) and rows.emptied == len(rows):
         raise DataError(
-            f"{what}: every row was truncated to nothing (the prompt fills max_length={max_length}); "
-            "raise max_length"
+            f"{what}: every row was truncated to nothing (the prompt fills max_length={max_length}); raise max_length"
         )
     if rows.emptied:
         log.warning("%s: %d rows have no answer token left after truncation", what, rows.emptied)

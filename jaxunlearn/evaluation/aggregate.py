@@ -71,8 +71,9 @@ def check_same_forget_rows(mine: list[dict], theirs: list[dict], where: str) -> 
         )
 
 
-def forget_quality(summary: dict, records: list[dict], retain_records: list[dict], retain_summary: dict | None,
-                   where: str) -> None:
+def forget_quality(
+    summary: dict, records: list[dict], retain_records: list[dict], retain_summary: dict | None, where: str
+) -> None:
     """Forget quality (KS p-value of forget-set truth ratios) and PrivLeak against a retain
     model's records (and its summary's MIA AUCs), added to `summary`."""
     check_same_forget_rows(records, retain_records, where)
@@ -83,5 +84,6 @@ def forget_quality(summary: dict, records: list[dict], retain_records: list[dict
     summary["forget_quality"] = M.forget_quality(mine, theirs)
     ref_auc = (retain_summary or {}).get("mia_auc") or {}
     if "mia_auc" in summary and ref_auc:
-        summary["privleak"] = {a: M.privleak(v, ref_auc[a]) for a, v in summary["mia_auc"].items()
-                               if a in ref_auc and ref_auc[a] < 1.0}
+        summary["privleak"] = {
+            a: M.privleak(v, ref_auc[a]) for a, v in summary["mia_auc"].items() if a in ref_auc and ref_auc[a] < 1.0
+        }

@@ -51,14 +51,22 @@ class BertEncoder(nnx.Module):
         self.emb_ln_w = nnx.Param(jnp.asarray(get(e + "LayerNorm.weight")))
         self.emb_ln_b = nnx.Param(jnp.asarray(get(e + "LayerNorm.bias")))
         names = {
-            "q_w": ("attention.self.query.weight", True), "q_b": ("attention.self.query.bias", False),
-            "k_w": ("attention.self.key.weight", True), "k_b": ("attention.self.key.bias", False),
-            "v_w": ("attention.self.value.weight", True), "v_b": ("attention.self.value.bias", False),
-            "o_w": ("attention.output.dense.weight", True), "o_b": ("attention.output.dense.bias", False),
-            "ln1_w": ("attention.output.LayerNorm.weight", False), "ln1_b": ("attention.output.LayerNorm.bias", False),
-            "i_w": ("intermediate.dense.weight", True), "i_b": ("intermediate.dense.bias", False),
-            "out_w": ("output.dense.weight", True), "out_b": ("output.dense.bias", False),
-            "ln2_w": ("output.LayerNorm.weight", False), "ln2_b": ("output.LayerNorm.bias", False),
+            "q_w": ("attention.self.query.weight", True),
+            "q_b": ("attention.self.query.bias", False),
+            "k_w": ("attention.self.key.weight", True),
+            "k_b": ("attention.self.key.bias", False),
+            "v_w": ("attention.self.value.weight", True),
+            "v_b": ("attention.self.value.bias", False),
+            "o_w": ("attention.output.dense.weight", True),
+            "o_b": ("attention.output.dense.bias", False),
+            "ln1_w": ("attention.output.LayerNorm.weight", False),
+            "ln1_b": ("attention.output.LayerNorm.bias", False),
+            "i_w": ("intermediate.dense.weight", True),
+            "i_b": ("intermediate.dense.bias", False),
+            "out_w": ("output.dense.weight", True),
+            "out_b": ("output.dense.bias", False),
+            "ln2_w": ("output.LayerNorm.weight", False),
+            "ln2_b": ("output.LayerNorm.bias", False),
         }
         self.layer_names = tuple(names)
         for attr, (suffix, transpose) in names.items():
@@ -123,7 +131,7 @@ class SentenceEmbedder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
+            chunk = texts[start : start + batch_size]
             enc = self.tokenizer.encode_batch(chunk)
             width = max(16, 1 << (max(len(e.ids) for e in enc) - 1).bit_length())
             ids = np.zeros((batch_size, width), np.int32)
@@ -131,6 +139,6 @@ class SentenceEmbedder:
             for i, e in enumerate(enc):
                 ids[i, : len(e.ids)] = e.ids
                 mask[i, : len(e.ids)] = 1
-            mask[len(chunk):, 0] = 1  # filler rows: one token, discarded below
+            mask[len(chunk) :, 0] = 1  # filler rows: one token, discarded below
             out.append(np.asarray(_embed(self.graphdef, self.params, ids, mask))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

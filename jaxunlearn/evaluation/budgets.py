@@ -20,14 +20,22 @@ from ..errors import ConfigError
 BUDGETS = ("tofu", "open_unlearning", "per_row")
 
 
-def generation_budgets(prompt_lengths, convention: str, max_length: int = 200, max_new_tokens: int = 200,
-                       tofu_batch_size: int = 30) -> np.ndarray:
+def generation_budgets(
+    prompt_lengths, convention: str, max_length: int = 200, max_new_tokens: int = 200, tofu_batch_size: int = 30
+) -> np.ndarray:
     """New-token budget per row (int64 [N], never negative)."""
     lengths = np.asarray(prompt_lengths, np.int64)
     if convention == "tofu":
-        longest = np.concatenate([np.full(len(chunk), chunk.max()) for chunk in
-                                  np.split(lengths, range(tofu_batch_size, len(lengths), tofu_batch_size))]
-                                 ) if len(lengths) else lengths
+        longest = (
+            np.concatenate(
+                [
+                    np.full(len(chunk), chunk.max())
+                    for chunk in np.split(lengths, range(tofu_batch_size, len(lengths), tofu_batch_size))
+                ]
+            )
+            if len(lengths)
+            else lengths
+        )
         budgets = max_length - longest
     elif convention == "open_unlearning":
         budgets = np.full(len(lengths), max_new_tokens, np.int64)

@@ -67,8 +67,9 @@ def score_candidates(model, evalset, pad: int, batch_size: int, mesh=None, bar=N
     return scores.take(gt_rows), scores.avg_nll
 
 
-def evaluate_model(model, tokenizer, template, cfg: RunConfig, embedder=None, judge=None, reference=None,
-                   progress: bool = True) -> tuple[list[dict], dict]:
+def evaluate_model(
+    model, tokenizer, template, cfg: RunConfig, embedder=None, judge=None, reference=None, progress: bool = True
+) -> tuple[list[dict], dict]:
     """(per-example records, summary) over the configured evaluation sets, with matmuls at
     model.matmul_precision (auto: highest for fp32 compute)."""
     with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.dtype)):
@@ -82,15 +83,36 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
     mesh = _data_mesh(e.batch_size)
     records, summary = [], {"sets": {}}
     for spec in load_sets(cfg):
-        evalset = build_eval_set(tokenizer, template, spec.rows, spec.name, e.score_max_length or cfg.data.max_length,
-                                 e.num_rows, base_key=spec.base_key)
+        evalset = build_eval_set(
+            tokenizer,
+            template,
+            spec.rows,
+            spec.name,
+            e.score_max_length or cfg.data.max_length,
+            e.num_rows,
+            base_key=spec.base_key,
+        )
         n = len(evalset)
-        bar = tqdm(total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
-                   desc=f"eval {spec.name}", unit="row", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
+            desc=f"eval {spec.name}",
+            unit="row",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, bar)
         gt, para, pert = _per_candidate(evalset, avg_nll)
-        rec = [{"set": spec.name, "index": i, "question": r["question"], "answer": evalset.references[i],
-                "avg_nll": float(gt[i]), "probability": float(np.exp(-gt[i]))} for i, r in enumerate(evalset.rows)]
+        rec = [
+            {
+                "set": spec.name,
+                "index": i,
+                "question": r["question"],
+                "answer": evalset.references[i],
+                "avg_nll": float(gt[i]),
+                "probability": float(np.exp(-gt[i])),
+            }
+            for i, r in enumerate(evalset.rows)
+        ]
         if evalset.num_perturbed:
             r = M.truth_ratios(para, pert)
             for i in range(n):
@@ -103,10 +125,16 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
         done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
         available = {"scores"}
         if e.generate and spec.name != "holdout":
-            budgets = generation_budgets([len(p) for p in evalset.prompts], e.generation_budget, e.max_length,
-                                         e.max_new_tokens, e.tofu_batch_size)
-            done.generations = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id,
-                                              e.batch_size, budgets, progress=bar)
+            budgets = generation_budgets(
+                [len(p) for p in evalset.prompts],
+                e.generation_budget,
+                e.max_length,
+                e.max_new_tokens,
+                e.tofu_batch_size,
+            )
+            done.generations = generate_texts(
+                model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, e.batch_size, budgets, progress=bar
+            )
             done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
             for i in range(n):
                 rec[i]["generation"] = done.generations[i]
@@ -117,7 +145,7 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
         for metric in EXAMPLE_METRICS.values():
             if metric.needs in available:
                 values = metric.compute(done)
-                for field, column in (values.items() if isinstance(values, dict) else [(metric.name, values)]):
+                for field, column in values.items() if isinstance(values, dict) else [(metric.name, values)]:
                     for i in range(n):
                         rec[i][field] = column[i]
         bar.close()
@@ -126,8 +154,11 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
     if reference is not None:
         _reference_mia(records, reference, tokenizer, template, cfg, pad)
     summary.update(aggregate(summary["sets"], records))
-    summary["conventions"] = {"generation_budget": e.generation_budget, "memorization": e.memorization,
-                              "score_max_length": e.score_max_length or cfg.data.max_length}
+    summary["conventions"] = {
+        "generation_budget": e.generation_budget,
+        "memorization": e.memorization,
+        "score_max_length": e.score_max_length or cfg.data.max_length,
+    }
     if embedder is not None:
         summary["embedding_model"] = embedder.name
     if judge is not None:
@@ -140,8 +171,14 @@ def _reference_mia(records, reference, tokenizer, template, cfg, pad):
     from ..data.tokenize import encode_qa
 
     rows = [r for r in records if r["set"] in ("forget", "holdout")]
-    enc = encode_qa(tokenizer, template, [r["question"] for r in rows], [r["answer"] for r in rows],
-                    cfg.data.max_length, what="mia reference")
+    enc = encode_qa(
+        tokenizer,
+        template,
+        [r["question"] for r in rows],
+        [r["answer"] for r in rows],
+        cfg.data.max_length,
+        what="mia reference",
+    )
     ref_loss = score_rows(reference, enc, pad, cfg.eval.batch_size, tuple(cfg.data.buckets)).avg_nll
     for r, loss in zip(rows, ref_loss):
         r["mia"]["reference_difference"] = r["mia"]["loss"] - float(loss)

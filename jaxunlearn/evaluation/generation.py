@@ -14,8 +14,7 @@ from ..models.stack import unstack_layers
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, pad_id, budgets,
-            max_new_tokens: int):
+def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, pad_id, budgets, max_new_tokens: int):
     model = nnx.merge(graphdef, state)
     b, t = input_ids.shape
     cache = model.init_cache(b, t + max_new_tokens)
@@ -60,8 +59,16 @@ def decoding_layers(model, layer_loop: str = "auto"):
     return unstack_layers(model.layers.arrays(), to_dtype(model.config.dtype))
 
 
-def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_token_ids, pad_token_id: int,
-                    layer_params="auto", budgets=None):
+def greedy_generate(
+    model,
+    input_ids,
+    attention_mask,
+    max_new_tokens: int,
+    eos_token_ids,
+    pad_token_id: int,
+    layer_params="auto",
+    budgets=None,
+):
     """Greedy continuation of left-padded prompts: int32 [B, max_new_tokens].
 
     Each row stops at its first EOS (which is kept) or after its own budget of new tokens
@@ -77,8 +84,15 @@ def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_t
         budgets = np.full(len(input_ids), max_new_tokens)
     budgets = np.minimum(np.asarray(budgets, np.int32), max_new_tokens)
     out = _greedy(
-        graphdef, state, layer_params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-        eos, jnp.int32(pad_token_id), jnp.asarray(budgets), int(max_new_tokens),
+        graphdef,
+        state,
+        layer_params,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        eos,
+        jnp.int32(pad_token_id),
+        jnp.asarray(budgets),
+        int(max_new_tokens),
     )
     return np.asarray(out)
 

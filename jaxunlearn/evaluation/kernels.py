@@ -33,8 +33,13 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     if not full_stats:  # log p(target) only: a logsumexp and a gather, no [..., V] temporaries
         tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
         zeros = jnp.zeros_like(tok)
-        return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": zeros, "sigma": zeros,
-                "correct": jnp.zeros_like(sup)}
+        return {
+            "token_logp": jnp.where(sup, tok, 0.0),
+            "mask": sup,
+            "mu": zeros,
+            "sigma": zeros,
+            "correct": jnp.zeros_like(sup),
+        }
     logp = log_probs(lg)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     p = jnp.exp(logp)
@@ -42,8 +47,7 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     # centred, not E[logp^2] - mu^2: in fp32 that difference of two ~17s lost 3 digits of a 0.1
     sigma = jnp.sqrt((p * jnp.square(logp - mu[..., None])).sum(-1))
     correct = jnp.argmax(lg, axis=-1) == targets
-    return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": mu, "sigma": sigma,
-            "correct": correct & sup}
+    return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": mu, "sigma": sigma, "correct": correct & sup}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "full_stats"))
@@ -96,9 +100,16 @@ def place_batch(x, mesh):
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
 
 
-def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
-               buckets: tuple[int, ...] = (64, 128, 256, 512), mesh=None, progress=None,
-               full_stats: bool = True) -> RowScores:
+def score_rows(
+    model,
+    rows: TokenizedRows,
+    pad_id: int,
+    batch_size: int = 16,
+    buckets: tuple[int, ...] = (64, 128, 256, 512),
+    mesh=None,
+    progress=None,
+    full_stats: bool = True,
+) -> RowScores:
     """Score every row; rows are processed longest-first in fixed-size batches.
 
     full_stats=False computes only the token log-probs (mu, sigma, correct come back 0)."""
@@ -107,7 +118,7 @@ def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
     order = np.argsort(-rows.lengths(), kind="stable")
     out = {k: [None] * n for k in ("token_logp", "correct", "mu", "sigma")}
     for start in range(0, n, batch_size):
-        index = list(order[start:start + batch_size])
+        index = list(order[start : start + batch_size])
         real = len(index)
         index += [index[-1]] * (batch_size - real)  # a full batch keeps one compiled shape
         length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
@@ -126,8 +137,17 @@ def score_rows(model, rows: TokenizedRows, pad_id: int, batch_size: int = 16,
     return RowScores(**out)
 
 
-def generate_texts(model, tokenizer, prompts: list[np.ndarray], pad_id: int, eos_ids, batch_size: int = 16,
-                   budgets=None, buckets: tuple[int, ...] = (64, 128, 256), progress=None) -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: list[np.ndarray],
+    pad_id: int,
+    eos_ids,
+    batch_size: int = 16,
+    budgets=None,
+    buckets: tuple[int, ...] = (64, 128, 256),
+    progress=None,
+) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
     (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
     against a budget: the buffer is sized by the batch's largest budget, rounded up to a
@@ -141,7 +161,7 @@ def generate_texts(model, tokenizer, prompts: list[np.ndarray], pad_id: int, eos
     eos = set(np.atleast_1d(eos_ids).tolist())
     layer_params = decoding_layers(model)
     for start in range(0, n, batch_size):
-        index = list(order[start:start + batch_size])
+        index = list(order[start : start + batch_size])
         real = len(index)
         index += [index[-1]] * (padded_batch(real, batch_size) - real)
         longest = max(len(prompts[i]) for i in index)

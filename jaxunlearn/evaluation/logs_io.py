@@ -21,8 +21,12 @@ from ..errors import DataError
 
 PER_EXAMPLE = "per_example.jsonl"
 SUMMARY = "summary.json"
-TOFU_FILES = {"eval_log.json": "retain", "eval_log_forget.json": "forget",
-              "eval_real_author_wo_options.json": "real_authors", "eval_real_world_wo_options.json": "world_facts"}
+TOFU_FILES = {
+    "eval_log.json": "retain",
+    "eval_log_forget.json": "forget",
+    "eval_real_author_wo_options.json": "real_authors",
+    "eval_real_world_wo_options.json": "world_facts",
+}
 TOFU_AGGREGATED = "eval_log_aggregated.json"
 OU_EVAL, OU_SUMMARY = "TOFU_EVAL.json", "TOFU_SUMMARY.json"
 OU_SET = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
@@ -54,8 +58,11 @@ def tofu_log_records(log: dict, set_name: str, where: str) -> list[dict]:
         para = log.get("avg_paraphrased_loss", {}).get(index)
         pert = log.get("average_perturb_loss", {}).get(index)
         if para is not None and pert is not None:
-            rec.update(avg_nll_base=float(para), avg_nll_perturbed=[float(x) for x in pert],
-                       truth_ratio=float(np.exp(float(para) - np.mean(pert))))
+            rec.update(
+                avg_nll_base=float(para),
+                avg_nll_perturbed=[float(x) for x in pert],
+                truth_ratio=float(np.exp(float(para) - np.mean(pert))),
+            )
         if index in log.get("rougeL_recall", {}):
             rec["rougeL_recall"] = float(log["rougeL_recall"][index])
         text = log.get("generated_text", {}).get(index)
@@ -110,8 +117,11 @@ def read_open_unlearning(path: str | Path) -> tuple[list[dict], dict]:
             records.append(rec)
     if not records:
         raise DataError(f"{path} holds no per-example TOFU metrics of open-unlearning (e.g. forget_truth_ratio)")
-    auc = {ours: float(logs[theirs]["agg_value"]) for ours, theirs in OU_MIA.items()
-           if (logs.get(theirs) or {}).get("agg_value") is not None}
+    auc = {
+        ours: float(logs[theirs]["agg_value"])
+        for ours, theirs in OU_MIA.items()
+        if (logs.get(theirs) or {}).get("agg_value") is not None
+    }
     return records, ({"mia_auc": auc} if auc else {})
 
 
@@ -130,15 +140,30 @@ def open_unlearning_logs(records: list[dict], summary: dict) -> tuple[dict, dict
             continue
         stats = sets.get(name, {})
         prob_key = f"{prefix}_Q_A_Prob" + ("_normalised" if name in ("real_authors", "world_facts") else "")
-        put(prob_key, stats.get("probability"),
-            {str(r["index"]): {"prob": r.get("probability"), "avg_loss": r.get("avg_nll")} for r in recs})
+        put(
+            prob_key,
+            stats.get("probability"),
+            {str(r["index"]): {"prob": r.get("probability"), "avg_loss": r.get("avg_nll")} for r in recs},
+        )
         if "rougeL_recall" in stats:
-            put(f"{prefix}_Q_A_ROUGE", stats["rougeL_recall"],
-                {str(r["index"]): {"rougeL_recall": r.get("rougeL_recall"), "generation": r.get("generation"),
-                                   "ground_truth": r.get("answer")} for r in recs})
+            put(
+                f"{prefix}_Q_A_ROUGE",
+                stats["rougeL_recall"],
+                {
+                    str(r["index"]): {
+                        "rougeL_recall": r.get("rougeL_recall"),
+                        "generation": r.get("generation"),
+                        "ground_truth": r.get("answer"),
+                    }
+                    for r in recs
+                },
+            )
         if "truth_ratio" in stats:
-            put(f"{prefix}_Truth_Ratio" if name != "forget" else "forget_truth_ratio", stats["truth_ratio"],
-                {str(r["index"]): {"score": r.get("truth_ratio")} for r in recs})
+            put(
+                f"{prefix}_Truth_Ratio" if name != "forget" else "forget_truth_ratio",
+                stats["truth_ratio"],
+                {str(r["index"]): {"score": r.get("truth_ratio")} for r in recs},
+            )
     forget = sets.get("forget", {})
     for key in ("extraction_strength", "exact_memorization"):
         put(key, forget.get(key))
@@ -147,8 +172,16 @@ def open_unlearning_logs(records: list[dict], summary: dict) -> tuple[dict, dict
     put("model_utility", summary.get("model_utility"))
     put("forget_quality", summary.get("forget_quality"))
     put("privleak", (summary.get("privleak") or {}).get("min_k"))
-    headline = {"forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "model_utility",
-                "privleak", "extraction_strength", "exact_memorization"}
+    headline = {
+        "forget_quality",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_truth_ratio",
+        "model_utility",
+        "privleak",
+        "extraction_strength",
+        "exact_memorization",
+    }
     return logs, {k: v["agg_value"] for k, v in logs.items() if k in headline}
 
 

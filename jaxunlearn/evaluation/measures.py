@@ -22,7 +22,9 @@ def _answer_rows(p):
     return [(int(p.evalset.example[r]), i) for i, r in enumerate(np.flatnonzero(p.evalset.kind == GT))]
 
 
-@example_metric("memorization", "scores", "exact memorization and extraction strength of the answer (eval.memorization)")
+@example_metric(
+    "memorization", "scores", "exact memorization and extraction strength of the answer (eval.memorization)"
+)
 def memorization(p):
     exact, extraction = M.MEMORIZATION[p.options.memorization]
     em, es = [None] * len(p.evalset), [None] * len(p.evalset)
@@ -36,8 +38,12 @@ def mia(p):
     out = [None] * len(p.evalset)
     for ex, i in _answer_rows(p):
         lp = p.scores.token_logp[i]
-        out[ex] = {"loss": M.mia_loss(lp), "zlib": M.mia_zlib(lp, p.evalset.references[ex]),
-                   "min_k": M.mia_min_k(lp), "min_k_plus_plus": M.mia_min_k_plus_plus(lp, p.scores.mu[i], p.scores.sigma[i])}
+        out[ex] = {
+            "loss": M.mia_loss(lp),
+            "zlib": M.mia_zlib(lp, p.evalset.references[ex]),
+            "min_k": M.mia_min_k(lp),
+            "min_k_plus_plus": M.mia_min_k_plus_plus(lp, p.scores.mu[i], p.scores.sigma[i]),
+        }
     return out
 
 
@@ -70,8 +76,12 @@ def _values(recs, key):
     return np.array([r[key] for r in recs])
 
 
-@set_metric("probability", ("avg_nll",), "forget/retain: mean exp(-avgNLL); real authors / world facts: "
-            "normalized over the answer and the perturbed answers")
+@set_metric(
+    "probability",
+    ("avg_nll",),
+    "forget/retain: mean exp(-avgNLL); real authors / world facts: "
+    "normalized over the answer and the perturbed answers",
+)
 def probability(name, recs):
     if name in NORMALIZED and all(r.get("avg_nll_perturbed") is not None for r in recs):
         return M.normalized_probability(_values(recs, "avg_nll"), _values(recs, "avg_nll_perturbed"))
@@ -112,23 +122,30 @@ _mean_of("extraction_strength", "mean extraction strength")
 # --- over sets -----------------------------------------------------------------------------
 
 
-@aggregate_metric("model_utility", "probability, ROUGE-L, truth ratio x retain, real authors, world facts",
-                  "TOFU: harmonic mean of 9 numbers")
+@aggregate_metric(
+    "model_utility",
+    "probability, ROUGE-L, truth ratio x retain, real authors, world facts",
+    "TOFU: harmonic mean of 9 numbers",
+)
 def model_utility(sets, records):
     nine = [sets.get(s, {}).get(k) for s in UTILITY_SETS for k in ("probability", "rougeL_recall", "truth_ratio")]
     return M.harmonic_mean(nine) if all(v is not None for v in nine) else None
 
 
-@aggregate_metric("model_utility_closer_look", "TOFU's 9 plus token entropy, cosine, entailment x the 3 sets",
-                  "Closer Look: harmonic mean of 18 numbers")
+@aggregate_metric(
+    "model_utility_closer_look",
+    "TOFU's 9 plus token entropy, cosine, entailment x the 3 sets",
+    "Closer Look: harmonic mean of 18 numbers",
+)
 def model_utility_closer_look(sets, records):
     keys = ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")
     eighteen = [sets.get(s, {}).get(k) for s in UTILITY_SETS for k in keys]
     return M.harmonic_mean(eighteen) if all(v is not None for v in eighteen) else None
 
 
-@aggregate_metric("forget_efficacy", "forget ROUGE-L, probability, truth ratio (Closer Look), cosine, entailment",
-                  "1 - their mean")
+@aggregate_metric(
+    "forget_efficacy", "forget ROUGE-L, probability, truth ratio (Closer Look), cosine, entailment", "1 - their mean"
+)
 def forget_efficacy(sets, records):
     f = sets.get("forget", {})
     fe = [f.get(k) for k in ("rougeL_recall", "probability", "truth_ratio_closer_look", "cosine", "entailment")]
@@ -141,5 +158,8 @@ def mia_auc(sets, records):
     holdout = [r["mia"] for r in records if r["set"] == "holdout" and r.get("mia")]
     if not (forget and holdout):
         return None
-    return {a: M.auc([x[a] for x in forget], [x[a] for x in holdout])
-            for a in forget[0] if all(a in x for x in forget + holdout)}
+    return {
+        a: M.auc([x[a] for x in forget], [x[a] for x in holdout])
+        for a in forget[0]
+        if all(a in x for x in forget + holdout)
+    }

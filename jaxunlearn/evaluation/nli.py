@@ -50,8 +50,7 @@ class CausalLMNLIJudge:
     al. 2021) removes the small model's prior toward "no". A small LM is a weak judge;
     reports say which judge produced the numbers."""
 
-    QUESTION = ("Premise: {p}\nHypothesis: {h}\n"
-                "Does the premise imply the hypothesis? Answer with yes or no.")
+    QUESTION = "Premise: {p}\nHypothesis: {h}\nDoes the premise imply the hypothesis? Answer with yes or no."
 
     def __init__(self, model, tokenizer, model_name: str, batch_size: int = 8):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -74,8 +73,10 @@ class CausalLMNLIJudge:
         chat = bool(getattr(self.tokenizer, "chat_template", None))
         out = []
         for start in range(0, len(premises), self.batch_size):
-            texts = [self.QUESTION.format(p=p, h=h) for p, h in
-                     zip(premises[start:start + self.batch_size], hypotheses[start:start + self.batch_size])]
+            texts = [
+                self.QUESTION.format(p=p, h=h)
+                for p, h in zip(premises[start : start + self.batch_size], hypotheses[start : start + self.batch_size])
+            ]
             real = len(texts)
             texts += [texts[-1]] * (self.batch_size - real)
             ids, mask, _ = encode_prompts(self.tokenizer, texts, chat=chat, round_width=True)

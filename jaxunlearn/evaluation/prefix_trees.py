@@ -72,8 +72,14 @@ class PackedTrees:
                 slots.append(slot)
                 up = slot
             row_sequence[r], row_slots[r] = len(ids) - 1, np.asarray(slots, np.int64)
-        return cls(_pad(ids, width, pad_id), _pad(depth, width, 0), _pad(parent, width, -1),
-                   np.array([len(x) for x in ids], np.int64), row_sequence, row_slots)
+        return cls(
+            _pad(ids, width, pad_id),
+            _pad(depth, width, 0),
+            _pad(parent, width, -1),
+            np.array([len(x) for x in ids], np.int64),
+            row_sequence,
+            row_slots,
+        )
 
     def ancestors(self, sequence: int) -> np.ndarray:
         """[W, W] bool: slot i sees slot j when j is i or one of i's ancestors."""
@@ -98,7 +104,7 @@ def _new_nodes(children: dict, row: list[int]) -> int:
 def _pad(parts: list[list[int]], width: int, fill: int) -> np.ndarray:
     out = np.full((len(parts), width), fill, np.int32)
     for i, x in enumerate(parts):
-        out[i, :len(x)] = x
+        out[i, : len(x)] = x
     return out
 
 
@@ -107,12 +113,17 @@ def _score_sequences(graphdef, params, b: dict):
     """Per slot the log-prob of its token given its ancestors; memorization and Min-K%++
     statistics at the `full_slots` (-1: padding)."""
     model = nnx.merge(graphdef, params)
-    logits = model.forward(b["ids"], b["seen"], positions=b["depth"],
-                           logits_to_keep=jnp.maximum(b["parent"], 0)).logits  # slot i: logits at its parent
+    logits = model.forward(
+        b["ids"], b["seen"], positions=b["depth"], logits_to_keep=jnp.maximum(b["parent"], 0)
+    ).logits  # slot i: logits at its parent
     light = token_statistics(logits, b["ids"], b["parent"] >= 0, full_stats=False)
     at = jnp.maximum(b["full_slots"], 0)
-    full = token_statistics(jnp.take_along_axis(logits, at[..., None], axis=1),
-                            jnp.take_along_axis(b["ids"], at, axis=1), b["full_slots"] >= 0, full_stats=True)
+    full = token_statistics(
+        jnp.take_along_axis(logits, at[..., None], axis=1),
+        jnp.take_along_axis(b["ids"], at, axis=1),
+        b["full_slots"] >= 0,
+        full_stats=True,
+    )
     return {"token_logp": light["token_logp"], "mu": full["mu"], "sigma": full["sigma"], "correct": full["correct"]}
 
 
@@ -122,8 +133,16 @@ def _supervised(rows: TokenizedRows, r: int) -> np.ndarray:
     return sup[sup > 0]
 
 
-def score_prefix_trees(model, rows: TokenizedRows, pad_id: int, full: np.ndarray, batch_size: int = 16,
-                       mesh=None, progress=None, width: int | None = None) -> RowScores:
+def score_prefix_trees(
+    model,
+    rows: TokenizedRows,
+    pad_id: int,
+    full: np.ndarray,
+    batch_size: int = 16,
+    mesh=None,
+    progress=None,
+    width: int | None = None,
+) -> RowScores:
     """Every row's supervised-token log-probs, each shared prefix computed once; the rows
     where `full` is set also get the memorization and Min-K%++ statistics (the others come
     back with zeros there), as `score_rows` gives them. Sequences are `width` wide (default
@@ -138,17 +157,23 @@ def score_prefix_trees(model, rows: TokenizedRows, pad_id: int, full: np.ndarray
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
     scored = [trees.row_slots[r][_supervised(rows, r)] for r in range(len(rows))]  # slots of supervised tokens
     # per sequence, the sorted slots that need full statistics
-    full_slots = [np.unique(np.concatenate([np.zeros(0, np.int64)] + [scored[r] for r in members[s] if full[r]]))
-                  for s in range(len(trees.ids))]
+    full_slots = [
+        np.unique(np.concatenate([np.zeros(0, np.int64)] + [scored[r] for r in members[s] if full[r]]))
+        for s in range(len(trees.ids))
+    ]
     count = bucket_length(max([1, *(len(x) for x in full_slots)]), LENGTH_BUCKETS, None)  # one per call
     graphdef, params = nnx.split(model)
     out = {k: [None] * len(rows) for k in ("token_logp", "correct", "mu", "sigma")}
     for start in range(0, len(trees.ids), per_batch):
         batch = list(range(start, min(start + per_batch, len(trees.ids))))
         size = padded_batch(len(batch), per_batch, multiple)
-        a = {"ids": trees.ids[batch], "depth": trees.depth[batch], "parent": trees.parent[batch],
-             "seen": np.stack([trees.ancestors(s) for s in batch]),
-             "full_slots": _pad([full_slots[s] for s in batch], count, -1)}
+        a = {
+            "ids": trees.ids[batch],
+            "depth": trees.depth[batch],
+            "parent": trees.parent[batch],
+            "seen": np.stack([trees.ancestors(s) for s in batch]),
+            "full_slots": _pad([full_slots[s] for s in batch], count, -1),
+        }
         a = {k: np.concatenate([v, np.repeat(v[-1:], size - len(batch), axis=0)]) for k, v in a.items()}
         res = jax.device_get(_score_sequences(graphdef, params, {k: place_batch(v, mesh) for k, v in a.items()}))
         for j, s in enumerate(batch):

@@ -21,8 +21,12 @@ def _fmt(v) -> str:
 
 
 def markdown_table(summary: dict, title: str = "") -> str:
-    lines = [f"## {title}" if title else "", "", "| set | rows | " + " | ".join(COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = [
+        f"## {title}" if title else "",
+        "",
+        "| set | rows | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 2) + "|",
+    ]
     for name, stats in summary["sets"].items():
         lines.append(f"| {name} | {stats['rows']} | " + " | ".join(_fmt(stats.get(c)) for c in COLUMNS) + " |")
     lines += ["", "| headline | value |", "|---|---|"]

@@ -43,14 +43,16 @@ def load_sets(cfg: RunConfig) -> list[SetSpec]:
         if not rows:
             raise DataError(f"evaluation set {name!r} is empty; check data.source / eval.forget_split")
         ref_key = "original_answer" if rows and "original_answer" in rows[0] else "answer"
-        specs.append(SetSpec(
-            name=name,
-            rows=rows,
-            base_key=None if name in ("real_authors", "world_facts", "holdout") else "paraphrased_answer",
-            kind="forget" if name in ("forget", "holdout") else "retain",
-            normalized_probability=name in ("real_authors", "world_facts"),
-            reference_key=ref_key,
-        ))
+        specs.append(
+            SetSpec(
+                name=name,
+                rows=rows,
+                base_key=None if name in ("real_authors", "world_facts", "holdout") else "paraphrased_answer",
+                kind="forget" if name in ("forget", "holdout") else "retain",
+                normalized_probability=name in ("real_authors", "world_facts"),
+                reference_key=ref_key,
+            )
+        )
     return specs
 
 
@@ -75,8 +77,11 @@ def _rows(cfg: RunConfig, name: str, holdout: str) -> list[dict]:
 
 def _tofu_or_closer(cfg: RunConfig, name: str) -> list[dict]:
     d = cfg.data
-    split = {"retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
-             "world_facts": "world_facts_perturbed"}[name]
+    split = {
+        "retain": "retain_perturbed",
+        "real_authors": "real_authors_perturbed",
+        "world_facts": "world_facts_perturbed",
+    }[name]
     if d.source in ("closer_look", "real_world"):
         from ..data.sources import _closer_dir
 

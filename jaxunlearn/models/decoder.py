@@ -136,8 +136,9 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
         rot = cos.shape[-1]
         q, k = _rope(q, cos, sin, rot), _rope(k, cos, sin, rot)
     cache_kv, k, v = layer_keys_values(cache_kv, k, v, cache_index)
-    attn = L.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed,
-                                   scale=c.option("attn_scale"), softcap=c.option("attn_softcap"))
+    attn = L.dot_product_attention(
+        q, k.astype(q.dtype), v.astype(q.dtype), allowed, scale=c.option("attn_scale"), softcap=c.option("attn_softcap")
+    )
     attn = _linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
     residual = c.option("residual", "sequential")
     if residual == "parallel_shared_norm":
@@ -176,18 +177,27 @@ class DecoderForCausalLM(nnx.Module):
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
         c = self.config
-        return KVCache.zeros(c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim,
-                             to_dtype(dtype or c.dtype))
+        return KVCache.zeros(
+            c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim, to_dtype(dtype or c.dtype)
+        )
 
-    def forward(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
-                output_hidden_states: bool = False, layer_params: list[dict] | None = None,
-                logits_to_keep: int | jax.Array = 0) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        positions=None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        layer_params: list[dict] | None = None,
+        logits_to_keep: int | jax.Array = 0,
+    ) -> CausalLMOutput:
         """As LlamaForCausalLM.forward."""
         c = self.config
         dt = to_dtype(c.dtype)
         t = input_ids.shape[1]
-        attention_mask, positions, key_valid, key_pos, start = token_positions(input_ids, attention_mask,
-                                                                               positions, cache)
+        attention_mask, positions, key_valid, key_pos, start = token_positions(
+            input_ids, attention_mask, positions, cache
+        )
         allowed = L.attention_mask(positions, key_pos, key_valid, None)
         sliding = c.option("sliding_layers")
         local = L.attention_mask(positions, key_pos, key_valid, c.sliding_window) if sliding else allowed
@@ -218,12 +228,12 @@ class DecoderForCausalLM(nnx.Module):
             final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)
         h = norm(c, final, "final_norm", h)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt),
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt), preferred_element_type=jnp.float32
+        )
         if c.option("lm_head_bias"):
             logits = logits + self.lm_head_bias[...].astype(jnp.float32)
         if c.option("final_softcap"):
             cap = c.option("final_softcap")
             logits = jnp.tanh(logits / cap) * cap
-        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
-                               output_hidden_states)
+        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t, output_hidden_states)

@@ -50,37 +50,70 @@ def gemma_config_from_hf(cfg: dict) -> ModelConfig:
     window = None
     if model_type == "gemma2":
         layers = int(required(cfg, "num_hidden_layers"))
-        types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention"
-                                            for i in range(layers)]
+        types = cfg.get("layer_types") or [
+            "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)
+        ]
         window = cfg.get("sliding_window")
         switches.update(
-            sandwich_norms=True, attn_scale=float(cfg.get("query_pre_attn_scalar", head_dim)) ** -0.5,
-            attn_softcap=cfg.get("attn_logit_softcapping"), final_softcap=cfg.get("final_logit_softcapping"),
+            sandwich_norms=True,
+            attn_scale=float(cfg.get("query_pre_attn_scalar", head_dim)) ** -0.5,
+            attn_softcap=cfg.get("attn_logit_softcapping"),
+            final_softcap=cfg.get("final_logit_softcapping"),
             sliding_layers=tuple(t == "sliding_attention" for t in types) if window else None,
         )
     return ModelConfig(
-        model_type=model_type, vocab_size=int(required(cfg, "vocab_size")), hidden_size=hidden,
+        model_type=model_type,
+        vocab_size=int(required(cfg, "vocab_size")),
+        hidden_size=hidden,
         intermediate_size=int(required(cfg, "intermediate_size")),
-        num_layers=int(required(cfg, "num_hidden_layers")), num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta,
+        num_layers=int(required(cfg, "num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        sliding_window=int(window) if window else None, **token_ids(cfg), hf_config_json=hf_json(cfg),
+        sliding_window=int(window) if window else None,
+        **token_ids(cfg),
+        hf_config_json=hf_json(cfg),
         arch=arch(**switches),
     )
 
 
 def gemma_config_to_hf(c: ModelConfig) -> dict:
     name = "Gemma2ForCausalLM" if c.model_type == "gemma2" else "GemmaForCausalLM"
-    return common_to_hf(c, name, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
-                        max_position_embeddings=c.max_position_embeddings)
+    return common_to_hf(
+        c,
+        name,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.max_position_embeddings,
+    )
 
 
-GEMMA = register(Family(name="gemma", model_types=("gemma",), module=DecoderForCausalLM, name_table=GEMMA_TABLE,
-                        config_from_hf=gemma_config_from_hf, config_to_hf=gemma_config_to_hf))
-GEMMA2 = register(Family(name="gemma2", model_types=("gemma2",), module=DecoderForCausalLM,
-                         name_table=GEMMA2_TABLE, config_from_hf=gemma_config_from_hf,
-                         config_to_hf=gemma_config_to_hf))
+GEMMA = register(
+    Family(
+        name="gemma",
+        model_types=("gemma",),
+        module=DecoderForCausalLM,
+        name_table=GEMMA_TABLE,
+        config_from_hf=gemma_config_from_hf,
+        config_to_hf=gemma_config_to_hf,
+    )
+)
+GEMMA2 = register(
+    Family(
+        name="gemma2",
+        model_types=("gemma2",),
+        module=DecoderForCausalLM,
+        name_table=GEMMA2_TABLE,
+        config_from_hf=gemma_config_from_hf,
+        config_to_hf=gemma_config_to_hf,
+    )
+)

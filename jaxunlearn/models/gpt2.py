@@ -37,24 +37,54 @@ def gpt2_config_from_hf(cfg: dict) -> ModelConfig:
     hidden, heads = int(required(cfg, "n_embd")), int(required(cfg, "n_head"))
     scale = None if cfg.get("scale_attn_weights", True) else 1.0
     return ModelConfig(
-        model_type="gpt2", vocab_size=int(required(cfg, "vocab_size")), hidden_size=hidden,
-        intermediate_size=int(cfg.get("n_inner") or 4 * hidden), num_layers=int(required(cfg, "n_layer")),
-        num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
+        model_type="gpt2",
+        vocab_size=int(required(cfg, "vocab_size")),
+        hidden_size=hidden,
+        intermediate_size=int(cfg.get("n_inner") or 4 * hidden),
+        num_layers=int(required(cfg, "n_layer")),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
         rms_norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
         max_position_embeddings=int(cfg.get("n_positions", 1024)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), **token_ids(cfg),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        **token_ids(cfg),
         hf_config_json=hf_json(cfg),
-        arch=arch(norm="layer", positions="learned", qkv="fused", mlp="plain",
-                  act=activation(cfg, "activation_function", "gpt2"), qkv_bias=True, out_bias=True, mlp_bias=True,
-                  attn_scale=scale),
+        arch=arch(
+            norm="layer",
+            positions="learned",
+            qkv="fused",
+            mlp="plain",
+            act=activation(cfg, "activation_function", "gpt2"),
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            attn_scale=scale,
+        ),
     )
 
 
 def gpt2_config_to_hf(c: ModelConfig) -> dict:
-    return common_to_hf(c, "GPT2LMHeadModel", n_embd=c.hidden_size, n_inner=c.intermediate_size,
-                        n_layer=c.num_layers, n_head=c.num_heads, layer_norm_epsilon=c.rms_norm_eps,
-                        n_positions=c.max_position_embeddings, activation_function=c.option("act"))
+    return common_to_hf(
+        c,
+        "GPT2LMHeadModel",
+        n_embd=c.hidden_size,
+        n_inner=c.intermediate_size,
+        n_layer=c.num_layers,
+        n_head=c.num_heads,
+        layer_norm_epsilon=c.rms_norm_eps,
+        n_positions=c.max_position_embeddings,
+        activation_function=c.option("act"),
+    )
 
 
-GPT2 = register(Family(name="gpt2", model_types=("gpt2",), module=DecoderForCausalLM, name_table=NAME_TABLE,
-                       config_from_hf=gpt2_config_from_hf, config_to_hf=gpt2_config_to_hf))
+GPT2 = register(
+    Family(
+        name="gpt2",
+        model_types=("gpt2",),
+        module=DecoderForCausalLM,
+        name_table=NAME_TABLE,
+        config_from_hf=gpt2_config_from_hf,
+        config_to_hf=gpt2_config_to_hf,
+    )
+)

@@ -36,28 +36,56 @@ def neox_config_from_hf(cfg: dict) -> ModelConfig:
     theta, partial = rope_settings(cfg, theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25)
     bias = bool(cfg.get("attention_bias", True))
     return ModelConfig(
-        model_type="gpt_neox", vocab_size=int(required(cfg, "vocab_size")), hidden_size=hidden,
+        model_type="gpt_neox",
+        vocab_size=int(required(cfg, "vocab_size")),
+        hidden_size=hidden,
         intermediate_size=int(required(cfg, "intermediate_size")),
-        num_layers=int(required(cfg, "num_hidden_layers")), num_heads=heads, num_kv_heads=heads,
-        head_dim=head_dim, rms_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)), rope_theta=theta,
+        num_layers=int(required(cfg, "num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=head_dim,
+        rms_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), **token_ids(cfg),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        **token_ids(cfg),
         hf_config_json=hf_json(cfg),
-        arch=arch(norm="layer", rotary_dim=int(head_dim * partial), qkv="fused_per_head", mlp="plain",
-                  act=activation(cfg, "hidden_act", "gpt_neox"),
-                  residual="parallel" if cfg.get("use_parallel_residual", True) else "sequential",
-                  qkv_bias=bias, out_bias=bias, mlp_bias=True),
+        arch=arch(
+            norm="layer",
+            rotary_dim=int(head_dim * partial),
+            qkv="fused_per_head",
+            mlp="plain",
+            act=activation(cfg, "hidden_act", "gpt_neox"),
+            residual="parallel" if cfg.get("use_parallel_residual", True) else "sequential",
+            qkv_bias=bias,
+            out_bias=bias,
+            mlp_bias=True,
+        ),
     )
 
 
 def neox_config_to_hf(c: ModelConfig) -> dict:
-    return common_to_hf(c, "GPTNeoXForCausalLM", hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                        hidden_act=c.option("act"), layer_norm_eps=c.rms_norm_eps,
-                        use_parallel_residual=c.option("residual") == "parallel",
-                        max_position_embeddings=c.max_position_embeddings)
+    return common_to_hf(
+        c,
+        "GPTNeoXForCausalLM",
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        hidden_act=c.option("act"),
+        layer_norm_eps=c.rms_norm_eps,
+        use_parallel_residual=c.option("residual") == "parallel",
+        max_position_embeddings=c.max_position_embeddings,
+    )
 
 
-GPT_NEOX = register(Family(name="gpt_neox", model_types=("gpt_neox",), module=DecoderForCausalLM,
-                           name_table=NAME_TABLE, config_from_hf=neox_config_from_hf,
-                           config_to_hf=neox_config_to_hf))
+GPT_NEOX = register(
+    Family(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        module=DecoderForCausalLM,
+        name_table=NAME_TABLE,
+        config_from_hf=neox_config_from_hf,
+        config_to_hf=neox_config_to_hf,
+    )
+)

@@ -46,9 +46,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> jax.Arra
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return jnp.where(medium, smoothed, scaled)
-    raise CheckpointError(
-        f"rope_scaling type {kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
-    )
+    raise CheckpointError(f"rope_scaling type {kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
 
 
 def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
@@ -78,8 +76,14 @@ def attention_mask(
     return allowed
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array,
-                          scale: float | None = None, softcap: float | None = None) -> jax.Array:
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    allowed: jax.Array,
+    scale: float | None = None,
+    softcap: float | None = None,
+) -> jax.Array:
     """Grouped-query attention.
 
     q [B, T, H, D]; keys [B, KV, D, S] and values [B, KV, S, D] (the KV cache's layouts),

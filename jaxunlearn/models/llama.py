@@ -43,6 +43,7 @@ NAME_TABLE = (
     ("lm_head", "lm_head.weight", "output.weight", "linear"),
 )
 
+
 def _param(rngs: nnx.Rngs, shape, axes, dtype, init="normal"):
     if init == "ones":
         value = jnp.ones(shape, dtype)
@@ -125,7 +126,11 @@ class LlamaForCausalLM(nnx.Module):
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
         c = self.config
         return KVCache.zeros(
-            c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim,
+            c.num_layers,
+            batch_size,
+            max_length,
+            c.num_kv_heads,
+            c.head_dim,
             to_dtype(dtype or c.dtype),
         )
 
@@ -148,8 +153,9 @@ class LlamaForCausalLM(nnx.Module):
         c = self.config
         dt = to_dtype(c.dtype)
         t = input_ids.shape[1]
-        attention_mask, positions, key_valid, key_pos, start = token_positions(input_ids, attention_mask,
-                                                                               positions, cache)
+        attention_mask, positions, key_valid, key_pos, start = token_positions(
+            input_ids, attention_mask, positions, cache
+        )
         allowed = L.attention_mask(positions, key_pos, key_valid, c.sliding_window)
 
         inv_freq = L.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling_dict)
@@ -166,7 +172,7 @@ class LlamaForCausalLM(nnx.Module):
         h, per_layer, kv_out = scan_layers(c, block, h, block_params, cache, None, output_hidden_states)
         h = L.rms_norm(h, self.final_norm[...].astype(dt), c.rms_norm_eps)
         head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt),
-                            preferred_element_type=jnp.float32)
-        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t,
-                               output_hidden_states)
+        logits = jnp.einsum(
+            "btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt), preferred_element_type=jnp.float32
+        )
+        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t, output_hidden_states)

@@ -39,27 +39,56 @@ def phi_config_from_hf(cfg: dict) -> ModelConfig:
     head_dim = hidden // heads
     theta, partial = rope_settings(cfg, default_partial=0.5)
     return ModelConfig(
-        model_type="phi", vocab_size=int(required(cfg, "vocab_size")), hidden_size=hidden,
+        model_type="phi",
+        vocab_size=int(required(cfg, "vocab_size")),
+        hidden_size=hidden,
         intermediate_size=int(required(cfg, "intermediate_size")),
-        num_layers=int(required(cfg, "num_hidden_layers")), num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)), rope_theta=theta,
+        num_layers=int(required(cfg, "num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        rms_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), **token_ids(cfg),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        **token_ids(cfg),
         hf_config_json=hf_json(cfg),
-        arch=arch(norm="layer", rotary_dim=int(head_dim * partial), mlp="plain",
-                  act=activation(cfg, "hidden_act", "phi"), residual="parallel_shared_norm", qkv_bias=True,
-                  out_bias=True, mlp_bias=True, lm_head_bias=True),
+        arch=arch(
+            norm="layer",
+            rotary_dim=int(head_dim * partial),
+            mlp="plain",
+            act=activation(cfg, "hidden_act", "phi"),
+            residual="parallel_shared_norm",
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            lm_head_bias=True,
+        ),
     )
 
 
 def phi_config_to_hf(c: ModelConfig) -> dict:
     return common_to_hf(
-        c, "PhiForCausalLM", hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-        hidden_act=c.option("act"), layer_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
+        c,
+        "PhiForCausalLM",
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        hidden_act=c.option("act"),
+        layer_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.max_position_embeddings,
     )
 
 
-PHI = register(Family(name="phi", model_types=("phi",), module=DecoderForCausalLM, name_table=NAME_TABLE,
-                      config_from_hf=phi_config_from_hf, config_to_hf=phi_config_to_hf))
+PHI = register(
+    Family(
+        name="phi",
+        model_types=("phi",),
+        module=DecoderForCausalLM,
+        name_table=NAME_TABLE,
+        config_from_hf=phi_config_from_hf,
+        config_to_hf=phi_config_to_hf,
+    )
+)

@@ -45,9 +45,7 @@ def supported_model_types() -> list[str]:
 
 def family_for(model_type: str | None) -> Family:
     if model_type not in _REGISTRY:
-        raise CheckpointError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
-        )
+        raise CheckpointError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
     return _REGISTRY[model_type]
 
 
@@ -64,7 +62,6 @@ def required(cfg: dict, key: str, where: str = "config.json"):
 
 def hf_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
-
 
 
 def num_parameters(config: ModelConfig) -> int:

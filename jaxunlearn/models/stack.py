@@ -46,8 +46,9 @@ def layer_keys_values(layer_cache, k, v, index):
     return (k_all, v_all, layer), k_all[layer], v_all[layer]
 
 
-def scan_layers(config, block: Callable, h, block_params, cache: KVCache | None, per_layer=None,
-                output_hidden_states: bool = False):
+def scan_layers(
+    config, block: Callable, h, block_params, cache: KVCache | None, per_layer=None, output_hidden_states: bool = False
+):
     """h after every layer: block(p, h, layer_cache, per_layer_x) -> (h, layer_cache).
 
     block_params stacked on a leading layers axis run as one `lax.scan`; a list of
@@ -126,8 +127,10 @@ def token_positions(input_ids, attention_mask, positions, cache: KVCache | None)
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     if attention_mask.ndim == 3 and cache is not None:
-        raise ValueError("a per-query attention mask [B, T, T] cannot continue a KV cache; "
-                         "pass a [B, T] mask, or run without a cache")
+        raise ValueError(
+            "a per-query attention mask [B, T, T] cannot continue a KV cache; "
+            "pass a [B, T] mask, or run without a cache"
+        )
     start = cache.index if cache is not None else 0
     if positions is None:
         positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -142,12 +145,13 @@ def head_inputs(h, logits_to_keep):
     """The hidden states the LM head runs on: all (0), the last k (int k, as in
     transformers), or per row the positions in an int array [B, K]."""
     if isinstance(logits_to_keep, (int, np.integer)):
-        return h[:, -int(logits_to_keep):]
+        return h[:, -int(logits_to_keep) :]
     return jnp.take_along_axis(h, logits_to_keep[..., None].astype(jnp.int32), axis=1)
 
 
-def assemble_output(logits, h_emb, per_layer, h_final, kv, key_valid, key_pos, start, t: int,
-                    output_hidden_states: bool):
+def assemble_output(
+    logits, h_emb, per_layer, h_final, kv, key_valid, key_pos, start, t: int, output_hidden_states: bool
+):
     """CausalLMOutput; hidden states follow transformers: embeddings, outputs of layers
     0..L-2, final normed state."""
     logits = constrain_batch(logits)

@@ -9,5 +9,19 @@ from .registry import TERMS, register_term, terms_of
 FORGET_TERMS = terms_of("forget")
 RETAIN_TERMS = terms_of("retain")
 
-__all__ = ["ObjectiveOptions", "StepBatch", "StreamBatch", "StreamOutputs", "Term", "option", "Objective",
-           "build_objective", "known_terms", "TERMS", "register_term", "terms_of", "FORGET_TERMS", "RETAIN_TERMS"]
+__all__ = [
+    "ObjectiveOptions",
+    "StepBatch",
+    "StreamBatch",
+    "StreamOutputs",
+    "Term",
+    "option",
+    "Objective",
+    "build_objective",
+    "known_terms",
+    "TERMS",
+    "register_term",
+    "terms_of",
+    "FORGET_TERMS",
+    "RETAIN_TERMS",
+]

@@ -58,8 +58,13 @@ class Objective:
 
     def trainable_mask(self, params, num_layers: int):
         """0/1 tree of the trained parameters (product of the terms' masks), None: all."""
-        masks = [m for t, _ in self.terms if t.trainable_mask is not None
-                 for m in [t.trainable_mask(params, self.options, num_layers)] if m is not None]
+        masks = [
+            m
+            for t, _ in self.terms
+            if t.trainable_mask is not None
+            for m in [t.trainable_mask(params, self.options, num_layers)]
+            if m is not None
+        ]
         if not masks:
             return None
         mask = masks[0]
@@ -86,8 +91,7 @@ class Objective:
 
     def loss(self, pol, ref, batch, weights) -> tuple[jnp.ndarray, dict]:
         """Weighted total and each term's value, with the rows' weights from row_weights."""
-        values = {t.name: (t.numerator(pol, ref, batch, self.options) * weights[t.name]).sum()
-                  for t, _ in self.terms}
+        values = {t.name: (t.numerator(pol, ref, batch, self.options) * weights[t.name]).sum() for t, _ in self.terms}
         total = sum(w * values[t.name] for t, w in self.terms)
         return total, values
 
@@ -113,8 +117,10 @@ def build_objective(
     forget, retain = terms_of("forget"), terms_of("retain")
     parts = [p.strip() for p in name.split("+")]
     if not name.strip() or len(parts) > 2 or not all(parts):
-        raise ConfigError(f"objective {name!r} must be FORGET, RETAIN or FORGET+RETAIN with both sides named; "
-                          f"forget terms: {', '.join(forget)}; retain terms: {', '.join(retain)}")
+        raise ConfigError(
+            f"objective {name!r} must be FORGET, RETAIN or FORGET+RETAIN with both sides named; "
+            f"forget terms: {', '.join(forget)}; retain terms: {', '.join(retain)}"
+        )
     terms = []
     for part in parts:
         term = _find(part, "forget") or _find(part, "retain")

@@ -11,8 +11,15 @@ from .base import Term
 TERMS: dict[str, Term] = {}
 
 
-def register_term(name: str, kind: str, formula: str, policy_streams: tuple[str, ...],
-                  denominator, ref_streams: tuple[str, ...] = (), **declared):
+def register_term(
+    name: str,
+    kind: str,
+    formula: str,
+    policy_streams: tuple[str, ...],
+    denominator,
+    ref_streams: tuple[str, ...] = (),
+    **declared,
+):
     """Decorator for a term's numerator: registers Term(name, ...) and returns the function."""
     if kind not in ("forget", "retain"):
         raise ValueError(f"term {name}: kind must be forget or retain, not {kind!r}")
@@ -20,8 +27,9 @@ def register_term(name: str, kind: str, formula: str, policy_streams: tuple[str,
     def wrap(numerator):
         if name in TERMS:
             raise ValueError(f"objective term {name!r} is registered twice")
-        TERMS[name] = Term(name, kind, formula, tuple(policy_streams), tuple(ref_streams), numerator, denominator,
-                           **declared)
+        TERMS[name] = Term(
+            name, kind, formula, tuple(policy_streams), tuple(ref_streams), numerator, denominator, **declared
+        )
         return numerator
 
     return wrap

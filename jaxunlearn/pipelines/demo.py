@@ -37,8 +37,9 @@ def _persistent_compilation_cache(path: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
-def run_demo(config_path: str | Path, out: str | Path, overrides: list[str] | None = None,
-             progress: bool = True) -> dict:
+def run_demo(
+    config_path: str | Path, out: str | Path, overrides: list[str] | None = None, progress: bool = True
+) -> dict:
     from .evaluate import evaluate
     from ..evaluation.report import compare_runs
     from .unlearn import finetune, unlearn
@@ -105,9 +106,15 @@ def run_demo(config_path: str | Path, out: str | Path, overrides: list[str] | No
     evals = [retain_eval, cached_eval("target", target, f"eval.retain_eval={retain_eval}")]
     for method, method_overrides in demo["methods"].items():
         run_dir = out / "unlearn" / method.replace("+", "_")
-        cfg = base(f"model.path={target}", "data.source=files", f"data.forget_file={files / 'forget.jsonl'}",
-                   f"data.retain_file={files / 'retain.jsonl'}", *demo["unlearn_common"], *method_overrides,
-                   f"output.dir={run_dir}")
+        cfg = base(
+            f"model.path={target}",
+            "data.source=files",
+            f"data.forget_file={files / 'forget.jsonl'}",
+            f"data.retain_file={files / 'retain.jsonl'}",
+            *demo["unlearn_common"],
+            *method_overrides,
+            f"output.dir={run_dir}",
+        )
         t = time.perf_counter()
         unlearn(cfg, overwrite=True, progress=progress)
         results["stages"][f"unlearn {method}"] = f"{time.perf_counter() - t:.0f} s"

@@ -31,8 +31,9 @@ def make_judge(cfg: RunConfig, model=None, tokenizer=None):
     return HubNLIJudge(PAPER_NLI_MODEL if name == "hub" else name)
 
 
-def evaluate(cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | None = None,
-             progress: bool = True) -> dict:
+def evaluate(
+    cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | None = None, progress: bool = True
+) -> dict:
     """Evaluate `model` (default: cfg.model.path) and write per-example, summary, report, plots."""
     t0 = time.perf_counter()
     if model is None:
@@ -77,8 +78,9 @@ def aggregate_evaluation(run: str | Path, retain: str | Path | None = None, out_
     return summary
 
 
-def compare(run_dirs: list[str], out: str | Path | None = None, retain: str | None = None,
-            recompute: bool = False) -> str:
+def compare(
+    run_dirs: list[str], out: str | Path | None = None, retain: str | None = None, recompute: bool = False
+) -> str:
     """Several evaluations side by side (markdown, and a plot under `out`); with `recompute`
     or a `retain` evaluation every number comes from the per-example results
     (aggregate_evaluation), so TOFU / open-unlearning logs can sit beside runs."""

@@ -18,8 +18,13 @@ log = logging.getLogger(__name__)
 
 def _load(cfg: RunConfig, path: str | None = None, dtype: str | None = None):
     m = cfg.model
-    return load_pretrained(path or m.path, dtype=dtype or m.dtype, compute_dtype=m.compute_dtype, remat=m.remat,
-                           allow_pickle=m.allow_pickle)
+    return load_pretrained(
+        path or m.path,
+        dtype=dtype or m.dtype,
+        compute_dtype=m.compute_dtype,
+        remat=m.remat,
+        allow_pickle=m.allow_pickle,
+    )
 
 
 def _start_run(cfg: RunConfig, command: str, resume: bool, overwrite: bool) -> Path:
@@ -52,8 +57,18 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
         reference, _ = _load(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
     forget, retain = forget_and_retain(cfg)
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
-    return train(model, tokenizer, streams, objective, cfg, out, reference, resume, progress,
-                 on_step=_periodic_eval(cfg, tokenizer, out))
+    return train(
+        model,
+        tokenizer,
+        streams,
+        objective,
+        cfg,
+        out,
+        reference,
+        resume,
+        progress,
+        on_step=_periodic_eval(cfg, tokenizer, out),
+    )
 
 
 def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
@@ -94,8 +109,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
         reference = (original if cfg.continual.fix_reference else model) if objective.needs_reference else None
         forget, retain = forget_and_retain(cfg, task_id=task, unlearned=tasks[: i + 1])
         streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
-        summary = train(model, tokenizer, streams, objective, cfg, task_dir, reference, resume, progress,
-                        export=True)
+        summary = train(model, tokenizer, streams, objective, cfg, task_dir, reference, resume, progress, export=True)
         model = summary.pop("model")
         summary.update(task=task, forget_rows=len(forget), retain_rows=len(retain))
         results.append(summary)

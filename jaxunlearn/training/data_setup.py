@@ -47,8 +47,17 @@ def unlearning_streams(cfg: RunConfig, tokenizer, objective, forget, retain) -> 
             f"objective {objective.name} needs the stream(s) {', '.join(missing_retain)}, but the data has no "
             "retain set; configure one (data.retain_split or data.retain_file) or use a forget-only objective"
         )
-    return build_streams(tokenizer, template_for(cfg.data.template, tokenizer), forget, retain, refusals, objective.streams,
-                         cfg.data.max_length, cfg.train.seed, cfg.data.pairing)
+    return build_streams(
+        tokenizer,
+        template_for(cfg.data.template, tokenizer),
+        forget,
+        retain,
+        refusals,
+        objective.streams,
+        cfg.data.max_length,
+        cfg.train.seed,
+        cfg.data.pairing,
+    )
 
 
 def finetune_rows(cfg: RunConfig) -> list[dict]:
@@ -65,6 +74,12 @@ def finetune_streams(cfg: RunConfig, tokenizer, rows) -> dict[str, TokenizedRows
     if not rows:
         raise DataError("the finetuning set is empty")
     template = template_for(cfg.data.template, tokenizer)
-    encoded = encode_qa(tokenizer, template, [r["question"] for r in rows], [r["answer"] for r in rows],
-                        cfg.data.max_length, what="finetune")
+    encoded = encode_qa(
+        tokenizer,
+        template,
+        [r["question"] for r in rows],
+        [r["answer"] for r in rows],
+        cfg.data.max_length,
+        what="finetune",
+    )
     return {"retain": encoded}

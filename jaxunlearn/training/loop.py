@@ -81,8 +81,13 @@ def check_param_precision(param_dtype, cfg: RunConfig) -> None:
             f"model barely trains. Use mixed precision (model.dtype=float32 model.compute_dtype={name}: fp32 "
             f"parameters and AdamW state, {name} compute), or opt in with train.low_precision_params=true"
         )
-    log.warning("training %s parameters (train.low_precision_params): updates smaller than half a %s ulp of "
-                "their weight round away; prefer model.dtype=float32 model.compute_dtype=%s", name, name, name)
+    log.warning(
+        "training %s parameters (train.low_precision_params): updates smaller than half a %s ulp of "
+        "their weight round away; prefer model.dtype=float32 model.compute_dtype=%s",
+        name,
+        name,
+        name,
+    )
 
 
 def _cast(params, dtype_name: str | None):
@@ -136,8 +141,7 @@ def train(
     """
     check_param_precision(model.config.param_dtype, cfg)
     with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.dtype)):
-        return _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume, progress, export,
-                      on_step)
+        return _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume, progress, export, on_step)
 
 
 def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume, progress, export, on_step):
@@ -170,8 +174,14 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
 
     pad_id = pad_token_id(tokenizer)
     iterator = BatchIterator(
-        streams, t.batch_size, t.seed, pad_id, tuple(cfg.data.buckets), cfg.data.pad_to,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        streams,
+        t.batch_size,
+        t.seed,
+        pad_id,
+        tuple(cfg.data.buckets),
+        cfg.data.pad_to,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     precomputed = None
     if t.precompute_reference and objective.needs_reference:
@@ -179,8 +189,9 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
         ref_params = None
 
     state = sharded_init_state(params, tx, t.seed, mesh)
-    checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.output.keep_checkpoints,
-                                every=cfg.output.checkpoint_every)
+    checkpointer = Checkpointer(
+        out_dir / "checkpoints", keep=cfg.output.keep_checkpoints, every=cfg.output.checkpoint_every
+    )
     if resume and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
         iterator.load_state_dict(meta["data"])
@@ -189,15 +200,29 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
 
     compute = to_dtype(model.config.dtype)
     mixed = jnp.dtype(compute) != jnp.dtype(to_dtype(model.config.param_dtype))
-    step_fn = make_train_step(graphdef, objective, tx, schedule, t.micro_batches, mask,
-                              use_reference=precomputed is None, mean_group_rows=t.loss_group_rows,
-                              compute_dtype=compute if mixed else None,
-                              param_shardings_tree=jax.tree.map(lambda x: x.sharding, state.params))
+    step_fn = make_train_step(
+        graphdef,
+        objective,
+        tx,
+        schedule,
+        t.micro_batches,
+        mask,
+        use_reference=precomputed is None,
+        mean_group_rows=t.loss_group_rows,
+        compute_dtype=compute if mixed else None,
+        param_shardings_tree=jax.tree.map(lambda x: x.sharding, state.params),
+    )
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
     is_main = jax.process_index() == 0
     metrics_path = out_dir / "metrics.jsonl"
-    bar = tqdm(total=total, initial=start, desc=objective.name, unit="step", dynamic_ncols=True,
-               disable=not (progress and is_main))
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=objective.name,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (progress and is_main),
+    )
     tokens_done, t0 = 0, time.perf_counter()
     last = {}
     try:
@@ -206,7 +231,7 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
             reference_nll = {}
             if precomputed is not None:
                 per = t.batch_size // jax.process_count()
-                local = index[jax.process_index() * per:(jax.process_index() + 1) * per]
+                local = index[jax.process_index() * per : (jax.process_index() + 1) * per]
                 reference_nll = {s: v[local] for s, v in precomputed.items()}
             batch = StepBatch.from_arrays(next(iterator), reference_nll)
             t_step = time.perf_counter()
@@ -224,9 +249,13 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
                 )
             tokens_done += metrics.pop("tokens")
             elapsed = time.perf_counter() - t0
-            last = {"step": step + 1, **{k: v for k, v in metrics.items() if k != "finite"},
-                    "step_seconds": t_step, "tokens_per_s": tokens_done / max(elapsed, 1e-9),
-                    "epoch": iterator.epoch_of(step + 1)}
+            last = {
+                "step": step + 1,
+                **{k: v for k, v in metrics.items() if k != "finite"},
+                "step_seconds": t_step,
+                "tokens_per_s": tokens_done / max(elapsed, 1e-9),
+                "epoch": iterator.epoch_of(step + 1),
+            }
             if is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")

@@ -79,8 +79,9 @@ def state_shardings(params, tx: optax.GradientTransformation, mesh) -> TrainStat
     AdamW state on every device."""
     replicated = NamedSharding(mesh, PartitionSpec())
     param_sh = jax.tree.map(lambda x: x.sharding, params)
-    by_path = {tuple(path): (leaf.shape, leaf.sharding)
-               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    by_path = {
+        tuple(path): (leaf.shape, leaf.sharding) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     abstract = jax.eval_shape(lambda p: tx.init(p), params)
 
     def one(path, leaf):
@@ -103,6 +104,7 @@ def cast_for_compute(params, dtype, shardings=None):
     """Floating parameters in the compute dtype, each kept on its own sharding: the cast runs
     on every device's shard, so FSDP all-gathers bf16 weights (half the bytes) and
     reduce-scatters bf16 gradients, while the master copy and AdamW state stay fp32."""
+
     def one(x, sharding=None):
         if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
             return x
@@ -182,7 +184,8 @@ def make_train_step(
 
             init_values = {t.name: jnp.zeros((), jnp.float32) for t, _ in objective.terms}
             (loss, values, grads), _ = jax.lax.scan(
-                body, (jnp.zeros((), jnp.float32), init_values, zeros),
+                body,
+                (jnp.zeros((), jnp.float32), init_values, zeros),
                 (_micro(batch, micro_batches), _micro(weights, micro_batches)),
             )
         if trainable_mask is not None:
@@ -196,8 +199,14 @@ def make_train_step(
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.split(state.rng)[0])
         kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         tokens = sum(batch.streams[s].attention_mask.sum() for s in objective.policy_streams)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite,
-                   "tokens": tokens, **{f"loss/{k}": v for k, v in values.items()}}
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": schedule(state.step),
+            "finite": finite,
+            "tokens": tokens,
+            **{f"loss/{k}": v for k, v in values.items()},
+        }
         return kept, metrics
 
     return step

@@ -8,9 +8,16 @@ from ..token_stats import seq_nll
 from .common import PreferenceOptions, rows
 
 
-@register_term("AP", "retain", "-(1/b) mean log s(b (seqNLL(idk|q_r) - seqNLL(a_r|q_r)))",
-               ("retain", "retain_idk"), rows("retain"), options=PreferenceOptions)
+@register_term(
+    "AP",
+    "retain",
+    "-(1/b) mean log s(b (seqNLL(idk|q_r) - seqNLL(a_r|q_r)))",
+    ("retain", "retain_idk"),
+    rows("retain"),
+    options=PreferenceOptions,
+)
 def ap(pol, ref, batch, o):
-    diff = (seq_nll(pol["retain_idk"].logits, batch.streams["retain_idk"].labels)
-            - seq_nll(pol["retain"].logits, batch.streams["retain"].labels))
+    diff = seq_nll(pol["retain_idk"].logits, batch.streams["retain_idk"].labels) - seq_nll(
+        pol["retain"].logits, batch.streams["retain"].labels
+    )
     return -(1.0 / o.beta) * jax.nn.log_sigmoid(o.beta * diff)

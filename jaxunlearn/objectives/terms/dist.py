@@ -31,8 +31,16 @@ def _pooled_final(out, labels) -> jax.Array:
     return (h * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
 
 
-@register_term("DIST", "forget", "l_neg p(y) + l_pos ||pool h - centroid||^2 (Chen et al.)", ("forget",),
-               rows("forget"), ref_streams=("forget_idk",), needs_hidden=True, options=DISTOptions)
+@register_term(
+    "DIST",
+    "forget",
+    "l_neg p(y) + l_pos ||pool h - centroid||^2 (Chen et al.)",
+    ("forget",),
+    rows("forget"),
+    ref_streams=("forget_idk",),
+    needs_hidden=True,
+    options=DISTOptions,
+)
 def dist(pol, ref, batch, o):
     labels = batch.streams["forget"].labels
     logp, mask = token_logp(pol["forget"].logits, labels)

@@ -7,9 +7,16 @@ from ..token_stats import seq_nll
 from .common import PreferenceOptions, reference_seq_nll, rows
 
 
-@register_term("DPO", "forget", "-(2/b) mean log s(b h), refusal preferred", ("forget", "forget_idk"),
-               rows("forget"), ref_streams=("forget", "forget_idk"), options=PreferenceOptions,
-               precomputable_reference=True)
+@register_term(
+    "DPO",
+    "forget",
+    "-(2/b) mean log s(b h), refusal preferred",
+    ("forget", "forget_idk"),
+    rows("forget"),
+    ref_streams=("forget", "forget_idk"),
+    options=PreferenceOptions,
+    precomputable_reference=True,
+)
 def dpo(pol, ref, batch, o):
     f, i = batch.streams["forget"].labels, batch.streams["forget_idk"].labels
     pi = -seq_nll(pol["forget_idk"].logits, i) + seq_nll(pol["forget"].logits, f)

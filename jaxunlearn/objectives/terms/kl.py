@@ -14,7 +14,8 @@ from ..token_stats import log_probs
 @dataclasses.dataclass(frozen=True)
 class KLOptions:
     kl_positions: Literal["attended", "all_padded"] = option(
-        "attended", "attended positions, or all_padded: every position / (B*L) as the paper's code")
+        "attended", "attended positions, or all_padded: every position / (B*L) as the paper's code"
+    )
 
 
 def _positions(b, o) -> jax.Array:
@@ -27,8 +28,15 @@ def _count(batch, o):
     return _positions(batch.streams["retain"], o).sum(-1).astype(jnp.float32)
 
 
-@register_term("KL", "retain", "KL(pi_ref || pi_theta) per position", ("retain",), _count,
-               ref_streams=("retain",), options=KLOptions)
+@register_term(
+    "KL",
+    "retain",
+    "KL(pi_ref || pi_theta) per position",
+    ("retain",),
+    _count,
+    ref_streams=("retain",),
+    options=KLOptions,
+)
 def kl(pol, ref, batch, o):
     p_log = log_probs(pol["retain"].logits)
     r_log = log_probs(ref["retain"].logits)

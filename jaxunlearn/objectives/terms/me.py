@@ -15,10 +15,13 @@ from ..token_stats import log_probs
 @dataclasses.dataclass(frozen=True)
 class MEOptions:
     me_direction: Literal["uniform_ce", "kl_to_uniform"] = option(
-        "uniform_ce", "uniform_ce: KL(U||P_t) (the paper's code); kl_to_uniform: KL(P_t||U) (the paper's text)")
+        "uniform_ce", "uniform_ce: KL(U||P_t) (the paper's code); kl_to_uniform: KL(P_t||U) (the paper's text)"
+    )
     me_positions: Literal["all_padded", "prompt_and_answer", "answer"] = option(
-        "prompt_and_answer", "positions averaged over: all_padded (the paper's scripts, mask=false), "
-        "prompt_and_answer (attended), answer (supervised)")
+        "prompt_and_answer",
+        "positions averaged over: all_padded (the paper's scripts, mask=false), "
+        "prompt_and_answer (attended), answer (supervised)",
+    )
     me_epsilon: float = option(0.0, "0: exact log_softmax; 1e-12: the paper code's log(softmax(z) + 1e-12)")
 
 
@@ -35,8 +38,9 @@ def _count(batch, o):
     return _positions(batch.streams["forget"], o).sum(-1).astype(jnp.float32)
 
 
-@register_term("ME", "forget", "mean over positions of KL(U||P_t) (or KL(P_t||U))", ("forget",), _count,
-               options=MEOptions)
+@register_term(
+    "ME", "forget", "mean over positions of KL(U||P_t) (or KL(P_t||U))", ("forget",), _count, options=MEOptions
+)
 def me(pol, ref, batch, o):
     logits = pol["forget"].logits[:, :-1].astype(jnp.float32)
     vocab = logits.shape[-1]

@@ -20,7 +20,8 @@ class RMUOptions:
     rmu_steering_coeff: float = option(20.0, "c: length of the control vector c*u")
     rmu_seed: int = option(0, "seed of the fixed random direction u")
     rmu_trainable: Literal["mlp", "down_proj", "all"] = option(
-        "mlp", "trained parameters: mlp (gate/up/down of layers l-2..l), down_proj (their down_proj, WMDP), all")
+        "mlp", "trained parameters: mlp (gate/up/down of layers l-2..l), down_proj (their down_proj, WMDP), all"
+    )
 
 
 def control_vector(dim: int, o) -> jax.Array:
@@ -37,7 +38,7 @@ def trainable_mask(params, o, num_layers: int):
     if not 0 <= o.rmu_layer < num_layers - 1:
         raise ConfigError(f"objective.options.rmu_layer={o.rmu_layer} must be in 0..{num_layers - 2} for this model")
     layers = np.zeros(num_layers, np.float32)
-    layers[max(0, o.rmu_layer - 2): o.rmu_layer + 1] = 1.0
+    layers[max(0, o.rmu_layer - 2) : o.rmu_layer + 1] = 1.0
 
     def one(path, x):
         key = jax.tree_util.keystr(path)
@@ -48,15 +49,31 @@ def trainable_mask(params, o, num_layers: int):
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-@register_term("RMU", "forget", "||h_l(x_f) - c u||^2", ("forget",), rows("forget"), needs_hidden=True,
-               options=RMUOptions, trainable_mask=trainable_mask)
+@register_term(
+    "RMU",
+    "forget",
+    "||h_l(x_f) - c u||^2",
+    ("forget",),
+    rows("forget"),
+    needs_hidden=True,
+    options=RMUOptions,
+    trainable_mask=trainable_mask,
+)
 def rmu(pol, ref, batch, o):
     h = layer_output(pol["forget"], o.rmu_layer)
     return per_sequence_mse(h, control_vector(h.shape[-1], o), batch.streams["forget"].labels)
 
 
-@register_term("RMU_RETAIN", "retain", "||h_l(x_r) - h_l,ref(x_r)||^2", ("retain",), rows("retain"),
-               ref_streams=("retain",), needs_hidden=True, options=RMUOptions)
+@register_term(
+    "RMU_RETAIN",
+    "retain",
+    "||h_l(x_r) - h_l,ref(x_r)||^2",
+    ("retain",),
+    rows("retain"),
+    ref_streams=("retain",),
+    needs_hidden=True,
+    options=RMUOptions,
+)
 def rmu_retain(pol, ref, batch, o):
     h = layer_output(pol["retain"], o.rmu_layer)
     target = jax.lax.stop_gradient(layer_output(ref["retain"], o.rmu_layer))

@@ -17,8 +17,9 @@ class SimNPOOptions:
     simnpo_delta: float = option(0.0, "SimNPO reward margin, subtracted from avgNLL inside the product")
 
 
-@register_term("SimNPO", "forget", "-(2/b) mean log s(b (avgNLL - d))", ("forget",), rows("forget"),
-               options=SimNPOOptions)
+@register_term(
+    "SimNPO", "forget", "-(2/b) mean log s(b (avgNLL - d))", ("forget",), rows("forget"), options=SimNPOOptions
+)
 def simnpo(pol, ref, batch, o):
     avg = avg_nll(pol["forget"].logits, batch.streams["forget"].labels)
     return -(2.0 / o.simnpo_beta) * jax.nn.log_sigmoid(o.simnpo_beta * (avg - o.simnpo_delta))

@@ -16,8 +16,15 @@ class UNDIALOptions:
     undial_beta: float = option(10.0, "how far the true token's reference logit is lowered")
 
 
-@register_term("UNDIAL", "forget", "CE(theta, softmax(ref logits - b onehot))", ("forget",), tokens("forget"),
-               ref_streams=("forget",), options=UNDIALOptions)
+@register_term(
+    "UNDIAL",
+    "forget",
+    "CE(theta, softmax(ref logits - b onehot))",
+    ("forget",),
+    tokens("forget"),
+    ref_streams=("forget",),
+    options=UNDIALOptions,
+)
 def undial(pol, ref, batch, o):
     lg, targets, mask = shifted(pol["forget"].logits, batch.streams["forget"].labels)
     teacher = ref["forget"].logits[:, :-1].astype(jnp.float32)

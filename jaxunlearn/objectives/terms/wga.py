@@ -16,8 +16,9 @@ class WGAOptions:
     wga_beta: float = option(1.0, "exponent of the per-token weight p^beta")
 
 
-@register_term("WGA", "forget", "-mean p^b nll (weight without gradient)", ("forget",), tokens("forget"),
-               options=WGAOptions)
+@register_term(
+    "WGA", "forget", "-mean p^b nll (weight without gradient)", ("forget",), tokens("forget"), options=WGAOptions
+)
 def wga(pol, ref, batch, o):
     logp, mask = token_logp(pol["forget"].logits, batch.streams["forget"].labels)
     weight = jax.lax.stop_gradient(jnp.exp(o.wga_beta * logp))  # p^beta, no gradient
