@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # From a fresh clone: set up the environment (skipped when already done), check style
-# (ruff format + ruff check) and run the whole test suite. Extra arguments go to pytest. Exits non-zero on any failure,
-# including pytest's exit 5 (no tests collected).
+# (ruff format + ruff check) and run the whole test suite. Extra arguments go to pytest.
+# Exits non-zero on any failure, including pytest's exit 5 (no tests collected).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
