@@ -96,7 +96,7 @@ def jax_config(shape: str, dtype: str = "float32", remat: str = "none"):
     from jaxunlearn.models.registry import family_for
 
     config = family_for("llama").config_from_hf(hf_config_dict(shape))
-    return dataclasses.replace(config, param_dtype=dtype, dtype=dtype, remat=remat)
+    return dataclasses.replace(config, param_dtype=dtype, compute_dtype=dtype, remat=remat)
 
 
 def jax_model(shape: str, torch_model=None, dtype: str = "float32", remat: str = "none"):

@@ -91,7 +91,7 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     )
     config = family_for("llama").config_from_hf(hf)
     param_dtype, compute_dtype = ("float32", "bfloat16") if policy == "mixed" else (policy, policy)
-    config = dataclasses.replace(config, param_dtype=param_dtype, dtype=compute_dtype, remat=remat)
+    config = dataclasses.replace(config, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
     mesh = make_mesh(data=1, fsdp=devices, tensor=1, devices=jax.devices()[:devices])
     graphdef, params = nnx.split(nnx.eval_shape(lambda: jaxunlearn.create_model(config)))
     shardings = param_shardings(params, mesh)

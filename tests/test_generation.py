@@ -53,7 +53,7 @@ def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
         num_heads=4,
         num_kv_heads=2,
         head_dim=8,
-        dtype="bfloat16",
+        compute_dtype="bfloat16",
     )
     model = jaxunlearn.create_model(cfg, seed=0)
     layers = decoding_layers(model, "unrolled")

@@ -45,7 +45,7 @@ def test_logits_match_transformers(name, tiny_checkpoints):
 
 def test_config_reads_family_specifics(tiny_checkpoints):
     qwen, _ = jaxunlearn.load_pretrained(tiny_checkpoints("qwen2_bias"))
-    assert qwen.config.attention_bias and not qwen.config.attention_out_bias
+    assert qwen.config.arch.qkv_bias and not qwen.config.arch.out_bias
     mistral, _ = jaxunlearn.load_pretrained(tiny_checkpoints("mistral_window"))
     assert mistral.config.sliding_window == 4
     llama3, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama3_rope"))

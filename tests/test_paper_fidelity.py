@@ -196,7 +196,7 @@ def _one_adamw_step(param_dtype: str):
         num_kv_heads=2,
         head_dim=8,
         param_dtype=param_dtype,
-        dtype="bfloat16",
+        compute_dtype="bfloat16",
     )
     graphdef, params = nnx.split(jaxunlearn.create_model(cfg, seed=0))
     tx = optax.adamw(1e-5, weight_decay=0.0)
@@ -228,7 +228,7 @@ from jaxunlearn.parallel import make_mesh
 from jaxunlearn.training.step import (jit_train_step, make_train_step, place_batch, place_params,
                                      sharded_init_state)
 cfg = ModelConfig(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
-                  num_heads=4, num_kv_heads=2, head_dim=16, param_dtype="float32", dtype="bfloat16")
+                  num_heads=4, num_kv_heads=2, head_dim=16, param_dtype="float32", compute_dtype="bfloat16")
 graphdef, params = nnx.split(jaxunlearn.create_model(cfg, seed=0))
 mesh = make_mesh(data=1, fsdp=4, tensor=1)
 params = place_params(params, mesh)

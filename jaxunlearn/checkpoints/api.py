@@ -49,7 +49,7 @@ def load_pretrained(
     With `mesh`, every parameter is placed directly onto its sharding.
     """
     ckpt = resolve(path_or_hub_id)
-    runtime = dict(param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat)
+    runtime = dict(param_dtype=dtype, compute_dtype=compute_dtype or dtype, remat=remat)
     tokenizer = None
     if ckpt.kind == "gguf":
         reader = gguf_io.open_gguf(ckpt.path)

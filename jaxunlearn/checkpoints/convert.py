@@ -91,7 +91,8 @@ def load_model(config: ModelConfig, source: TensorSource, mesh=None, rules=None)
     for path, variable in nnx.to_flat_state(state):
         key = "/".join(str(p) for p in path)
         if key not in table:
-            raise CheckpointError(f"internal: parameter {key!r} has no entry in the {config.model_type} name table")
+            # a family's name table misses one of its module's parameters: a bug, not bad input
+            raise RuntimeError(f"parameter {key!r} has no entry in the {config.model_type} name table")
         hf, kind = table[key]
         shape = tuple(variable.get_value().shape)
         layered = "{i}" in hf

@@ -36,13 +36,15 @@ TOFU_HUB = "locuslab/TOFU"
 
 
 def default_data_dir() -> Path:
-    """$JAXUNLEARN_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
+    """$JAXUNLEARN_DATA, else the nearest shared/data beside the checkout or one of its
+    parent directories (../shared/data on these machines), else ../shared/data (whose
+    absence the loaders report with the fix)."""
     env = os.environ.get("JAXUNLEARN_DATA")
     if env:
         return Path(env)
-    beside = Path(__file__).resolve().parents[3] / "shared" / "data"
-    fallback = Path("/work/shared/data")
-    return beside if beside.exists() or not fallback.exists() else fallback
+    here = Path(__file__).resolve()
+    candidates = [parent / "shared" / "data" for parent in here.parents[2:]]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def _tofu_dir(data_dir) -> Path:

@@ -72,7 +72,7 @@ def evaluate_model(
 ) -> tuple[list[dict], dict]:
     """(per-example records, summary) over the configured evaluation sets, with matmuls at
     model.matmul_precision (auto: highest for fp32 compute)."""
-    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.dtype)):
+    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.compute_dtype)):
         return _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress)
 
 

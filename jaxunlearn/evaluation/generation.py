@@ -56,7 +56,7 @@ def decoding_layers(model, layer_loop: str = "auto"):
         raise ValueError(f"unknown layer_loop {layer_loop!r}; use one of {LAYER_LOOPS}")
     if layer_loop == "scan" or (layer_loop == "auto" and jax.default_backend() != "cpu"):
         return None
-    return unstack_layers(model.layers.arrays(), to_dtype(model.config.dtype))
+    return unstack_layers(model.layers.arrays(), to_dtype(model.config.compute_dtype))
 
 
 def greedy_generate(

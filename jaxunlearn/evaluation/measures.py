@@ -17,56 +17,58 @@ UTILITY_SETS = ("retain", "real_authors", "world_facts")
 # --- per example ---------------------------------------------------------------------------
 
 
-def _answer_rows(p):
-    """(example index, index into p.scores) of each answer row."""
-    return [(int(p.evalset.example[r]), i) for i, r in enumerate(np.flatnonzero(p.evalset.kind == GT))]
+def _answer_rows(done):
+    """(example index, index into done.scores) of each answer row."""
+    return [(int(done.evalset.example[r]), i) for i, r in enumerate(np.flatnonzero(done.evalset.kind == GT))]
 
 
 @example_metric(
     "memorization", "scores", "exact memorization and extraction strength of the answer (eval.memorization)"
 )
-def memorization(p):
-    exact, extraction = M.MEMORIZATION[p.options.memorization]
-    em, es = [None] * len(p.evalset), [None] * len(p.evalset)
-    for ex, i in _answer_rows(p):
-        em[ex], es[ex] = exact(p.scores.correct[i]), extraction(p.scores.correct[i])
+def memorization(done):
+    exact, extraction = M.MEMORIZATION[done.options.memorization]
+    em, es = [None] * len(done.evalset), [None] * len(done.evalset)
+    for ex, i in _answer_rows(done):
+        em[ex], es[ex] = exact(done.scores.correct[i]), extraction(done.scores.correct[i])
     return {"exact_memorization": em, "extraction_strength": es}
 
 
 @example_metric("mia", "scores", "membership-inference scores of the answer: LOSS, ZLib, Min-K%, Min-K%++")
-def mia(p):
-    out = [None] * len(p.evalset)
-    for ex, i in _answer_rows(p):
-        lp = p.scores.token_logp[i]
+def mia(done):
+    out = [None] * len(done.evalset)
+    for ex, i in _answer_rows(done):
+        lp = done.scores.token_logp[i]
         out[ex] = {
             "loss": M.mia_loss(lp),
-            "zlib": M.mia_zlib(lp, p.evalset.references[ex]),
+            "zlib": M.mia_zlib(lp, done.evalset.references[ex]),
             "min_k": M.mia_min_k(lp),
-            "min_k_plus_plus": M.mia_min_k_plus_plus(lp, p.scores.mu[i], p.scores.sigma[i]),
+            "min_k_plus_plus": M.mia_min_k_plus_plus(lp, done.scores.mu[i], done.scores.sigma[i]),
         }
     return out
 
 
 @example_metric("rougeL_recall", "generations", "ROUGE-L recall of the greedy answer against the answer")
-def rouge(p):
-    return M.rouge_l_recall(p.generations, p.evalset.references).tolist()
+def rouge(done):
+    return M.rouge_l_recall(done.generations, done.evalset.references).tolist()
 
 
 @example_metric("token_entropy", "generations", "unigram entropy of the greedy answer's tokens / log2 n")
-def token_entropy(p):
-    return [M.token_entropy(p.tokenizer.tokenize(g)) for g in p.generations]
+def token_entropy(done):
+    return [M.token_entropy(done.tokenizer.tokenize(g)) for g in done.generations]
 
 
 @example_metric("cosine", "embeddings", "max(0, cos) of the sentence embeddings of answer and reference")
-def cosine(p):
-    return M.cosine_similarity(p.embedder.encode(p.generations), p.embedder.encode(p.references)).tolist()
+def cosine(done):
+    return M.cosine_similarity(done.embedder.encode(done.generations), done.embedder.encode(done.references)).tolist()
 
 
 @example_metric("entailment", "judge", "NLI judge's entailment flag, forced to 0 when ROUGE-L recall < 0.1")
-def entailment(p):
-    premises, hyps = (p.generations, p.references) if p.kind == "forget" else (p.references, p.generations)
-    rouge_recall = M.rouge_l_recall(p.generations, p.evalset.references)
-    return M.entailment_flags(p.judge.labels(premises, hyps), rouge_recall).astype(float).tolist()
+def entailment(done):
+    premises, hyps = (
+        (done.generations, done.references) if done.kind == "forget" else (done.references, done.generations)
+    )
+    rouge_recall = M.rouge_l_recall(done.generations, done.evalset.references)
+    return M.entailment_flags(done.judge.labels(premises, hyps), rouge_recall).astype(float).tolist()
 
 
 # --- per set -------------------------------------------------------------------------------

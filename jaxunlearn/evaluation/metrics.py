@@ -28,20 +28,20 @@ def truth_ratios(avg_nll_para: np.ndarray, avg_nll_perturbed: np.ndarray) -> np.
     return np.exp(np.asarray(avg_nll_para) - np.asarray(avg_nll_perturbed).mean(-1))
 
 
-def truth_ratio_retain(r: np.ndarray) -> float:
+def truth_ratio_retain(ratios: np.ndarray) -> float:
     """Retain-like sets: mean max(0, 1 - R) (higher is better)."""
-    return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(r))))
+    return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(ratios))))
 
 
-def truth_ratio_forget(r: np.ndarray) -> float:
+def truth_ratio_forget(ratios: np.ndarray) -> float:
     """TOFU's forget aggregation: mean min(R, 1/R)."""
-    r = np.asarray(r)
-    return float(np.mean(np.minimum(r, 1.0 / r)))
+    ratios = np.asarray(ratios)
+    return float(np.mean(np.minimum(ratios, 1.0 / ratios)))
 
 
-def truth_ratio_forget_closer_look(r: np.ndarray) -> float:
+def truth_ratio_forget_closer_look(ratios: np.ndarray) -> float:
     """The Closer Look code reports 1 - mean min(R, 1/R) on the forget set."""
-    return 1.0 - truth_ratio_forget(r)
+    return 1.0 - truth_ratio_forget(ratios)
 
 
 def forget_quality(r_unlearned: np.ndarray, r_retain_model: np.ndarray) -> float:
@@ -73,9 +73,9 @@ def token_entropy(tokens: list[str]) -> float:
     return float(-(freqs * np.log2(freqs)).sum() / np.log2(n))
 
 
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """max(0, cos(a_i, b_i)) row by row."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+def cosine_similarity(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """max(0, cos(first_i, second_i)) row by row."""
+    a, b = np.asarray(first, np.float64), np.asarray(second, np.float64)
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
     return np.maximum(0.0, cos)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Literal
 
 import jax.numpy as jnp
 
@@ -29,6 +29,30 @@ def to_dtype(name_or_dtype: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class Architecture:
+    """The decoder's switches (models/decoder.py). The defaults are Llama's; each family's
+    config.json translation sets the rest."""
+
+    norm: Literal["rms", "layer", "rms_plus_one"] = "rms"  # RMSNorm; LayerNorm with bias; Gemma's (1 + w)
+    positions: Literal["rope", "learned"] = "rope"  # GPT-2: a learned position table
+    rotary_dim: int | None = None  # partial rotary on the first dims (None: head_dim)
+    qkv: Literal["separate", "fused", "fused_per_head"] = "separate"  # GPT-2 [q | k | v]; NeoX per head
+    mlp: Literal["gated", "plain"] = "gated"  # SwiGLU / GeGLU, or fc1 -> act -> fc2
+    act: str = "silu"  # a key of layers.ACTIVATIONS
+    residual: Literal["sequential", "parallel_shared_norm", "parallel"] = "sequential"  # Phi; NeoX
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    embed_scale: bool = False  # Gemma: embeddings times sqrt(hidden)
+    attn_scale: float | None = None  # None: head_dim^-1/2 (Gemma-2: query_pre_attn_scalar^-1/2)
+    attn_softcap: float | None = None  # Gemma-2's tanh soft-capping of scores
+    final_softcap: float | None = None  # ... and of logits
+    sandwich_norms: bool = False  # Gemma-2: norms after attention and MLP too
+    sliding_layers: tuple[bool, ...] | None = None  # which layers use the window (None: all, when one is set)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     model_type: str
     vocab_size: int
@@ -38,33 +62,26 @@ class ModelConfig:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    rms_norm_eps: float = 1e-6
+    norm_eps: float = 1e-6  # epsilon of every norm (RMSNorm or LayerNorm)
     rope_theta: float = 10000.0
     # None, or a dict such as {"rope_type": "llama3", "factor": 8.0, ...}
     rope_scaling: tuple | None = None
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
-    attention_bias: bool = False  # biases on q/k/v
-    attention_out_bias: bool = False  # bias on o_proj (Llama's attention_bias; not Qwen2's)
-    mlp_bias: bool = False
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple | None = None
     pad_token_id: int | None = None
     # Runtime options, not part of the checkpoint.
     param_dtype: str = "float32"
-    dtype: str = "float32"  # compute dtype
+    compute_dtype: str = "float32"  # matmuls and activations (param_dtype: the stored weights)
     remat: str = "none"  # "none" | "full" | "dots": per-block rematerialization policy
     hf_config_json: str = "{}"  # the original config.json, as text so the config stays hashable
-    # Family-specific architecture switches as sorted (key, value) pairs (models/decoder.py).
-    arch: tuple = ()
+    arch: Architecture = Architecture()  # the decoder's switches
 
     @property
     def rope_scaling_dict(self) -> dict | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
-
-    def option(self, key: str, default: Any = None) -> Any:
-        return dict(self.arch).get(key, default)
 
     @property
     def hf_config(self) -> dict:

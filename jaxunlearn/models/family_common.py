@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import CheckpointError
-from .config import ModelConfig
+from .config import Architecture, ModelConfig
 from .layers import ACTIVATIONS
 
 
@@ -29,8 +29,9 @@ def rope_settings(
     return float(theta), float(partial)
 
 
-def arch(**switches) -> tuple:
-    return tuple(sorted((k, v) for k, v in switches.items() if v is not None))
+def arch(**switches) -> Architecture:
+    """The decoder's switches; None leaves a switch at its default."""
+    return Architecture(**{k: v for k, v in switches.items() if v is not None})
 
 
 def common_to_hf(c: ModelConfig, architecture: str, **fields) -> dict:

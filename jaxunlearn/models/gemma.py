@@ -70,7 +70,7 @@ def gemma_config_from_hf(cfg: dict) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
@@ -92,7 +92,7 @@ def gemma_config_to_hf(c: ModelConfig) -> dict:
         num_attention_heads=c.num_heads,
         num_key_value_heads=c.num_kv_heads,
         head_dim=c.head_dim,
-        rms_norm_eps=c.rms_norm_eps,
+        rms_norm_eps=c.norm_eps,
         max_position_embeddings=c.max_position_embeddings,
     )
 

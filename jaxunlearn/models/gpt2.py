@@ -45,7 +45,7 @@ def gpt2_config_from_hf(cfg: dict) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=hidden // heads,
-        rms_norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
         max_position_embeddings=int(cfg.get("n_positions", 1024)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         **token_ids(cfg),
@@ -72,9 +72,9 @@ def gpt2_config_to_hf(c: ModelConfig) -> dict:
         n_inner=c.intermediate_size,
         n_layer=c.num_layers,
         n_head=c.num_heads,
-        layer_norm_epsilon=c.rms_norm_eps,
+        layer_norm_epsilon=c.norm_eps,
         n_positions=c.max_position_embeddings,
-        activation_function=c.option("act"),
+        activation_function=c.arch.act,
     )
 
 

@@ -44,7 +44,7 @@ def neox_config_from_hf(cfg: dict) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
         rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -72,9 +72,9 @@ def neox_config_to_hf(c: ModelConfig) -> dict:
         intermediate_size=c.intermediate_size,
         num_hidden_layers=c.num_layers,
         num_attention_heads=c.num_heads,
-        hidden_act=c.option("act"),
-        layer_norm_eps=c.rms_norm_eps,
-        use_parallel_residual=c.option("residual") == "parallel",
+        hidden_act=c.arch.act,
+        layer_norm_eps=c.norm_eps,
+        use_parallel_residual=c.arch.residual == "parallel",
         max_position_embeddings=c.max_position_embeddings,
     )
 

@@ -134,3 +134,21 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
 }
+
+
+def param(rngs, shape, axes, dtype, init="normal"):
+    """An nnx.Param with its logical axes: ones, zeros or N(0, 0.02) (for random models)."""
+    from flax import nnx
+
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+def linear(x, w, b=None):
+    y = x @ w
+    return y if b is None else y + b

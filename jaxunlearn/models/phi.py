@@ -47,7 +47,7 @@ def phi_config_from_hf(cfg: dict) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
         rope_theta=theta,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -76,8 +76,8 @@ def phi_config_to_hf(c: ModelConfig) -> dict:
         num_hidden_layers=c.num_layers,
         num_attention_heads=c.num_heads,
         num_key_value_heads=c.num_kv_heads,
-        hidden_act=c.option("act"),
-        layer_norm_eps=c.rms_norm_eps,
+        hidden_act=c.arch.act,
+        layer_norm_eps=c.norm_eps,
         max_position_embeddings=c.max_position_embeddings,
     )
 

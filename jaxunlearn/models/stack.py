@@ -61,7 +61,7 @@ def scan_layers(
     if policy == "missing":
         raise CheckpointError(f"unknown remat policy {config.remat!r}; use one of {sorted(REMAT_POLICIES)}")
     if cache is not None and cache.per_layer:
-        raise CheckpointError("internal: a per-layer KV cache needs per-layer parameters (unstack_layers)")
+        raise RuntimeError("a per-layer KV cache needs per-layer parameters (unstack_layers)")  # a caller's bug
 
     def body(carry, xs):
         h, kv = carry
@@ -101,7 +101,7 @@ def layer_params_as(block_params, layer_params, dtype):
 
 def _unrolled_layers(block, h, layer_params: list, cache, per_layer, output_hidden_states):
     if cache is not None and not cache.per_layer:
-        raise CheckpointError("internal: per-layer parameters need a per-layer KV cache (KVCache.split_layers)")
+        raise RuntimeError("per-layer parameters need a per-layer KV cache (KVCache.split_layers)")  # a caller's bug
     hidden, ks, vs = [], [], []
     for i, p in enumerate(layer_params):
         x = None if per_layer is None else per_layer[i]

@@ -140,7 +140,7 @@ def train(
     Matmuls run at model.matmul_precision (auto: highest for fp32 compute).
     """
     check_param_precision(model.config.param_dtype, cfg)
-    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.dtype)):
+    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.compute_dtype)):
         return _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume, progress, export, on_step)
 
 
@@ -198,7 +198,7 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
         log.info("resumed from step %d", int(state.step))
     start = int(state.step)
 
-    compute = to_dtype(model.config.dtype)
+    compute = to_dtype(model.config.compute_dtype)
     mixed = jnp.dtype(compute) != jnp.dtype(to_dtype(model.config.param_dtype))
     step_fn = make_train_step(
         graphdef,

@@ -16,8 +16,8 @@ from .common import PreferenceOptions, rows
     rows("retain"),
     options=PreferenceOptions,
 )
-def ap(pol, ref, batch, o):
+def ap(pol, ref, batch, options):
     diff = seq_nll(pol["retain_idk"].logits, batch.streams["retain_idk"].labels) - seq_nll(
         pol["retain"].logits, batch.streams["retain"].labels
     )
-    return -(1.0 / o.beta) * jax.nn.log_sigmoid(o.beta * diff)
+    return -(1.0 / options.beta) * jax.nn.log_sigmoid(options.beta * diff)

@@ -18,12 +18,12 @@ class PreferenceOptions:
 
 def rows(stream: str):
     """Denominator: one per row (sequence-level terms)."""
-    return lambda batch, o: jnp.ones(batch.streams[stream].input_ids.shape[0], jnp.float32)
+    return lambda batch, options: jnp.ones(batch.streams[stream].input_ids.shape[0], jnp.float32)
 
 
 def tokens(stream: str):
     """Denominator: the row's supervised tokens (token-mean terms)."""
-    return lambda batch, o: num_supervised(batch.streams[stream].labels).astype(jnp.float32)
+    return lambda batch, options: num_supervised(batch.streams[stream].labels).astype(jnp.float32)
 
 
 def sum_logp(out, stream_batch) -> jax.Array:

@@ -41,10 +41,10 @@ def _pooled_final(out, labels) -> jax.Array:
     needs_hidden=True,
     options=DISTOptions,
 )
-def dist(pol, ref, batch, o):
+def dist(pol, ref, batch, options):
     labels = batch.streams["forget"].labels
     logp, mask = token_logp(pol["forget"].logits, labels)
     neg = jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)
     centroid = jax.lax.stop_gradient(_pooled_final(ref["forget_idk"], batch.streams["forget_idk"].labels).mean(0))
     pos = ((_pooled_final(pol["forget"], labels) - centroid) ** 2).mean(-1)
-    return o.dist_neg_weight * neg + o.dist_pos_weight * pos
+    return options.dist_neg_weight * neg + options.dist_pos_weight * pos

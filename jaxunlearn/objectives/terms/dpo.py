@@ -17,8 +17,8 @@ from .common import PreferenceOptions, reference_seq_nll, rows
     options=PreferenceOptions,
     precomputable_reference=True,
 )
-def dpo(pol, ref, batch, o):
+def dpo(pol, ref, batch, options):
     f, i = batch.streams["forget"].labels, batch.streams["forget_idk"].labels
     pi = -seq_nll(pol["forget_idk"].logits, i) + seq_nll(pol["forget"].logits, f)
     rf = -reference_seq_nll(ref, batch, "forget_idk") + reference_seq_nll(ref, batch, "forget")
-    return -(2.0 / o.beta) * jax.nn.log_sigmoid(o.beta * (pi - rf))
+    return -(2.0 / options.beta) * jax.nn.log_sigmoid(options.beta * (pi - rf))

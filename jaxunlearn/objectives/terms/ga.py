@@ -5,5 +5,5 @@ from .common import sum_logp, tokens
 
 
 @register_term("GA", "forget", "-tokNLL(a_f|q_f)", ("forget",), tokens("forget"))
-def ga(pol, ref, batch, o):
+def ga(pol, ref, batch, options):
     return sum_logp(pol["forget"], batch.streams["forget"])  # -tokNLL: + sum log p

@@ -5,5 +5,5 @@ from .common import sum_logp, tokens
 
 
 @register_term("GD", "retain", "tokNLL(a_r|q_r)", ("retain",), tokens("retain"))
-def gd(pol, ref, batch, o):
+def gd(pol, ref, batch, options):
     return -sum_logp(pol["retain"], batch.streams["retain"])

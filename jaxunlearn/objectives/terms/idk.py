@@ -5,5 +5,5 @@ from .common import sum_logp, tokens
 
 
 @register_term("IDK", "forget", "tokNLL(idk|q_f)", ("forget_idk",), tokens("forget_idk"))
-def idk(pol, ref, batch, o):
+def idk(pol, ref, batch, options):
     return -sum_logp(pol["forget_idk"], batch.streams["forget_idk"])

@@ -18,14 +18,14 @@ class KLOptions:
     )
 
 
-def _positions(b, o) -> jax.Array:
-    if o.kl_positions == "all_padded":
+def _positions(b, options) -> jax.Array:
+    if options.kl_positions == "all_padded":
         return jnp.ones_like(b.attention_mask, dtype=bool)
     return b.attention_mask.astype(bool)
 
 
-def _count(batch, o):
-    return _positions(batch.streams["retain"], o).sum(-1).astype(jnp.float32)
+def _count(batch, options):
+    return _positions(batch.streams["retain"], options).sum(-1).astype(jnp.float32)
 
 
 @register_term(
@@ -37,8 +37,8 @@ def _count(batch, o):
     ref_streams=("retain",),
     options=KLOptions,
 )
-def kl(pol, ref, batch, o):
+def kl(pol, ref, batch, options):
     p_log = log_probs(pol["retain"].logits)
     r_log = log_probs(ref["retain"].logits)
     per_pos = (jnp.exp(r_log) * (r_log - p_log)).sum(-1)
-    return jnp.where(_positions(batch.streams["retain"], o), per_pos, 0.0).sum(-1)
+    return jnp.where(_positions(batch.streams["retain"], options), per_pos, 0.0).sum(-1)

@@ -17,6 +17,6 @@ from .common import PreferenceOptions, reference_seq_nll, rows
     options=PreferenceOptions,
     precomputable_reference=True,
 )
-def npo(pol, ref, batch, o):
+def npo(pol, ref, batch, options):
     diff = reference_seq_nll(ref, batch, "forget") - seq_nll(pol["forget"].logits, batch.streams["forget"].labels)
-    return -(2.0 / o.beta) * jax.nn.log_sigmoid(-o.beta * diff)
+    return -(2.0 / options.beta) * jax.nn.log_sigmoid(-options.beta * diff)

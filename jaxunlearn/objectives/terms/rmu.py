@@ -24,21 +24,23 @@ class RMUOptions:
     )
 
 
-def control_vector(dim: int, o) -> jax.Array:
+def control_vector(dim: int, options) -> jax.Array:
     """c * u with u a fixed random unit vector (uniform [0, 1) entries, normalised)."""
-    u = jax.random.uniform(jax.random.PRNGKey(o.rmu_seed), (dim,), jnp.float32)
-    return o.rmu_steering_coeff * u / jnp.linalg.norm(u)
+    u = jax.random.uniform(jax.random.PRNGKey(options.rmu_seed), (dim,), jnp.float32)
+    return options.rmu_steering_coeff * u / jnp.linalg.norm(u)
 
 
-def trainable_mask(params, o, num_layers: int):
+def trainable_mask(params, options, num_layers: int):
     """1 on the MLP weights of layers l-2..l, 0 elsewhere; None (everything) for 'all'."""
-    if o.rmu_trainable == "all":
+    if options.rmu_trainable == "all":
         return None
-    names = ("down_proj",) if o.rmu_trainable == "down_proj" else ("gate_proj", "up_proj", "down_proj")
-    if not 0 <= o.rmu_layer < num_layers - 1:
-        raise ConfigError(f"objective.options.rmu_layer={o.rmu_layer} must be in 0..{num_layers - 2} for this model")
+    names = ("down_proj",) if options.rmu_trainable == "down_proj" else ("gate_proj", "up_proj", "down_proj")
+    if not 0 <= options.rmu_layer < num_layers - 1:
+        raise ConfigError(
+            f"objective.options.rmu_layer={options.rmu_layer} must be in 0..{num_layers - 2} for this model"
+        )
     layers = np.zeros(num_layers, np.float32)
-    layers[max(0, o.rmu_layer - 2) : o.rmu_layer + 1] = 1.0
+    layers[max(0, options.rmu_layer - 2) : options.rmu_layer + 1] = 1.0
 
     def one(path, x):
         key = jax.tree_util.keystr(path)
@@ -59,9 +61,9 @@ def trainable_mask(params, o, num_layers: int):
     options=RMUOptions,
     trainable_mask=trainable_mask,
 )
-def rmu(pol, ref, batch, o):
-    h = layer_output(pol["forget"], o.rmu_layer)
-    return per_sequence_mse(h, control_vector(h.shape[-1], o), batch.streams["forget"].labels)
+def rmu(pol, ref, batch, options):
+    h = layer_output(pol["forget"], options.rmu_layer)
+    return per_sequence_mse(h, control_vector(h.shape[-1], options), batch.streams["forget"].labels)
 
 
 @register_term(
@@ -74,7 +76,7 @@ def rmu(pol, ref, batch, o):
     needs_hidden=True,
     options=RMUOptions,
 )
-def rmu_retain(pol, ref, batch, o):
-    h = layer_output(pol["retain"], o.rmu_layer)
-    target = jax.lax.stop_gradient(layer_output(ref["retain"], o.rmu_layer))
+def rmu_retain(pol, ref, batch, options):
+    h = layer_output(pol["retain"], options.rmu_layer)
+    target = jax.lax.stop_gradient(layer_output(ref["retain"], options.rmu_layer))
     return per_sequence_mse(h, target, batch.streams["retain"].labels)

@@ -20,6 +20,6 @@ class SimNPOOptions:
 @register_term(
     "SimNPO", "forget", "-(2/b) mean log s(b (avgNLL - d))", ("forget",), rows("forget"), options=SimNPOOptions
 )
-def simnpo(pol, ref, batch, o):
+def simnpo(pol, ref, batch, options):
     avg = avg_nll(pol["forget"].logits, batch.streams["forget"].labels)
-    return -(2.0 / o.simnpo_beta) * jax.nn.log_sigmoid(o.simnpo_beta * (avg - o.simnpo_delta))
+    return -(2.0 / options.simnpo_beta) * jax.nn.log_sigmoid(options.simnpo_beta * (avg - options.simnpo_delta))

@@ -25,9 +25,9 @@ class UNDIALOptions:
     ref_streams=("forget",),
     options=UNDIALOptions,
 )
-def undial(pol, ref, batch, o):
+def undial(pol, ref, batch, options):
     lg, targets, mask = shifted(pol["forget"].logits, batch.streams["forget"].labels)
     teacher = ref["forget"].logits[:, :-1].astype(jnp.float32)
-    teacher = teacher - o.undial_beta * jax.nn.one_hot(targets, teacher.shape[-1], dtype=teacher.dtype)
+    teacher = teacher - options.undial_beta * jax.nn.one_hot(targets, teacher.shape[-1], dtype=teacher.dtype)
     ce = -(jax.nn.softmax(teacher, axis=-1) * log_probs(lg)).sum(-1)
     return jnp.where(mask, ce, 0.0).sum(-1)

@@ -19,7 +19,7 @@ class WGAOptions:
 @register_term(
     "WGA", "forget", "-mean p^b nll (weight without gradient)", ("forget",), tokens("forget"), options=WGAOptions
 )
-def wga(pol, ref, batch, o):
+def wga(pol, ref, batch, options):
     logp, mask = token_logp(pol["forget"].logits, batch.streams["forget"].labels)
-    weight = jax.lax.stop_gradient(jnp.exp(o.wga_beta * logp))  # p^beta, no gradient
+    weight = jax.lax.stop_gradient(jnp.exp(options.wga_beta * logp))  # p^beta, no gradient
     return jnp.where(mask, weight * logp, 0.0).sum(-1)  # -(w * nll) summed
