@@ -1,4 +1,7 @@
-"""Run configuration: dataclasses, YAML files and `key=value` overrides.
+"""The run configuration: the sections each subsystem owns (checkpoints.config,
+data.config, objectives.config, parallel.MeshSection, training.config, evaluation.config)
+composed into RunConfig, read from YAML files and `key=value` overrides. The pipelines
+hand each core function its own section.
 
 Unknown keys are errors that name the closest valid key; values are parsed as YAML
 scalars (`train.lr=5e-6`, `data.buckets=[64,128]`, `output.export_hf_flax=true`).
@@ -15,185 +18,13 @@ from typing import Literal
 
 import yaml
 
+from .checkpoints.config import ModelSection
+from .data.config import DataSection
 from .errors import ConfigError
-from .objectives.compose import DEFAULT_OBJECTIVE
-from .objectives.options import ObjectiveOptions
-
-
-def setting(default, help: str):  # noqa: A002 - the word --help and the reference page use
-    """A config field: its default (lists and sections are copied per instance) and its help
-    text, which `--help` and docs/reference/config.md show."""
-    meta = {"help": help}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
-    if isinstance(default, type):
-        return dataclasses.field(default_factory=default, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-@dataclasses.dataclass
-class ModelSection:
-    path: str = setting(
-        "smollm2-135m-instruct", "the policy's start: HF dir, HF-Flax dir, .gguf, hub id or built-in asset"
-    )
-    dtype: str = setting(
-        "float32",
-        "parameter (master weight) dtype of the policy: float32, bfloat16 (training needs "
-        "train.low_precision_params), float16",
-    )
-    compute_dtype: str | None = setting(
-        None, "matmul and activation dtype (null: dtype); bfloat16 with float32 parameters is mixed precision"
-    )
-    reference_path: str | None = setting(None, "frozen reference model (null: the policy's start)")
-    reference_dtype: str | None = setting(None, "dtype of the frozen reference (null: model.dtype); bfloat16 halves it")
-    remat: Literal["none", "full", "dots"] = setting("none", "per-block rematerialization in the backward pass")
-    matmul_precision: Literal["auto", "highest", "high", "default"] = setting(
-        "auto", "matmul precision; auto: highest for fp32 compute (no TF32 / bf16 passes), default for bf16"
-    )
-    allow_pickle: bool = setting(False, "allow pickled pytorch_model.bin (loaded with torch weights_only=True)")
-
-
-@dataclasses.dataclass
-class DataSection:
-    source: Literal["tofu", "closer_look", "real_world", "files"] = setting(
-        "tofu", "where forget and retain rows come from"
-    )
-    data_dir: str | None = setting(
-        None,
-        "data root holding tofu/ and closer-look/ (null: $JAXUNLEARN_DATA or "
-        "../shared/data); hub: locuslab/TOFU through datasets",
-    )
-    forget_split: str = setting("forget10", "TOFU forget split (forget01 | forget05 | forget10)")
-    retain_split: str = setting("retain90", "TOFU retain split (retain99 | retain95 | retain90)")
-    forget_file: str | None = setting(None, "source=files: the forget QA file (JSON, JSONL, CSV, Parquet)")
-    retain_file: str | None = setting(None, "source=files: the retain QA file")
-    question_key: str = setting("question", "question field of user QA files")
-    answer_key: str = setting("answer", "answer field of user QA files")
-    refusals_file: str | None = setting(None, "refusal strings, one per line (null: TOFU's idontknow.jsonl)")
-    pairing: Literal["seeded", "closer_look"] = setting(
-        "seeded",
-        "retain row and refusal per forget row: seeded (numpy, by train.seed and index) or closer_look "
-        "(the paper code's torch.manual_seed(index) draws)",
-    )
-    template: str = setting(
-        "auto", "prompt format: auto | llama2-chat | phi | phi-tofu | llama3-instruct | chatml | plain | chat"
-    )
-    max_length: int = setting(500, "tokens per training row (longer rows are cut, and counted)")
-    buckets: list[int] = setting([64, 128, 256, 512], "padded lengths a batch may take (one compile each)")
-    pad_to: int | None = setting(None, "one fixed padded length instead of buckets (the paper: 500)")
-    max_forget_rows: int | None = setting(None, "keep the first N forget rows (demos, smoke runs)")
-    max_retain_rows: int | None = setting(None, "keep the first N retain rows")
-    train_split: str = setting(
-        "full", "finetune: TOFU split to train on (full: the target model; retain90: a retain model)"
-    )
-    train_file: str | None = setting(None, "finetune: a user QA file instead of a TOFU split")
-    max_train_rows: int | None = setting(None, "finetune: keep the first N rows")
-
-
-@dataclasses.dataclass
-class ObjectiveSection:
-    name: str = setting(
-        DEFAULT_OBJECTIVE, "FORGET+RETAIN term names, e.g. ME+GD, IDK+AP, NPO+KL, GA (see docs/reference/objectives.md)"
-    )
-    forget_weight: float = setting(0.1, "gamma: weight of the forget term")
-    retain_weight: float = setting(1.0, "alpha: weight of the retain term")
-    options: ObjectiveOptions = setting(ObjectiveOptions, "every term's options (objective.options.<name>)")
-
-
-@dataclasses.dataclass
-class TrainSection:
-    lr: float = setting(1e-5, "peak learning rate (linear warmup, then linear decay to 0)")
-    epochs: float = setting(5.0, "epochs over the forget set; steps = int(epochs * rows) // batch_size")
-    batch_size: int = setting(32, "effective (global) batch of forget rows per step")
-    micro_batches: int = setting(1, "gradient accumulation inside the step (exact: equals the full batch)")
-    loss_group_rows: int | None = setting(
-        None,
-        "null: each term's mean over the global batch; k: a mean per group of k rows averaged over the "
-        "groups, as the paper's code (4 rows x 4 accumulation steps x 2 GPUs)",
-    )
-    weight_decay: float = setting(0.01, "AdamW weight decay (not on norms and biases)")
-    adam_b1: float = setting(0.9, "AdamW beta1")
-    adam_b2: float = setting(0.999, "AdamW beta2")
-    adam_eps: float = setting(1e-8, "AdamW epsilon")
-    clip_grad_norm: float | None = setting(None, "global gradient-norm clipping (null: none, as the paper)")
-    warmup_steps: int | None = setting(None, "null: one epoch when an epoch has more than one step")
-    max_steps: int | None = setting(None, "null: the paper's formula from epochs")
-    seed: int = setting(1001, "data order, pairing and PRNG seed")
-    precompute_reference: bool = setting(
-        False, "compute the reference's sequence NLLs once (NPO, DPO) and drop the reference model from the step"
-    )
-    low_precision_params: bool = setting(
-        False,
-        "allow training bf16 / fp16 parameters (most updates round away at "
-        "small learning rates; prefer model.dtype=float32 model.compute_dtype=bfloat16)",
-    )
-
-
-@dataclasses.dataclass
-class MeshSection:
-    data: int = setting(-1, "data-parallel axis size (-1: the devices left over)")
-    fsdp: int = setting(1, "fully sharded data-parallel axis size (parameters and optimizer state sharded)")
-    tensor: int = setting(1, "tensor-parallel axis size")
-
-
-@dataclasses.dataclass
-class OutputSection:
-    dir: str = setting("runs/unlearn", "run directory (run.json, metrics.jsonl, checkpoints/, model/)")
-    checkpoint_every: int | None = setting(None, "checkpoint every N steps (always at the end)")
-    keep_checkpoints: int = setting(2, "checkpoints kept")
-    export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")
-    export_hf_flax: bool = setting(False, "also write an HF-Flax msgpack directory (model-hf-flax/)")
-
-
-@dataclasses.dataclass
-class ContinualSection:
-    split: str | None = setting(
-        None, "forget01 | forget05 | forget10 pool of the Closer Look data: run its tasks one after another"
-    )
-    tasks: list[int] = setting([], "task ids in order (empty: every task)")
-    fix_reference: bool = setting(False, "reference = the original model instead of the previous task's result")
-
-
-@dataclasses.dataclass
-class EvalSection:
-    sets: list[str] = setting(
-        ["forget", "retain", "real_authors", "world_facts"],
-        "evaluation sets: forget, retain, real_authors, world_facts (holdout added for MIA)",
-    )
-    forget_split: str | None = setting(None, "forget evaluation split (null: data.forget_split + _perturbed)")
-    holdout_split: str | None = setting(
-        None, "MIA holdout split (null: the holdout of the forget split's size; none: skip)"
-    )
-    num_rows: int | None = setting(300, "first N rows of each set (TOFU: 300); null: all")
-    batch_size: int = setting(16, "rows per generation batch; scoring packs batch_size x 64 prefix-tree nodes")
-    max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")
-    generation_budget: Literal["tofu", "open_unlearning", "per_row"] = setting(
-        "per_row",
-        "new tokens per answer: tofu (max_length - longest real prompt of each group of tofu_batch_size "
-        "rows, as TOFU's code), open_unlearning (max_new_tokens), per_row (max_length - its own prompt)",
-    )
-    max_new_tokens: int = setting(200, "generation_budget=open_unlearning: new tokens per answer")
-    tofu_batch_size: int = setting(30, "generation_budget=tofu: TOFU's evaluation batch size")
-    score_max_length: int | None = setting(
-        None, "scored rows cut at this many tokens (TOFU: 200); null: data.max_length"
-    )
-    memorization: Literal["clean", "open_unlearning"] = setting(
-        "clean",
-        "exact memorization / extraction strength: clean (every supervised token) or open_unlearning "
-        "(EOS left out, extraction strength 1/n without a match)",
-    )
-    generate: bool = setting(True, "generate answers (ROUGE, entropy, cosine, entailment)")
-    cosine: bool = setting(True, "cosine similarity with sentence embeddings (all-MiniLM-L6-v2)")
-    nli_judge: str = setting("none", "entailment judge: none | causal-lm (offline zero-shot) | hub | an HF model name")
-    nli_model: str = setting("smollm2-135m-instruct", "the causal-lm judge's checkpoint")
-    retain_eval: str | None = setting(
-        None,
-        "a retain model's evaluation (jaxunlearn eval dir, TOFU logs or "
-        "open-unlearning TOFU_EVAL.json): forget quality and PrivLeak",
-    )
-    reference_model: str | None = setting(None, "MIA reference-difference attack's model")
-    task_id: int = setting(1, "source=closer_look: the continual task whose forget rows are evaluated")
-    every_steps: int | None = setting(None, "unlearn: also evaluate every k steps (into output.dir/eval/step_k)")
+from .evaluation.config import EvalSection
+from .objectives.config import ObjectiveSection
+from .parallel import MeshSection
+from .training.config import ContinualSection, OutputSection, TrainSection
 
 
 @dataclasses.dataclass

@@ -8,6 +8,8 @@ replication instead of failing.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 
@@ -15,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .settings import setting
 from .errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -112,3 +115,10 @@ def constrain_batch(x: jax.Array) -> jax.Array:
         return x
     spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+@dataclasses.dataclass
+class MeshSection:
+    data: int = setting(-1, "data-parallel axis size (-1: the devices left over)")
+    fsdp: int = setting(1, "fully sharded data-parallel axis size (parameters and optimizer state sharded)")
+    tensor: int = setting(1, "tensor-parallel axis size")

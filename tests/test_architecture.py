@@ -9,12 +9,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "jaxunlearn"
 # lowest first; a module may import its own package and lower layers, never sideways or up
 LAYERS = [
-    ("errors",),
+    ("errors", "settings"),
     ("parallel", "precision"),
     ("models",),
     ("checkpoints", "data", "objectives"),  # checkpoints with tokenizer loading
-    ("config",),  # the run config composes the sections the layers below own
     ("training", "evaluation"),
+    ("config",),  # the run config: the sections each layer below owns, composed
     ("pipelines",),
     ("cli",),
     ("__main__", "__init__"),  # python -m jaxunlearn; the package's public names

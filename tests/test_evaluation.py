@@ -287,7 +287,7 @@ def test_empty_split(tmp_path):
         (tmp_path / "tofu" / f"{name}.json").write_text("")
     cfg = load_config(None, [f"data.data_dir={tmp_path}", "data.forget_split=forget01", "eval.sets=[forget]"])
     with pytest.raises(DataError, match="evaluation set 'forget' is empty"):
-        load_sets(cfg)
+        load_sets(cfg.data, cfg.eval)
 
 
 @pytest.mark.subprocess

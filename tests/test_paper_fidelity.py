@@ -170,10 +170,10 @@ def test_bf16_parameters_are_an_explicit_opt_in(caplog):
     from jaxunlearn.training.loop import check_param_precision
 
     with pytest.raises(ConfigError, match="model.dtype=float32 model.compute_dtype=bfloat16.*low_precision_params"):
-        check_param_precision("bfloat16", load_config(None))
-    check_param_precision("float32", load_config(None))
+        check_param_precision("bfloat16", low_precision_params=False)
+    check_param_precision("float32", low_precision_params=False)
     with caplog.at_level("WARNING"):
-        check_param_precision("bfloat16", load_config(None, ["train.low_precision_params=true"]))
+        check_param_precision("bfloat16", low_precision_params=True)
     assert "round away" in caplog.text
 
 

@@ -17,9 +17,8 @@ from jaxunlearn.config import load_config
 from jaxunlearn.data import BatchIterator, pad_token_id
 from jaxunlearn.errors import ConfigError, DataError
 from jaxunlearn.objectives import StepBatch, build_objective
-from jaxunlearn.pipelines.unlearn import finetune, unlearn
-from jaxunlearn.training.data_setup import forget_and_retain, unlearning_streams
-from jaxunlearn.training.loop import train
+from jaxunlearn.pipelines.unlearn import finetune, train_with_config, unlearn
+from jaxunlearn.pipelines.data_setup import forget_and_retain, unlearning_streams
 from jaxunlearn.training.optimizer import linear_warmup_decay, make_optimizer, paper_num_steps, paper_warmup
 from jaxunlearn.training.step import check_batch_divisible, init_state, make_train_step
 
@@ -112,7 +111,7 @@ def test_ga_raises_forget_nll(tiny_lm, tmp_path):
     objective = build_objective("GA")
     streams = unlearning_streams(cfg, tok, objective, *forget_and_retain(cfg))
     before = stream_stats(model, streams, "forget", tok)[1]
-    result = train(model, tok, streams, objective, cfg, tmp_path / "run", progress=False)
+    result = train_with_config(model, tok, streams, objective, cfg, tmp_path / "run", progress=False)
     after = stream_stats(result["model"], streams, "forget", tok)[1]
     assert after > before + 0.2, (before, after)
     ga = [json.loads(x)["loss/GA"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -135,7 +134,7 @@ def test_me_gd_raises_entropy_and_keeps_retain(tiny_lm, tmp_path):
     streams = unlearning_streams(cfg, tok, objective, *forget_and_retain(cfg))
     ent0, _ = stream_stats(model, streams, "forget", tok)
     _, ret0 = stream_stats(model, streams, "retain", tok)
-    result = train(model, tok, streams, objective, cfg, tmp_path / "run", progress=False)
+    result = train_with_config(model, tok, streams, objective, cfg, tmp_path / "run", progress=False)
     ent1, _ = stream_stats(result["model"], streams, "forget", tok)
     _, ret1 = stream_stats(result["model"], streams, "retain", tok)
     assert ent1 > ent0 + 0.5, (ent0, ent1)
@@ -227,7 +226,7 @@ def test_reference_objective_without_reference(tiny_lm, tmp_path):
     objective = build_objective("NPO+GD")
     streams = unlearning_streams(cfg, tok, objective, *forget_and_retain(cfg))
     with pytest.raises(ConfigError, match="needs a frozen reference model"):
-        train(model, tok, streams, objective, cfg, tmp_path / "run", reference=None, progress=False)
+        train_with_config(model, tok, streams, objective, cfg, tmp_path / "run", reference=None, progress=False)
 
 
 def test_batch_the_mesh_cannot_divide():

@@ -8,19 +8,20 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
+from ..data.batching import DEFAULT_BUCKETS
 from ..data.eval_sets import GT, PARA, PERTURBED, build_eval_set
 from ..data.tokenize import pad_token_id
 from ..errors import DataError
 from ..models.config import to_dtype
-from ..precision import matmul_precision
+from ..precision import matmul_precision as precision_context
 from . import metrics as M
 from .aggregate import aggregate, set_stats
 from .registry import EXAMPLE_METRICS, SetPass
 from .budgets import generation_budgets
 from .kernels import generate_texts, score_rows
 from .prefix_trees import score_prefix_trees
-from .sets import load_sets
+from .config import EvalSection
+from .sets import SetSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,40 @@ def score_candidates(model, evalset, pad: int, batch_size: int, mesh=None, bar=N
 
 
 def evaluate_model(
-    model, tokenizer, template, cfg: RunConfig, embedder=None, judge=None, reference=None, progress: bool = True
+    model,
+    tokenizer,
+    template,
+    sets: list[SetSpec],
+    options: EvalSection,
+    max_length: int = 500,
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+    matmul_precision: str = "auto",
+    embedder=None,
+    judge=None,
+    reference=None,
+    progress: bool = True,
 ) -> tuple[list[dict], dict]:
-    """(per-example records, summary) over the configured evaluation sets, with matmuls at
-    model.matmul_precision (auto: highest for fp32 compute)."""
-    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.compute_dtype)):
-        return _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress)
+    """(per-example records, summary) over `sets` (sets.load_sets), evaluated as `options`
+    (the eval section) says; rows are cut at options.score_max_length or `max_length`;
+    `buckets` pad the reference model's rows (MIA); matmuls at `matmul_precision`."""
+    with precision_context(matmul_precision, to_dtype(model.config.compute_dtype)):
+        return _evaluate_model(
+            model, tokenizer, template, sets, options, max_length, buckets, embedder, judge, reference, progress
+        )
 
 
-def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress):
+def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, embedder, judge, reference, progress):
     check_vocab(model, tokenizer)
-    e = cfg.eval
     pad = pad_token_id(tokenizer)
     mesh = _data_mesh(e.batch_size)
     records, summary = [], {"sets": {}}
-    for spec in load_sets(cfg):
+    for spec in sets:
         evalset = build_eval_set(
             tokenizer,
             template,
             spec.rows,
             spec.name,
-            e.score_max_length or cfg.data.max_length,
+            e.score_max_length or max_length,
             e.num_rows,
             base_key=spec.base_key,
         )
@@ -152,12 +166,12 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
         records += rec
         summary["sets"][spec.name] = set_stats(spec.name, rec)
     if reference is not None:
-        _reference_mia(records, reference, tokenizer, template, cfg, pad)
+        _reference_mia(records, reference, tokenizer, template, e.batch_size, max_length, buckets, pad)
     summary.update(aggregate(summary["sets"], records))
     summary["conventions"] = {
         "generation_budget": e.generation_budget,
         "memorization": e.memorization,
-        "score_max_length": e.score_max_length or cfg.data.max_length,
+        "score_max_length": e.score_max_length or max_length,
     }
     if embedder is not None:
         summary["embedding_model"] = embedder.name
@@ -166,7 +180,7 @@ def _evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference,
     return records, summary
 
 
-def _reference_mia(records, reference, tokenizer, template, cfg, pad):
+def _reference_mia(records, reference, tokenizer, template, batch_size, max_length, buckets, pad):
     """Reference-difference attack: LOSS under the model minus LOSS under a reference."""
     from ..data.tokenize import encode_qa
 
@@ -176,9 +190,9 @@ def _reference_mia(records, reference, tokenizer, template, cfg, pad):
         template,
         [r["question"] for r in rows],
         [r["answer"] for r in rows],
-        cfg.data.max_length,
+        max_length,
         what="mia reference",
     )
-    ref_loss = score_rows(reference, enc, pad, cfg.eval.batch_size, tuple(cfg.data.buckets)).avg_nll
+    ref_loss = score_rows(reference, enc, pad, batch_size, tuple(buckets)).avg_nll
     for r, loss in zip(rows, ref_loss):
         r["mia"]["reference_difference"] = r["mia"]["loss"] - float(loss)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import RunConfig
+from ..data.config import DataSection
 from ..data.sources import continual_eval_rows, load_real_world, load_tofu
 from ..data.rows import read_rows
 from ..errors import ConfigError, DataError
+from .config import EvalSection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +29,10 @@ def _holdout_for(forget_split: str) -> str:
     return f"holdout{digits}"
 
 
-def load_sets(cfg: RunConfig) -> list[SetSpec]:
-    e, d = cfg.eval, cfg.data
+def load_sets(data: DataSection, evaluation: EvalSection, continual_split: str | None = None) -> list[SetSpec]:
+    """The configured evaluation sets' rows and how each is scored (continual_split: the
+    Closer Look pool whose task evaluation.task_id is evaluated)."""
+    e, d = evaluation, data
     unknown = [s for s in e.sets if s not in KNOWN_SETS]
     if unknown:
         raise ConfigError(f"unknown eval.sets {unknown}; known: {', '.join(KNOWN_SETS)}")
@@ -39,7 +42,7 @@ def load_sets(cfg: RunConfig) -> list[SetSpec]:
         names.append("holdout")
     specs = []
     for name in names:
-        rows = _rows(cfg, name, holdout)
+        rows = _rows(d, e, continual_split, name, holdout)
         if not rows:
             raise DataError(f"evaluation set {name!r} is empty; check data.source / eval.forget_split")
         ref_key = "original_answer" if rows and "original_answer" in rows[0] else "answer"
@@ -56,27 +59,25 @@ def load_sets(cfg: RunConfig) -> list[SetSpec]:
     return specs
 
 
-def _rows(cfg: RunConfig, name: str, holdout: str) -> list[dict]:
-    e, d = cfg.eval, cfg.data
+def _rows(d: DataSection, e: EvalSection, continual_split: str | None, name: str, holdout: str) -> list[dict]:
     source = d.source
     if name == "holdout":
         return load_tofu(holdout, d.data_dir)
     if source == "real_world":
         file = {"forget": "forget_perturbed", "retain": "neighbor_perturbed"}.get(name)
         if file is None:
-            return _tofu_or_closer(cfg, name)
+            return _tofu_or_closer(d, name)
         rows = load_real_world(file, d.data_dir)
         # the paper scores the short golden answer of the real-world sets
         return [{**r, "answer": r.get("golden_answer", r["answer"])} for r in rows]
     if name == "forget":
         if source == "closer_look":
-            return continual_eval_rows(cfg.continual.split or d.forget_split, e.task_id, d.data_dir)
+            return continual_eval_rows(continual_split or d.forget_split, e.task_id, d.data_dir)
         return load_tofu(e.forget_split or f"{d.forget_split}_perturbed", d.data_dir)
-    return _tofu_or_closer(cfg, name)
+    return _tofu_or_closer(d, name)
 
 
-def _tofu_or_closer(cfg: RunConfig, name: str) -> list[dict]:
-    d = cfg.data
+def _tofu_or_closer(d: DataSection, name: str) -> list[dict]:
     split = {
         "retain": "retain_perturbed",
         "real_authors": "real_authors_perturbed",

@@ -13,6 +13,7 @@ from ..evaluation.aggregate import forget_quality, summarize
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.logs_io import read_evaluation
 from ..evaluation.report import compare_runs, write_eval
+from ..evaluation.sets import load_sets
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,21 @@ def evaluate(
     judge = make_judge(cfg) if cfg.eval.generate else None
     reference = load_pretrained(cfg.eval.reference_model)[0] if cfg.eval.reference_model else None
     retain_records, retain_summary, _ = read_evaluation(cfg.eval.retain_eval) if cfg.eval.retain_eval else (None,) * 3
-    records, summary = evaluate_model(model, tokenizer, template, cfg, embedder, judge, reference, progress)
+    sets = load_sets(cfg.data, cfg.eval, cfg.continual.split)
+    records, summary = evaluate_model(
+        model,
+        tokenizer,
+        template,
+        sets,
+        cfg.eval,
+        cfg.data.max_length,
+        tuple(cfg.data.buckets),
+        cfg.model.matmul_precision,
+        embedder,
+        judge,
+        reference,
+        progress,
+    )
     if cfg.eval.retain_eval:
         forget_quality(summary, records, retain_records, retain_summary, cfg.eval.retain_eval)
     summary["model"] = str(cfg.model.path)

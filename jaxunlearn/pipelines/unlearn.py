@@ -10,7 +10,7 @@ from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
 from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env
-from ..training.data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
+from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,26 @@ def _load(cfg: RunConfig, path: str | None = None, dtype: str | None = None):
         compute_dtype=m.compute_dtype,
         remat=m.remat,
         allow_pickle=m.allow_pickle,
+    )
+
+
+def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_dir, **kwargs) -> dict:
+    """training.loop.train with the run config's sections (train, mesh, output, the data's
+    padded lengths, the model's precision and reference dtype)."""
+    return train(
+        model,
+        tokenizer,
+        streams,
+        objective,
+        Path(out_dir),
+        cfg.train,
+        cfg.mesh,
+        cfg.output,
+        buckets=tuple(cfg.data.buckets),
+        pad_to=cfg.data.pad_to,
+        matmul_precision=cfg.model.matmul_precision,
+        reference_dtype=cfg.model.reference_dtype,
+        **kwargs,
     )
 
 
@@ -45,7 +65,7 @@ def _start_run(cfg: RunConfig, command: str, resume: bool, overwrite: bool) -> P
 
 def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Unlearn per the config (a continual task list when continual.split is set)."""
-    check_param_precision(cfg.model.dtype, cfg)
+    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
     out = _start_run(cfg, "unlearn", resume, overwrite)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
@@ -57,16 +77,16 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
         reference, _ = _load(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
     forget, retain = forget_and_retain(cfg)
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
-    return train(
+    return train_with_config(
         model,
         tokenizer,
         streams,
         objective,
         cfg,
         out,
-        reference,
-        resume,
-        progress,
+        reference=reference,
+        resume=resume,
+        progress=progress,
         on_step=_periodic_eval(cfg, tokenizer, out),
     )
 
@@ -109,7 +129,18 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
         reference = (original if cfg.continual.fix_reference else model) if objective.needs_reference else None
         forget, retain = forget_and_retain(cfg, task_id=task, unlearned=tasks[: i + 1])
         streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
-        summary = train(model, tokenizer, streams, objective, cfg, task_dir, reference, resume, progress, export=True)
+        summary = train_with_config(
+            model,
+            tokenizer,
+            streams,
+            objective,
+            cfg,
+            task_dir,
+            reference=reference,
+            resume=resume,
+            progress=progress,
+            export=True,
+        )
         model = summary.pop("model")
         summary.update(task=task, forget_rows=len(forget), retain_rows=len(retain))
         results.append(summary)
@@ -121,9 +152,9 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
-    check_param_precision(cfg.model.dtype, cfg)
+    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
     out = _start_run(cfg, "finetune", resume, overwrite)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = _load(cfg)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
-    return train(model, tokenizer, streams, objective, cfg, out, None, resume, progress)
+    return train_with_config(model, tokenizer, streams, objective, cfg, out, resume=resume, progress=progress)

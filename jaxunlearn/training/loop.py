@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +20,15 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ..checkpoints.api import save_pretrained
-from ..config import RunConfig
 from ..data import BatchIterator, pad_rows, pad_token_id
-from ..data.batching import bucket_length
+from ..data.batching import DEFAULT_BUCKETS, bucket_length
 from ..errors import ConfigError, JaxUnlearnError
 from ..models.config import to_dtype
 from ..objectives import Objective, StepBatch
-from ..parallel import make_mesh
-from ..precision import matmul_precision
+from ..parallel import MeshSection, make_mesh
+from ..precision import matmul_precision as precision_context
 from .checkpointing import Checkpointer
+from .config import OutputSection, TrainSection
 from .optimizer import linear_warmup_decay, make_optimizer, paper_num_steps, paper_warmup
 from .step import (
     check_batch_divisible,
@@ -68,14 +69,14 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
 LOW_PRECISION = ("bfloat16", "float16")
 
 
-def check_param_precision(param_dtype, cfg: RunConfig) -> None:
+def check_param_precision(param_dtype, low_precision_params: bool) -> None:
     """Refuse to train bf16 / fp16 parameters unless asked: at TOFU's lr of 1e-5 most updates
     are below half a bf16 ulp of their weight and round away (over 62 steps about 6% of
     N(0, 0.02) weights ever change). Opted in, warn."""
     name = jnp.dtype(to_dtype(param_dtype)).name
     if name not in LOW_PRECISION:
         return
-    if not cfg.train.low_precision_params:
+    if not low_precision_params:
         raise ConfigError(
             f"the policy's parameters are {name}: at small learning rates most {name} updates round away and the "
             f"model barely trains. Use mixed precision (model.dtype=float32 model.compute_dtype={name}: fp32 "
@@ -97,7 +98,7 @@ def _cast(params, dtype_name: str | None):
     return jax.tree.map(lambda x: x.astype(dt), params)
 
 
-def precompute_reference_nll(graphdef, ref_params, streams, objective: Objective, cfg: RunConfig, pad_id):
+def precompute_reference_nll(graphdef, ref_params, streams, objective: Objective, buckets, pad_to, pad_id):
     """seqNLL of the reference for every row of the streams the objective's reference reads
     (terms declaring precomputable_reference, such as NPO and DPO), computed once."""
     if not objective.precomputable_reference:
@@ -111,7 +112,7 @@ def precompute_reference_nll(graphdef, ref_params, streams, objective: Objective
         for start in range(0, len(rows), 16):
             index = list(range(start, min(start + 16, len(rows))))
             index += [index[-1]] * (16 - len(index))  # one shape per bucket
-            length = bucket_length(int(rows.lengths()[index].max()), tuple(cfg.data.buckets), cfg.data.pad_to)
+            length = bucket_length(int(rows.lengths()[index].max()), tuple(buckets), pad_to)
             b = pad_rows(rows, index, length, pad_id)
             nll = sequence_nll(graphdef, ref_params, b["input_ids"], b["attention_mask"], b["labels"])
             values.append(np.asarray(nll)[: min(16, len(rows) - start)])
@@ -124,8 +125,14 @@ def train(
     tokenizer,
     streams,
     objective: Objective,
-    cfg: RunConfig,
     out_dir: Path,
+    training: TrainSection,
+    mesh: MeshSection | None = None,
+    output: OutputSection | None = None,
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+    pad_to: int | None = None,
+    matmul_precision: str = "auto",
+    reference_dtype: str | None = None,
     reference=None,
     resume: bool = False,
     progress: bool = True,
@@ -135,19 +142,29 @@ def train(
     """Run the configured number of steps of `objective` and export the result.
 
     `model` is the policy's starting point (an NNX model); `reference` the frozen model
-    for the terms that need one; `on_step(step, model)`, if given, runs after each step
-    (periodic evaluation). Returns a summary with the final model under "model".
-    Matmuls run at model.matmul_precision (auto: highest for fp32 compute).
+    for the terms that need one (cast to `reference_dtype`); `training`, `mesh` and
+    `output` are the run config's sections; `buckets` / `pad_to` the padded lengths a batch
+    may take; `on_step(step, model)`, if given, runs after each step (periodic evaluation).
+    Matmuls run at `matmul_precision` (auto: highest for fp32 compute). Returns a summary
+    with the final model under "model".
     """
-    check_param_precision(model.config.param_dtype, cfg)
-    with matmul_precision(cfg.model.matmul_precision, to_dtype(model.config.compute_dtype)):
-        return _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume, progress, export, on_step)
+    check_param_precision(model.config.param_dtype, training.low_precision_params)
+    run = SimpleNamespace(
+        train=training,
+        mesh=mesh or MeshSection(),
+        output=output or OutputSection(),
+        buckets=tuple(buckets),
+        pad_to=pad_to,
+        reference_dtype=reference_dtype,
+    )
+    with precision_context(matmul_precision, to_dtype(model.config.compute_dtype)):
+        return _train(model, tokenizer, streams, objective, run, out_dir, reference, resume, progress, export, on_step)
 
 
-def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume, progress, export, on_step):
-    t = cfg.train
+def _train(model, tokenizer, streams, objective, run, out_dir, reference, resume, progress, export, on_step):
+    t = run.train
     out_dir = Path(out_dir)
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    mesh = make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
     check_batch_divisible(t.batch_size, t.micro_batches, mesh)
     missing = [s for s in objective.streams if s not in streams]
     if missing:
@@ -163,7 +180,7 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
     ref_params = None
     if objective.needs_reference:
         _, ref_params = nnx.split(reference)
-        ref_params = place_params(_cast(ref_params, cfg.model.reference_dtype), mesh)
+        ref_params = place_params(_cast(ref_params, run.reference_dtype), mesh)
 
     n = len(next(iter(streams.values())))
     total = t.max_steps or paper_num_steps(n, t.epochs, t.batch_size)
@@ -178,19 +195,21 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
         t.batch_size,
         t.seed,
         pad_id,
-        tuple(cfg.data.buckets),
-        cfg.data.pad_to,
+        run.buckets,
+        run.pad_to,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     precomputed = None
     if t.precompute_reference and objective.needs_reference:
-        precomputed = precompute_reference_nll(graphdef, ref_params, streams, objective, cfg, pad_id)
+        precomputed = precompute_reference_nll(
+            graphdef, ref_params, streams, objective, run.buckets, run.pad_to, pad_id
+        )
         ref_params = None
 
     state = sharded_init_state(params, tx, t.seed, mesh)
     checkpointer = Checkpointer(
-        out_dir / "checkpoints", keep=cfg.output.keep_checkpoints, every=cfg.output.checkpoint_every
+        out_dir / "checkpoints", keep=run.output.keep_checkpoints, every=run.output.checkpoint_every
     )
     if resume and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
@@ -276,9 +295,9 @@ def _train(model, tokenizer, streams, objective, cfg, out_dir, reference, resume
         params = multihost_utils.process_allgather(params, tiled=True)
     final = nnx.merge(graphdef, params)
     summary = {"steps": total, "warmup_steps": warmup, "rows": n, "final": last, "out_dir": str(out_dir)}
-    if (cfg.output.export if export is None else export) and is_main:
+    if (run.output.export if export is None else export) and is_main:
         summary["export"] = str(save_pretrained(final, tokenizer, out_dir / "model", overwrite=True))
-        if cfg.output.export_hf_flax:
+        if run.output.export_hf_flax:
             summary["export_hf_flax"] = str(
                 save_pretrained(final, tokenizer, out_dir / "model-hf-flax", format="hf-flax", overwrite=True)
             )

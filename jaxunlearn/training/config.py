@@ -1,0 +1,54 @@
+"""The training, output and continual sections of the run config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..settings import setting
+
+
+@dataclasses.dataclass
+class TrainSection:
+    lr: float = setting(1e-5, "peak learning rate (linear warmup, then linear decay to 0)")
+    epochs: float = setting(5.0, "epochs over the forget set; steps = int(epochs * rows) // batch_size")
+    batch_size: int = setting(32, "effective (global) batch of forget rows per step")
+    micro_batches: int = setting(1, "gradient accumulation inside the step (exact: equals the full batch)")
+    loss_group_rows: int | None = setting(
+        None,
+        "null: each term's mean over the global batch; k: a mean per group of k rows averaged over the "
+        "groups, as the paper's code (4 rows x 4 accumulation steps x 2 GPUs)",
+    )
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on norms and biases)")
+    adam_b1: float = setting(0.9, "AdamW beta1")
+    adam_b2: float = setting(0.999, "AdamW beta2")
+    adam_eps: float = setting(1e-8, "AdamW epsilon")
+    clip_grad_norm: float | None = setting(None, "global gradient-norm clipping (null: none, as the paper)")
+    warmup_steps: int | None = setting(None, "null: one epoch when an epoch has more than one step")
+    max_steps: int | None = setting(None, "null: the paper's formula from epochs")
+    seed: int = setting(1001, "data order, pairing and PRNG seed")
+    precompute_reference: bool = setting(
+        False, "compute the reference's sequence NLLs once (NPO, DPO) and drop the reference model from the step"
+    )
+    low_precision_params: bool = setting(
+        False,
+        "allow training bf16 / fp16 parameters (most updates round away at "
+        "small learning rates; prefer model.dtype=float32 model.compute_dtype=bfloat16)",
+    )
+
+
+@dataclasses.dataclass
+class OutputSection:
+    dir: str = setting("runs/unlearn", "run directory (run.json, metrics.jsonl, checkpoints/, model/)")
+    checkpoint_every: int | None = setting(None, "checkpoint every N steps (always at the end)")
+    keep_checkpoints: int = setting(2, "checkpoints kept")
+    export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")
+    export_hf_flax: bool = setting(False, "also write an HF-Flax msgpack directory (model-hf-flax/)")
+
+
+@dataclasses.dataclass
+class ContinualSection:
+    split: str | None = setting(
+        None, "forget01 | forget05 | forget10 pool of the Closer Look data: run its tasks one after another"
+    )
+    tasks: list[int] = setting([], "task ids in order (empty: every task)")
+    fix_reference: bool = setting(False, "reference = the original model instead of the previous task's result")
