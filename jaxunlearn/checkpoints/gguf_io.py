@@ -78,11 +78,10 @@ def config_from_gguf(reader, path: Path) -> ModelConfig:
     return family_for("llama").config_from_hf(hf)
 
 
-def unpermute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
+def unpermute_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
     """Undo llama.cpp's interleaved-RoPE row permutation of a [heads*head_dim, in] matrix."""
-    rows = w.shape[0]
-    half = rows // heads // 2
-    return w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    half = weight.shape[0] // heads // 2
+    return weight.reshape(heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 class GGUFSource:

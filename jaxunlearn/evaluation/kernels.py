@@ -81,8 +81,8 @@ class RowScores:
         return RowScores(*([getattr(self, f.name)[i] for i in index] for f in dataclasses.fields(self)))
 
 
-def round_up(x: int, multiple: int) -> int:
-    return -(-x // multiple) * multiple
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def padded_batch(real: int, batch_size: int, multiple: int = 1) -> int:
@@ -93,11 +93,11 @@ def padded_batch(real: int, batch_size: int, multiple: int = 1) -> int:
     return round_up(min(batch_size, 1 << max(real - 1, 0).bit_length()), multiple)
 
 
-def place_batch(x, mesh):
+def place_batch(array, mesh):
     """On the mesh's data axis when there is a mesh, else on the default device."""
     if mesh is None:
-        return jnp.asarray(x)
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+        return jnp.asarray(array)
+    return jax.device_put(array, NamedSharding(mesh, PartitionSpec("data")))
 
 
 def score_rows(

@@ -145,16 +145,18 @@ def mia_zlib(token_logp: np.ndarray, text: str) -> float:
     return float(-np.sum(token_logp) / len(zlib.compress(text.encode("utf-8"))))
 
 
-def mia_min_k(token_logp: np.ndarray, k: float = 0.4) -> float:
-    """-(mean of the k% lowest token log-probs): higher means less likely a member."""
-    x = np.sort(np.asarray(token_logp))
-    m = max(1, int(len(x) * k))
-    return float(-x[:m].mean())
+def mia_min_k(token_logp: np.ndarray, fraction: float = 0.4) -> float:
+    """-(mean of the lowest `fraction` (Min-K%'s k) of token log-probs): higher means less
+    likely a member."""
+    lowest = np.sort(np.asarray(token_logp))
+    count = max(1, int(len(lowest) * fraction))
+    return float(-lowest[:count].mean())
 
 
-def mia_min_k_plus_plus(token_logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float = 0.4) -> float:
-    z = (np.asarray(token_logp) - np.asarray(mu)) / np.maximum(np.asarray(sigma), 1e-12)
-    return mia_min_k(z, k)
+def mia_min_k_plus_plus(token_logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, fraction: float = 0.4) -> float:
+    """Min-K% on log-probs standardized by the next-token distribution's mean and std."""
+    standardized = (np.asarray(token_logp) - np.asarray(mu)) / np.maximum(np.asarray(sigma), 1e-12)
+    return mia_min_k(standardized, fraction)
 
 
 def auc(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> float:

@@ -42,8 +42,8 @@ def layer_output(out, layer: int) -> jax.Array:
     return out.hidden_states[layer + 1].astype(jnp.float32)  # index 0 holds the embeddings
 
 
-def per_sequence_mse(h, target, labels) -> jax.Array:
-    """Per row b: [sum_t mean_d (h - target)^2 over supervised t] / n_b (open-unlearning)."""
+def per_sequence_mse(hidden, target, labels) -> jax.Array:
+    """Per row b: [sum_t mean_d (hidden - target)^2 over supervised t] / n_b (open-unlearning)."""
     mask = (labels != -100).astype(jnp.float32)
-    per_tok = ((h - target) ** 2).mean(-1)
+    per_tok = ((hidden - target) ** 2).mean(-1)
     return (per_tok * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
