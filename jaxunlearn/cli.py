@@ -50,9 +50,16 @@ def _train_command(kind: str):
         summary = fn(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
         summary.pop("model", None)
         final = summary.get("final") or (summary.get("tasks") or [{}])[-1].get("final", {})
-        print(f"{kind} done: {cfg.output.dir} (final loss {final.get('loss', float('nan')):.4f})")
+        print(f"{kind} done: {api.output_dir(cfg, kind)} (final loss {final.get('loss', float('nan')):.4f})")
 
     return run
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _keys_epilog() -> str:
@@ -85,11 +92,12 @@ def _eval(args) -> None:
     from .evaluation.report import markdown_table
 
     cfg = load_config(args.config, args.overrides)
-    if (Path(cfg.output.dir) / "summary.json").exists() and not args.overwrite:
-        raise JaxUnlearnError(f"{cfg.output.dir} already holds an evaluation; pass --overwrite or set output.dir")
-    summary = evaluate(cfg, progress=not args.no_progress)
+    out = Path(cfg.output.dir or "runs/eval")
+    if (out / "summary.json").exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{out} already holds an evaluation; pass --overwrite or set output.dir")
+    summary = evaluate(cfg, out_dir=out, progress=not args.no_progress)
     print(markdown_table(summary, f"Evaluation of {cfg.model.path}"))
-    print(f"results in {cfg.output.dir} ({summary['seconds']:.0f} s)")
+    print(f"results in {out} ({summary['seconds']:.0f} s)")
 
 
 def _demo(args) -> None:
@@ -201,14 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="wrap prompts in the tokenizer's chat template (default on)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="new tokens per prompt (at least 1)")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=_generate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides placed after a flag (`--resume train.lr=1e-5`) are overrides too
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         args.func(args)

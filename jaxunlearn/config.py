@@ -214,8 +214,11 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: file:line:column: what is wrong
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ConfigError(f"{where}: not valid YAML ({what})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
     bases = data.pop("base", None)
@@ -252,3 +255,32 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
+    for key, value, rule, minimum in _LIMITS(cfg):
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key}={value} makes no sense: it must be {rule}")
+
+
+def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
+    """(key, value, the rule in words, the least value) of every setting with a floor."""
+    t, o, e, d = cfg.train, cfg.output, cfg.eval, cfg.data
+    return [
+        ("train.max_steps", t.max_steps, "at least 1 (null: the paper's formula from epochs)", 1),
+        ("train.warmup_steps", t.warmup_steps, "0 or more (null: one epoch)", 0),
+        ("train.weight_decay", t.weight_decay, "0 or more", 0),
+        ("train.clip_grad_norm", t.clip_grad_norm, "positive (null: no clipping)", 1e-30),
+        ("output.keep_checkpoints", o.keep_checkpoints, "at least 1 (the final checkpoint is always written)", 1),
+        ("output.checkpoint_every", o.checkpoint_every, "at least 1 step (null: only at the end)", 1),
+        ("eval.batch_size", e.batch_size, "at least 1", 1),
+        ("eval.num_rows", e.num_rows, "at least 1 (null: every row)", 1),
+        ("eval.max_length", e.max_length, "at least 1", 1),
+        ("eval.max_new_tokens", e.max_new_tokens, "at least 1", 1),
+        ("eval.tofu_batch_size", e.tofu_batch_size, "at least 1", 1),
+        ("eval.score_max_length", e.score_max_length, "at least 2 (null: data.max_length)", 2),
+        ("eval.every_steps", e.every_steps, "at least 1 (null: no evaluation during training)", 1),
+        ("data.max_length", d.max_length, "at least 2 (a prompt token and an answer token)", 2),
+        ("data.pad_to", d.pad_to, "at least 2 (null: buckets)", 2),
+        ("data.max_forget_rows", d.max_forget_rows, "at least 1 (null: every row)", 1),
+        ("data.max_retain_rows", d.max_retain_rows, "at least 1 (null: every row)", 1),
+        ("data.max_train_rows", d.max_train_rows, "at least 1 (null: every row)", 1),
+        ("data.buckets", min(d.buckets) if d.buckets else 0, "a list of lengths of at least 2", 2),
+    ]

@@ -9,7 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..models.config import to_dtype
+from ..models.stack import REMAT_POLICIES
 from ..models.registry import family_for
 from .tokenizer import load_hf_tokenizer, tokenizer_from_gguf
 from . import gguf_io
@@ -48,6 +50,9 @@ def load_pretrained(
     `dtype` is the parameter dtype, `compute_dtype` the activation dtype (default: dtype).
     With `mesh`, every parameter is placed directly onto its sharding.
     """
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"remat={remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+    to_dtype(dtype), to_dtype(compute_dtype or dtype)  # a bad dtype name fails here, with the choices
     ckpt = resolve(path_or_hub_id)
     runtime = dict(param_dtype=dtype, compute_dtype=compute_dtype or dtype, remat=remat)
     tokenizer = None
@@ -129,6 +134,13 @@ def save_pretrained(
     return out
 
 
+def _open_up(directory: Path) -> None:
+    """Give a directory the permissions a plain mkdir would (0777 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path):
     """Yield a temporary sibling directory; on success it replaces `out`, on error it vanishes."""
@@ -143,6 +155,7 @@ def atomic_directory(out: Path):
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.rename(out, old)
+    _open_up(tmp)  # mkdtemp made it 0700; an export is for others to read too
     os.rename(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from ..checkpoints.api import load_pretrained
@@ -47,48 +49,70 @@ def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_
     )
 
 
-def _start_run(cfg: RunConfig, command: str, resume: bool, overwrite: bool) -> Path:
-    """Process 0 checks and prepares output.dir; the others wait for it."""
+def output_dir(cfg: RunConfig, command: str) -> Path:
+    """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""
+    return Path(cfg.output.dir or f"runs/{command}")
+
+
+@contextlib.contextmanager
+def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
+    """Process 0 checks and prepares the run directory (the others wait for it) and yields
+    it. run.json is written for a new run, never rewritten by --resume. If the run fails
+    before any step finished, a directory this call created is removed, so the same command
+    with the mistake fixed simply runs."""
     import jax
     from jax.experimental import multihost_utils
 
     initialize_distributed_from_env()
-    out = Path(cfg.output.dir)
+    out = output_dir(cfg, command)
+    created = not out.exists() or not any(out.iterdir())
     if jax.process_index() == 0:
         prepare_run_dir(out, resume, overwrite)
-        marker = {"command": command, "config": cfg.to_dict()}
-        (out / RUN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        created = created or (overwrite and not resume)
+        if not (out / RUN_MARKER).exists():
+            marker = {"command": command, "config": cfg.to_dict()}
+            (out / RUN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxunlearn: run directory ready")
-    return out
+    try:
+        yield out
+    except BaseException:
+        stepped = (out / "metrics.jsonl").exists() or any(out.glob("task_*/metrics.jsonl"))
+        if created and not stepped and jax.process_index() == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Unlearn per the config (a continual task list when continual.split is set)."""
+    """Unlearn per the config (a continual task list when continual.split is set). The
+    objective, the model and tokenizer and the data are checked before the run directory
+    is made."""
     check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
-    out = _start_run(cfg, "unlearn", resume, overwrite)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
     model, tokenizer = _load(cfg)
     if cfg.continual.split:
-        return _continual(cfg, objective, model, tokenizer, out, resume, progress)
+        forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
+        with run_directory(cfg, "unlearn", resume, overwrite) as out:
+            return _continual(cfg, objective, model, tokenizer, out, resume, progress)
+    forget, retain = forget_and_retain(cfg)
+    streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
     reference = None
     if objective.needs_reference:
         reference, _ = _load(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
-    forget, retain = forget_and_retain(cfg)
-    streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
-    return train_with_config(
-        model,
-        tokenizer,
-        streams,
-        objective,
-        cfg,
-        out,
-        reference=reference,
-        resume=resume,
-        progress=progress,
-        on_step=_periodic_eval(cfg, tokenizer, out),
-    )
+    with run_directory(cfg, "unlearn", resume, overwrite) as out:
+        return train_with_config(
+            model,
+            tokenizer,
+            streams,
+            objective,
+            cfg,
+            out,
+            reference=reference,
+            resume=resume,
+            progress=progress,
+            on_step=_periodic_eval(cfg, tokenizer, out),
+        )
 
 
 def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
@@ -140,6 +164,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
             resume=resume,
             progress=progress,
             export=True,
+            fresh_if_no_checkpoint=True,  # a task not reached before the interruption starts now
         )
         model = summary.pop("model")
         summary.update(task=task, forget_rows=len(forget), retain_rows=len(retain))
@@ -153,8 +178,8 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
     check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
-    out = _start_run(cfg, "finetune", resume, overwrite)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = _load(cfg)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
-    return train_with_config(model, tokenizer, streams, objective, cfg, out, resume=resume, progress=progress)
+    with run_directory(cfg, "finetune", resume, overwrite) as out:
+        return train_with_config(model, tokenizer, streams, objective, cfg, out, resume=resume, progress=progress)

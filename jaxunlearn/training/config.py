@@ -38,7 +38,11 @@ class TrainSection:
 
 @dataclasses.dataclass
 class OutputSection:
-    dir: str = setting("runs/unlearn", "run directory (run.json, metrics.jsonl, checkpoints/, model/)")
+    dir: str | None = setting(
+        None,
+        "run directory: run.json, metrics.jsonl, checkpoints/, model/ "
+        "(null: runs/<command>, e.g. runs/unlearn, runs/eval)",
+    )
     checkpoint_every: int | None = setting(None, "checkpoint every N steps (always at the end)")
     keep_checkpoints: int = setting(2, "checkpoints kept")
     export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")

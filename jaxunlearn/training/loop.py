@@ -138,6 +138,7 @@ def train(
     progress: bool = True,
     export: bool | None = None,
     on_step=None,
+    fresh_if_no_checkpoint: bool = False,
 ) -> dict:
     """Run the configured number of steps of `objective` and export the result.
 
@@ -145,8 +146,9 @@ def train(
     for the terms that need one (cast to `reference_dtype`); `training`, `mesh` and
     `output` are the run config's sections; `buckets` / `pad_to` the padded lengths a batch
     may take; `on_step(step, model)`, if given, runs after each step (periodic evaluation).
-    Matmuls run at `matmul_precision` (auto: highest for fp32 compute). Returns a summary
-    with the final model under "model".
+    Matmuls run at `matmul_precision` (auto: highest for fp32 compute). `resume` continues
+    from the latest checkpoint in out_dir, and stops with a message when there is none
+    unless `fresh_if_no_checkpoint`. Returns a summary with the final model under "model".
     """
     check_param_precision(model.config.param_dtype, training.low_precision_params)
     run = SimpleNamespace(
@@ -158,10 +160,44 @@ def train(
         reference_dtype=reference_dtype,
     )
     with precision_context(matmul_precision, to_dtype(model.config.compute_dtype)):
-        return _train(model, tokenizer, streams, objective, run, out_dir, reference, resume, progress, export, on_step)
+        return _train(
+            model,
+            tokenizer,
+            streams,
+            objective,
+            run,
+            out_dir,
+            reference,
+            resume,
+            progress,
+            export,
+            on_step,
+            fresh_if_no_checkpoint,
+        )
 
 
-def _train(model, tokenizer, streams, objective, run, out_dir, reference, resume, progress, export, on_step):
+def _keep_metrics_up_to(path: Path, step: int) -> None:
+    """A resumed run logs from its checkpoint's step on: drop the lines of later steps."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _train(
+    model,
+    tokenizer,
+    streams,
+    objective,
+    run,
+    out_dir,
+    reference,
+    resume,
+    progress,
+    export,
+    on_step,
+    fresh_if_no_checkpoint,
+):
     t = run.train
     out_dir = Path(out_dir)
     mesh = make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
@@ -211,8 +247,15 @@ def _train(model, tokenizer, streams, objective, run, out_dir, reference, resume
     checkpointer = Checkpointer(
         out_dir / "checkpoints", keep=run.output.keep_checkpoints, every=run.output.checkpoint_every
     )
+    if resume and checkpointer.latest_step() is None and not fresh_if_no_checkpoint:
+        checkpointer.close()
+        raise ConfigError(
+            f"--resume: {out_dir} holds no checkpoint to continue from; run again without --resume and with "
+            "--overwrite to start it afresh"
+        )
     if resume and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
+        _keep_metrics_up_to(out_dir / "metrics.jsonl", int(state.step))
         iterator.load_state_dict(meta["data"])
         log.info("resumed from step %d", int(state.step))
     start = int(state.step)

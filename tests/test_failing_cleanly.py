@@ -1,0 +1,155 @@
+"""Runs fail cleanly and keep their work (issue 17, first part): nonsense settings refused
+before anything is written, one-line errors without a traceback, no half-written run
+directory, resume that neither logs a step twice nor rewrites run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import jaxunlearn
+from conftest import TINY_TRAIN
+from jaxunlearn import cli
+from jaxunlearn.config import load_config
+from jaxunlearn.errors import ConfigError
+from jaxunlearn.objectives import build_objective
+
+NONSENSE = [  # (override, what the error must say)
+    ("train.max_steps=0", "train.max_steps=0 makes no sense: it must be at least 1"),
+    ("train.warmup_steps=-1", "train.warmup_steps=-1 makes no sense"),
+    ("output.keep_checkpoints=0", "output.keep_checkpoints=0 makes no sense"),
+    ("output.checkpoint_every=0", "output.checkpoint_every=0"),
+    ("eval.batch_size=0", "eval.batch_size=0 makes no sense"),
+    ("eval.num_rows=0", "eval.num_rows=0 makes no sense: it must be at least 1 \\(null: every row\\)"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens=0"),
+    ("data.max_length=1", "data.max_length=1"),
+    ("data.buckets=[0,64]", "data.buckets=0"),
+    ("model.remat=some", "model.remat='some' is not one of none, full, dots"),
+    ("train.loss_group_rows=5", "must divide train.batch_size=32"),
+]
+
+
+@pytest.mark.parametrize("override,message", NONSENSE, ids=[o for o, _ in NONSENSE])
+def test_nonsense_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("name", ["ME+", "+GD", "ME++GD", " "])
+def test_objective_with_an_empty_side_is_refused(name):
+    with pytest.raises(ConfigError, match="both sides named"):
+        build_objective(name)
+
+
+def test_unknown_remat_or_dtype_in_the_python_api(tmp_path):
+    with pytest.raises(ConfigError, match="remat='bogus' is not one of none, full, dots"):
+        jaxunlearn.load_pretrained(tmp_path, remat="bogus")
+    with pytest.raises(ConfigError, match="unknown dtype 'fp8'"):
+        jaxunlearn.load_pretrained(tmp_path, dtype="fp8")
+
+
+def _main(capsys, *argv):
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_malformed_yaml_is_one_line_with_its_place(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1e-5\n  epochs: [1, 2\n")
+    code, err = _main(capsys, "unlearn", "--config", str(bad))
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:4:1: not valid YAML"), err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["unlearn", "train.max_steps=0"], "train.max_steps=0 makes no sense"),
+        (["unlearn", "--no-progress", "train.max_steps=-2"], "train.max_steps=-2"),  # an override after a flag
+        (["eval", "eval.batch_size=0"], "eval.batch_size=0 makes no sense"),
+        (["generate", "some-model", "--prompt", "hi", "--max-new-tokens", "0"], "must be at least 1"),
+        (["unlearn", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    ],
+)
+def test_command_line_errors_are_one_line_and_exit_2(argv, message, capsys):
+    code, err = _main(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def _config(tiny_lm, out, *extra):
+    return load_config(None, [f"model.path={tiny_lm}", f"output.dir={out}", *TINY_TRAIN, *extra])
+
+
+def test_nothing_half_written_when_a_run_fails(tiny_lm, tmp_path):
+    from jaxunlearn.pipelines.unlearn import unlearn
+
+    out = tmp_path / "run"
+    with pytest.raises(jaxunlearn.JaxUnlearnError):  # a missing model: checked before the directory exists
+        unlearn(_config(tmp_path / "missing-model", out, "objective.name=GA"), progress=False)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="mesh"):  # fails inside training, before any step
+        unlearn(_config(tiny_lm, out, "objective.name=GA", "mesh.data=2"), progress=False)
+    assert not out.exists()
+    summary = unlearn(
+        _config(tiny_lm, out, "objective.name=GA", "train.max_steps=1", "output.export=false"), progress=False
+    )  # the same command with the mistake fixed simply runs
+    assert summary["steps"] == 1
+
+
+def test_resume_needs_a_checkpoint_and_keeps_run_json_and_metrics(tiny_lm, tmp_path):
+    from jaxunlearn.pipelines.unlearn import unlearn
+
+    out = tmp_path / "run"
+    common = ["objective.name=GA", "output.export=false", "output.checkpoint_every=2", "train.warmup_steps=0"]
+    unlearn(_config(tiny_lm, out, *common, "train.max_steps=4"), progress=False)
+    marker = (out / "run.json").read_text()
+    # a killed run may have logged steps past its last checkpoint: they are logged again, once
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 5, "loss": 0.0}) + "\n")
+    (out / "checkpoints" / "4").rename(out / "checkpoints" / "keep4")  # latest checkpoint now step 2
+    unlearn(_config(tiny_lm, out, *common, "train.max_steps=6", "train.lr=5e-4"), resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (out / "run.json").read_text() == marker  # changed settings never rewrite it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds no checkpoint to continue from.*--overwrite"):
+        unlearn(_config(tiny_lm, empty, *common, "train.max_steps=2"), resume=True, progress=False)
+    assert (empty / "run.json").exists()  # a directory this run did not create is kept
+
+
+def test_exports_and_run_directories_get_normal_permissions(tiny_lm, tmp_path):
+    model, tok = jaxunlearn.load_pretrained(tiny_lm)
+    out = jaxunlearn.save_pretrained(model, tok, tmp_path / "export")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == (0o777 & ~umask)
+
+
+def test_eval_and_unlearn_have_their_own_default_directories(tiny_lm, tmp_path, monkeypatch):
+    from jaxunlearn.pipelines.evaluate import evaluate
+    from jaxunlearn.pipelines.unlearn import output_dir
+
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_lm}",
+            "eval.num_rows=2",
+            "eval.generate=false",
+            "eval.sets=[forget]",
+            "eval.holdout_split=none",
+            "data.forget_split=forget01",
+        ],
+    )
+    assert output_dir(cfg, "unlearn").as_posix() == "runs/unlearn"
+    monkeypatch.chdir(tmp_path)
+    evaluate(cfg, progress=False)
+    assert (tmp_path / "runs" / "eval" / "summary.json").exists() and not (tmp_path / "runs" / "unlearn").exists()
