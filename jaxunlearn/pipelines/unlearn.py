@@ -87,6 +87,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     """Unlearn per the config (a continual task list when continual.split is set). The
     objective, the model and tokenizer and the data are checked before the run directory
     is made."""
+    initialize_distributed_from_env()  # before anything touches a JAX backend
     check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
@@ -177,6 +178,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
+    initialize_distributed_from_env()  # before anything touches a JAX backend
     check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = _load(cfg)
