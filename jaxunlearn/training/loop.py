@@ -151,29 +151,22 @@ def train(
     unless `fresh_if_no_checkpoint`. Returns a summary with the final model under "model".
     """
     check_param_precision(model.config.param_dtype, training.low_precision_params)
-    run = SimpleNamespace(
+    run = SimpleNamespace(  # everything the loop reads besides the model, data and objective
         train=training,
         mesh=mesh or MeshSection(),
         output=output or OutputSection(),
         buckets=tuple(buckets),
         pad_to=pad_to,
         reference_dtype=reference_dtype,
+        reference=reference,
+        resume=resume,
+        progress=progress,
+        export=export,
+        on_step=on_step,
+        fresh_if_no_checkpoint=fresh_if_no_checkpoint,
     )
     with precision_context(matmul_precision, to_dtype(model.config.compute_dtype)):
-        return _train(
-            model,
-            tokenizer,
-            streams,
-            objective,
-            run,
-            out_dir,
-            reference,
-            resume,
-            progress,
-            export,
-            on_step,
-            fresh_if_no_checkpoint,
-        )
+        return _train(model, tokenizer, streams, objective, Path(out_dir), run)
 
 
 def _keep_metrics_up_to(path: Path, step: int) -> None:
@@ -184,20 +177,8 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def _train(
-    model,
-    tokenizer,
-    streams,
-    objective,
-    run,
-    out_dir,
-    reference,
-    resume,
-    progress,
-    export,
-    on_step,
-    fresh_if_no_checkpoint,
-):
+def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNamespace):
+    reference, resume, progress, export, on_step = run.reference, run.resume, run.progress, run.export, run.on_step
     t = run.train
     out_dir = Path(out_dir)
     mesh = make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
@@ -247,7 +228,7 @@ def _train(
     checkpointer = Checkpointer(
         out_dir / "checkpoints", keep=run.output.keep_checkpoints, every=run.output.checkpoint_every
     )
-    if resume and checkpointer.latest_step() is None and not fresh_if_no_checkpoint:
+    if resume and checkpointer.latest_step() is None and not run.fresh_if_no_checkpoint:
         checkpointer.close()
         raise ConfigError(
             f"--resume: {out_dir} holds no checkpoint to continue from; run again without --resume and with "
