@@ -50,7 +50,7 @@ def _train_command(kind: str):
         summary = fn(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
         summary.pop("model", None)
         final = summary.get("final") or (summary.get("tasks") or [{}])[-1].get("final", {})
-        print(f"{kind} done: {api.output_dir(cfg, kind)} (final loss {final.get('loss', float('nan')):.4f})")
+        print(f"{kind} done: {cfg.output_dir(kind)} (final loss {final.get('loss', float('nan')):.4f})")
 
     return run
 
@@ -85,14 +85,12 @@ def _add_train_parser(sub, kind: str, help_text: str) -> None:
 
 
 def _eval(args) -> None:
-    from pathlib import Path
-
     from .config import load_config
     from .pipelines.evaluate import evaluate
     from .evaluation.report import markdown_table
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(cfg.output.dir or "runs/eval")
+    out = cfg.output_dir("eval")
     if (out / "summary.json").exists() and not args.overwrite:
         raise JaxUnlearnError(f"{out} already holds an evaluation; pass --overwrite or set output.dir")
     summary = evaluate(cfg, out_dir=out, progress=not args.no_progress)

@@ -38,6 +38,10 @@ class RunConfig:
     continual: ContinualSection = dataclasses.field(default_factory=ContinualSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
 
+    def output_dir(self, command: str) -> Path:
+        """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""
+        return Path(self.output.dir or f"runs/{command}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -118,6 +118,16 @@ def tiny_checkpoints(tmp_path_factory):
     return get
 
 
+def tiny_llama_config(**overrides):
+    """A 2-layer Llama ModelConfig small enough for one-step tests (no tokenizer needed)."""
+    from jaxunlearn.models.config import ModelConfig
+
+    shape = dict(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+    )
+    return ModelConfig(model_type="llama", **{**shape, **overrides})
+
+
 def padded_batch(seed: int = 0, batch: int = 3, length: int = 11):
     """ids and a mask with a right-padded, a left-padded and a full row."""
     rng = np.random.RandomState(seed)

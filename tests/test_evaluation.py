@@ -326,3 +326,31 @@ def test_eval_and_report_cli_end_to_end(tiny_lm, tmp_path):
     assert again.returncode != 0 and "already holds an evaluation" in again.stderr
     rep = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp"))
     assert rep.returncode == 0 and "| a |" in rep.stdout and (tmp_path / "cmp" / "comparison.png").exists()
+
+
+def test_entailment_gate_reads_the_sets_one_rouge():
+    """Entailment is forced to 0 where ROUGE-L recall < 0.1, from the ROUGE the set computed once."""
+    import types
+
+    from jaxunlearn.evaluation.measures import entailment, rouge
+    from jaxunlearn.evaluation.registry import SetPass
+
+    class Judge:  # says "entailment" for every pair
+        def labels(self, premises, hypotheses):
+            return ["entailment"] * len(premises)
+
+    refs = ["The author was born in Paris.", "She writes crime novels."]
+    done = SetPass(
+        "forget",
+        "forget",
+        types.SimpleNamespace(references=refs),
+        None,
+        None,
+        None,
+        generations=["The author was born in Paris.", "Nothing relevant here."],
+        references=refs,
+        judge=Judge(),
+    )
+    assert rouge(done)[0] == pytest.approx(1.0) and rouge(done)[1] < 0.1
+    assert entailment(done) == [1.0, 0.0]
+    assert "rouge" in vars(done)  # computed once, kept for every metric that reads it

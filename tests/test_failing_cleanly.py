@@ -136,7 +136,6 @@ def test_exports_and_run_directories_get_normal_permissions(tiny_lm, tmp_path):
 
 def test_eval_and_unlearn_have_their_own_default_directories(tiny_lm, tmp_path, monkeypatch):
     from jaxunlearn.pipelines.evaluate import evaluate
-    from jaxunlearn.pipelines.unlearn import output_dir
 
     cfg = load_config(
         None,
@@ -149,7 +148,7 @@ def test_eval_and_unlearn_have_their_own_default_directories(tiny_lm, tmp_path, 
             "data.forget_split=forget01",
         ],
     )
-    assert output_dir(cfg, "unlearn").as_posix() == "runs/unlearn"
+    assert cfg.output_dir("unlearn").as_posix() == "runs/unlearn"
     monkeypatch.chdir(tmp_path)
     evaluate(cfg, progress=False)
     assert (tmp_path / "runs" / "eval" / "summary.json").exists() and not (tmp_path / "runs" / "unlearn").exists()

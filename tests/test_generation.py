@@ -41,21 +41,10 @@ def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
 
 def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
     """fp32 parameters computing in bf16: the per-layer copies are cast once, not every token."""
+    from conftest import tiny_llama_config
     from jaxunlearn.evaluation.generation import decoding_layers
-    from jaxunlearn.models.config import ModelConfig
 
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        compute_dtype="bfloat16",
-    )
-    model = jaxunlearn.create_model(cfg, seed=0)
+    model = jaxunlearn.create_model(tiny_llama_config(compute_dtype="bfloat16"), seed=0)
     layers = decoding_layers(model, "unrolled")
     assert len(layers) == 2 and all(x.dtype == jnp.bfloat16 for p in layers for x in p.values())
     ids, mask = np.full((2, 5), 7, np.int32), np.ones((2, 5), np.int32)

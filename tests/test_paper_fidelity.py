@@ -183,21 +183,10 @@ def _one_adamw_step(param_dtype: str):
     from flax import nnx
 
     import jaxunlearn
-    from jaxunlearn.models.config import ModelConfig
+    from conftest import tiny_llama_config
     from jaxunlearn.training.step import init_state, make_train_step
 
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        param_dtype=param_dtype,
-        compute_dtype="bfloat16",
-    )
+    cfg = tiny_llama_config(param_dtype=param_dtype, compute_dtype="bfloat16")
     graphdef, params = nnx.split(jaxunlearn.create_model(cfg, seed=0))
     tx = optax.adamw(1e-5, weight_decay=0.0)
     objective = build_objective("GD")

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ..data.batching import bucket_length, pad_rows
 from ..data.eval_sets import left_pad
 from ..data.tokenize import TokenizedRows
+from .budgets import generation_budgets
 from .generation import decoding_layers, greedy_generate
 from ..objectives.token_stats import log_probs, shifted
 
@@ -154,7 +155,7 @@ def generate_texts(
     multiple of 32 (few compiles), and every row stops at its own."""
     n = len(prompts)
     if budgets is None:
-        budgets = [200 - len(p) for p in prompts]
+        budgets = generation_budgets([len(p) for p in prompts], "per_row", 200)
     budgets = np.asarray(budgets, np.int64)
     order = np.argsort([-len(p) for p in prompts], kind="stable")
     texts: list[str | None] = [None] * n

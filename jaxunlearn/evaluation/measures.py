@@ -9,10 +9,7 @@ import numpy as np
 from ..data.eval_sets import GT
 from . import metrics as M
 from .registry import aggregate_metric, example_metric, set_metric
-
-FORGET_LIKE = ("forget", "holdout")  # truth ratio aggregated as TOFU's forget set
-NORMALIZED = ("real_authors", "world_facts")  # probability normalized over the perturbed answers
-UTILITY_SETS = ("retain", "real_authors", "world_facts")
+from .sets import FORGET_LIKE, NORMALIZED, UTILITY_SETS
 
 # --- per example ---------------------------------------------------------------------------
 
@@ -49,7 +46,7 @@ def mia(done):
 
 @example_metric("rougeL_recall", "generations", "ROUGE-L recall of the greedy answer against the answer")
 def rouge(done):
-    return M.rouge_l_recall(done.generations, done.evalset.references).tolist()
+    return done.rouge.tolist()
 
 
 @example_metric("token_entropy", "generations", "unigram entropy of the greedy answer's tokens / log2 n")
@@ -67,8 +64,7 @@ def entailment(done):
     premises, hyps = (
         (done.generations, done.references) if done.kind == "forget" else (done.references, done.generations)
     )
-    rouge_recall = M.rouge_l_recall(done.generations, done.evalset.references)
-    return M.entailment_flags(done.judge.labels(premises, hyps), rouge_recall).astype(float).tolist()
+    return M.entailment_flags(done.judge.labels(premises, hyps), done.rouge).astype(float).tolist()
 
 
 # --- per set -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ It imports none of its members: `evaluation/measures.py` registers the built-in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 NEEDS = ("scores", "generations", "embeddings", "judge")
@@ -85,3 +86,11 @@ class SetPass:
     references: list[str] | None = None  # cosine / entailment reference texts
     embedder: Any = None
     judge: Any = None
+
+    @functools.cached_property
+    def rouge(self):
+        """ROUGE-L recall of each generation against its answer, computed once per set
+        (the ROUGE metric and the entailment gate both read it)."""
+        from .metrics import rouge_l_recall
+
+        return rouge_l_recall(self.generations, self.evalset.references)

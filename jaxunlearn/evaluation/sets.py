@@ -17,11 +17,13 @@ class SetSpec:
     rows: list
     base_key: str | None  # truth-ratio base answer (None: the answer itself)
     kind: str  # "forget" | "retain" (truth-ratio aggregation, entailment direction)
-    normalized_probability: bool  # real authors / world facts
     reference_key: str  # cosine / entailment reference text
 
 
 KNOWN_SETS = ("forget", "retain", "real_authors", "world_facts", "holdout")
+FORGET_LIKE = ("forget", "holdout")  # truth ratio aggregated as TOFU's forget set; entailment direction
+NORMALIZED = ("real_authors", "world_facts")  # probability normalized over the perturbed answers
+UTILITY_SETS = ("retain", "real_authors", "world_facts")  # model utility's sets
 
 
 def _holdout_for(forget_split: str) -> str:
@@ -51,8 +53,7 @@ def load_sets(data: DataSection, evaluation: EvalSection, continual_split: str |
                 name=name,
                 rows=rows,
                 base_key=None if name in ("real_authors", "world_facts", "holdout") else "paraphrased_answer",
-                kind="forget" if name in ("forget", "holdout") else "retain",
-                normalized_probability=name in ("real_authors", "world_facts"),
+                kind="forget" if name in FORGET_LIKE else "retain",
                 reference_key=ref_key,
             )
         )

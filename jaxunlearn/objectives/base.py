@@ -45,9 +45,6 @@ class StepBatch:
         """From {stream: {"input_ids", "attention_mask", "labels"}} (what BatchIterator yields)."""
         return cls({s: StreamBatch(**b) for s, b in streams.items()}, dict(reference_nll or {}))
 
-    def rows(self) -> int:
-        return next(iter(self.streams.values())).input_ids.shape[0]
-
 
 @flax.struct.dataclass
 class StreamOutputs:

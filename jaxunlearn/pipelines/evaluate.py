@@ -67,7 +67,7 @@ def evaluate(
         forget_quality(summary, records, retain_records, retain_summary, cfg.eval.retain_eval)
     summary["model"] = str(cfg.model.path)
     summary["seconds"] = time.perf_counter() - t0
-    out = Path(out_dir or cfg.output.dir or "runs/eval")
+    out = Path(out_dir) if out_dir else cfg.output_dir("eval")
     log.info("evaluation took %.1f s", summary["seconds"])
     write_eval(out, records, summary, retain_records)
     return summary

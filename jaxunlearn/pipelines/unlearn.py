@@ -49,11 +49,6 @@ def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_
     )
 
 
-def output_dir(cfg: RunConfig, command: str) -> Path:
-    """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""
-    return Path(cfg.output.dir or f"runs/{command}")
-
-
 @contextlib.contextmanager
 def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
     """Process 0 checks and prepares the run directory (the others wait for it) and yields
@@ -64,7 +59,7 @@ def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
     from jax.experimental import multihost_utils
 
     initialize_distributed_from_env()
-    out = output_dir(cfg, command)
+    out = cfg.output_dir(command)
     created = not out.exists() or not any(out.iterdir())
     if jax.process_index() == 0:
         prepare_run_dir(out, resume, overwrite)
@@ -88,7 +83,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     objective, the model and tokenizer and the data are checked before the run directory
     is made."""
     initialize_distributed_from_env()  # before anything touches a JAX backend
-    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
+    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
     model, tokenizer = _load(cfg)
@@ -179,7 +174,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
     initialize_distributed_from_env()  # before anything touches a JAX backend
-    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params)
+    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = _load(cfg)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))

@@ -69,10 +69,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
 LOW_PRECISION = ("bfloat16", "float16")
 
 
-def check_param_precision(param_dtype, low_precision_params: bool) -> None:
+def check_param_precision(param_dtype, low_precision_params: bool, warn: bool = True) -> None:
     """Refuse to train bf16 / fp16 parameters unless asked: at TOFU's lr of 1e-5 most updates
     are below half a bf16 ulp of their weight and round away (over 62 steps about 6% of
-    N(0, 0.02) weights ever change). Opted in, warn."""
+    N(0, 0.02) weights ever change). Opted in, warn (once: `train` warns, the pipelines'
+    early check before loading passes warn=False)."""
     name = jnp.dtype(to_dtype(param_dtype)).name
     if name not in LOW_PRECISION:
         return
@@ -82,6 +83,8 @@ def check_param_precision(param_dtype, low_precision_params: bool) -> None:
             f"model barely trains. Use mixed precision (model.dtype=float32 model.compute_dtype={name}: fp32 "
             f"parameters and AdamW state, {name} compute), or opt in with train.low_precision_params=true"
         )
+    if not warn:
+        return
     log.warning(
         "training %s parameters (train.low_precision_params): updates smaller than half a %s ulp of "
         "their weight round away; prefer model.dtype=float32 model.compute_dtype=%s",
