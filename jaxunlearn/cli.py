@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except JaxUnlearnError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

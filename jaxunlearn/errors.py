@@ -19,3 +19,11 @@ class ConfigError(JaxUnlearnError):
 
 class DataError(JaxUnlearnError):
     """A data file or row is missing, malformed or unusable."""
+
+
+class Interrupted(JaxUnlearnError):
+    """A run stopped by SIGINT / SIGTERM after saving its last finished step."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -141,6 +141,14 @@ def _open_up(directory: Path) -> None:
     os.chmod(directory, 0o777 & ~umask)
 
 
+def remove_orphan_temporaries(parent: Path, name: str) -> list[Path]:
+    """Remove what an `atomic_directory(parent / name)` killed mid-write left behind."""
+    removed = sorted([*Path(parent).glob(f".{name}.tmp-*"), *Path(parent).glob(f".{name}.old-*")])
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path):
     """Yield a temporary sibling directory; on success it replaces `out`, on error it vanishes."""

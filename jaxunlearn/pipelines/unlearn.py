@@ -45,6 +45,7 @@ def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_
         pad_to=cfg.data.pad_to,
         matmul_precision=cfg.model.matmul_precision,
         reference_dtype=cfg.model.reference_dtype,
+        header={"model path": cfg.model.path, "template": cfg.data.template, "run directory": str(out_dir)},
         **kwargs,
     )
 

@@ -44,6 +44,9 @@ class OutputSection:
         "(null: runs/<command>, e.g. runs/unlearn, runs/eval)",
     )
     checkpoint_every: int | None = setting(None, "checkpoint every N steps (always at the end)")
+    checkpoint_minutes: float | None = setting(
+        30.0, "also checkpoint when this many minutes passed since the last save (null: off)"
+    )
     keep_checkpoints: int = setting(2, "checkpoints kept")
     export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")
     export_hf_flax: bool = setting(False, "also write an HF-Flax msgpack directory (model-hf-flax/)")

@@ -6,9 +6,13 @@ Orbax checkpoints, resume, non-finite stop, and the export at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,10 +23,10 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ..checkpoints.api import save_pretrained
+from ..checkpoints.api import remove_orphan_temporaries, save_pretrained
 from ..data import BatchIterator, pad_rows, pad_token_id
 from ..data.batching import DEFAULT_BUCKETS, bucket_length
-from ..errors import ConfigError, JaxUnlearnError
+from ..errors import ConfigError, Interrupted, JaxUnlearnError
 from ..models.config import to_dtype
 from ..objectives import Objective, StepBatch
 from ..parallel import MeshSection, make_mesh
@@ -142,6 +146,7 @@ def train(
     export: bool | None = None,
     on_step=None,
     fresh_if_no_checkpoint: bool = False,
+    header: dict | None = None,
 ) -> dict:
     """Run the configured number of steps of `objective` and export the result.
 
@@ -151,7 +156,10 @@ def train(
     may take; `on_step(step, model)`, if given, runs after each step (periodic evaluation).
     Matmuls run at `matmul_precision` (auto: highest for fp32 compute). `resume` continues
     from the latest checkpoint in out_dir, and stops with a message when there is none
-    unless `fresh_if_no_checkpoint`. Returns a summary with the final model under "model".
+    unless `fresh_if_no_checkpoint`. `header` adds lines (model path, template) to the block
+    printed at start. SIGINT / SIGTERM stop the run after the step in flight, with a
+    checkpoint of it (a second SIGINT stops at once). Returns a summary with the final
+    model under "model".
     """
     check_param_precision(model.config.param_dtype, training.low_precision_params)
     run = SimpleNamespace(  # everything the loop reads besides the model, data and objective
@@ -167,9 +175,24 @@ def train(
         export=export,
         on_step=on_step,
         fresh_if_no_checkpoint=fresh_if_no_checkpoint,
+        header=header or {},
     )
     with precision_context(matmul_precision, to_dtype(model.config.compute_dtype)):
         return _train(model, tokenizer, streams, objective, Path(out_dir), run)
+
+
+def _stop_non_finite(checkpointer, state, data_before: dict, step: int, metrics: dict, out_dir: Path):
+    """The step left the state unchanged: keep it (the last finite state, after `step`
+    steps) as a checkpoint, then stop with where it is."""
+    if step > 0:
+        checkpointer.save(step, state, {"data": data_before, "step": step})
+    checkpointer.wait()
+    good = checkpointer.latest_step()
+    where = f"step {good} in {out_dir / 'checkpoints'}" if good is not None else "none (it failed at the first step)"
+    raise TrainingError(
+        f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}); stopped. The last finite "
+        f"state is checkpointed: {where} (--resume continues from it). Lower train.lr or set train.clip_grad_norm"
+    )
 
 
 def _keep_metrics_up_to(path: Path, step: int) -> None:
@@ -178,6 +201,64 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
         path.write_text("".join(line + "\n" for line in kept))
+
+
+class _StopRequest:
+    """Set by SIGINT / SIGTERM while the loop runs; the loop checkpoints and stops after the
+    step in flight. A second SIGINT raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.signal_number = None
+
+    def __call__(self, signum, frame):
+        if self.signal_number == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+            "(Ctrl-C again to stop now)",
+            file=sys.stderr,
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # handlers only install there
+        yield request
+        return
+    old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _agree(*flags: bool) -> list[bool]:
+    """Each flag true on any process (saves are collective, so every process must decide alike)."""
+    if jax.process_count() == 1:
+        return list(flags)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    return [bool(x) for x in np.asarray(gathered).reshape(-1, len(flags)).max(axis=0)]
+
+
+def _startup_lines(model, objective, streams, run, total: int, warmup: int, mesh) -> list[str]:
+    c, t, o = model.config, run.train, run.output
+    rows = ", ".join(f"{name} {len(rows)}" for name, rows in streams.items())
+    saves = [f"every {o.checkpoint_every} steps"] if o.checkpoint_every else []
+    saves += [f"every {o.checkpoint_minutes:g} min"] if o.checkpoint_minutes else []
+    lines = [f"{key}: {value}" for key, value in run.header.items()]
+    lines += [
+        f"model: {c.model_type}, {c.num_layers} layers, parameters {c.param_dtype}, compute {c.compute_dtype}",
+        f"objective: {objective.name}; rows: {rows}",
+        f"steps: {total} (warmup {warmup}), lr {t.lr:g}, batch {t.batch_size} x {t.micro_batches} micro",
+        f"mesh: {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)",
+        f"checkpoints: {', '.join(saves + ['at the end'])}, keep {o.keep_checkpoints}",
+    ]
+    return lines
 
 
 def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNamespace):
@@ -228,8 +309,13 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         ref_params = None
 
     state = sharded_init_state(params, tx, t.seed, mesh)
+    for name in ("model", "model-hf-flax"):  # exports a killed run left half-written
+        remove_orphan_temporaries(out_dir, name)
     checkpointer = Checkpointer(
-        out_dir / "checkpoints", keep=run.output.keep_checkpoints, every=run.output.checkpoint_every
+        out_dir / "checkpoints",
+        keep=run.output.keep_checkpoints,
+        every=run.output.checkpoint_every,
+        minutes=run.output.checkpoint_minutes,
     )
     if resume and checkpointer.latest_step() is None and not run.fresh_if_no_checkpoint:
         checkpointer.close()
@@ -238,7 +324,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
             "--overwrite to start it afresh"
         )
     if resume and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
+        state, meta = checkpointer.restore_latest_readable(state)
         _keep_metrics_up_to(out_dir / "metrics.jsonl", int(state.step))
         iterator.load_state_dict(meta["data"])
         log.info("resumed from step %d", int(state.step))
@@ -260,11 +346,13 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     )
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
     is_main = jax.process_index() == 0
+    if run.progress and is_main:
+        print("\n".join(_startup_lines(model, objective, streams, run, total, warmup, mesh)), file=sys.stderr)
     metrics_path = out_dir / "metrics.jsonl"
     bar = tqdm(
         total=total,
         initial=start,
-        desc=objective.name,
+        desc=f"{objective.name} (compiling)",
         unit="step",
         dynamic_ncols=True,
         disable=not (progress and is_main),
@@ -272,45 +360,52 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     tokens_done, t0 = 0, time.perf_counter()
     last = {}
     try:
-        for step in range(start, total):
-            index = iterator.global_indices(iterator.step)
-            reference_nll = {}
-            if precomputed is not None:
-                per = t.batch_size // jax.process_count()
-                local = index[jax.process_index() * per : (jax.process_index() + 1) * per]
-                reference_nll = {s: v[local] for s, v in precomputed.items()}
-            batch = StepBatch.from_arrays(next(iterator), reference_nll)
-            t_step = time.perf_counter()
-            with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
-                state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
-            metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
-            t_step = time.perf_counter() - t_step
-            if not metrics["finite"]:
-                checkpointer.wait()
-                good = checkpointer.latest_step()
-                where = f"step {good} in {out_dir / 'checkpoints'}" if good is not None else "none saved yet"
-                raise TrainingError(
-                    f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}); stopped. "
-                    f"The last good checkpoint is {where}. Lower train.lr or set train.clip_grad_norm"
-                )
-            tokens_done += metrics.pop("tokens")
-            elapsed = time.perf_counter() - t0
-            last = {
-                "step": step + 1,
-                **{k: v for k, v in metrics.items() if k != "finite"},
-                "step_seconds": t_step,
-                "tokens_per_s": tokens_done / max(elapsed, 1e-9),
-                "epoch": iterator.epoch_of(step + 1),
-            }
-            if is_main:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-            bar.update(1)
-            if checkpointer.should_save(step + 1, last=step + 1 == total):
-                checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
-            if on_step is not None:
-                on_step(step + 1, lambda: nnx.merge(graphdef, state.params))
+        with _stop_on_signals() as stop:
+            for step in range(start, total):
+                data_before = iterator.state_dict()
+                index = iterator.global_indices(iterator.step)
+                reference_nll = {}
+                if precomputed is not None:
+                    per = t.batch_size // jax.process_count()
+                    local = index[jax.process_index() * per : (jax.process_index() + 1) * per]
+                    reference_nll = {s: v[local] for s, v in precomputed.items()}
+                batch = StepBatch.from_arrays(next(iterator), reference_nll)
+                t_step = time.perf_counter()
+                with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
+                    state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
+                metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
+                t_step = time.perf_counter() - t_step
+                if step == start:
+                    bar.set_description(objective.name)
+                if not metrics["finite"]:
+                    _stop_non_finite(checkpointer, state, data_before, step, metrics, out_dir)
+                tokens_done += metrics.pop("tokens")
+                elapsed = time.perf_counter() - t0
+                last = {
+                    "step": step + 1,
+                    **{k: v for k, v in metrics.items() if k != "finite"},
+                    "step_seconds": t_step,
+                    "tokens_per_s": tokens_done / max(elapsed, 1e-9),
+                    "epoch": iterator.epoch_of(step + 1),
+                }
+                if is_main:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(last) + "\n")
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                bar.update(1)
+                stopping, time_due = _agree(stop.signal_number is not None, checkpointer.time_due())
+                if checkpointer.should_save(step + 1, last=step + 1 == total) or time_due or stopping:
+                    checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
+                if stopping:
+                    checkpointer.wait()
+                    signum = stop.signal_number or signal.SIGTERM  # another process got the signal
+                    raise Interrupted(
+                        f"{signal.Signals(signum).name} after step {step + 1} of {total}: checkpoint saved in "
+                        f"{out_dir / 'checkpoints'}; continue with the same command and --resume",
+                        int(signum),
+                    )
+                if on_step is not None:
+                    on_step(step + 1, lambda: nnx.merge(graphdef, state.params))
     finally:
         bar.close()
         checkpointer.close()
