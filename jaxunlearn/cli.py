@@ -9,15 +9,31 @@ import sys
 from .errors import JaxUnlearnError
 
 
+def _load_for_cli(args, **kwargs):
+    """load_pretrained with the command's --dtype / --allow-pickle, the fix named as a flag."""
+    from .checkpoints.api import load_pretrained
+    from .checkpoints.torch_bin import PickleRefused
+
+    try:
+        return load_pretrained(
+            getattr(args, "src", None) or args.model, dtype=args.dtype, allow_pickle=args.allow_pickle, **kwargs
+        )
+    except PickleRefused as e:
+        raise e.naming("--allow-pickle") from None
+
+
 def _convert(args) -> None:
     from pathlib import Path
 
-    from .checkpoints.api import load_pretrained, save_pretrained
+    from .checkpoints.api import parse_size, save_pretrained
     from .models.registry import num_parameters
+    from .paths import check_writable_dir
 
     if Path(args.dst).exists() and not args.overwrite:
         raise JaxUnlearnError(f"{args.dst} already exists; choose another destination or pass --overwrite")
-    model, tokenizer = load_pretrained(args.src, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    parse_size(args.max_shard_size)  # before the model loads
+    check_writable_dir(Path(args.dst).absolute().parent, "DST's parent directory")
+    model, tokenizer = _load_for_cli(args)
     out = save_pretrained(
         model, tokenizer, args.dst, format=args.to, overwrite=args.overwrite, max_shard_size=args.max_shard_size
     )
@@ -28,12 +44,9 @@ def _convert(args) -> None:
 
 
 def _generate(args) -> None:
-    from .checkpoints.api import load_pretrained
     from .evaluation.generation import encode_prompts, greedy_generate, strip_after_eos
 
-    model, tokenizer = load_pretrained(args.model, dtype=args.dtype)
-    if tokenizer is None:
-        raise JaxUnlearnError(f"{args.model} has no tokenizer files; generation needs one")
+    model, tokenizer = _load_for_cli(args, require_tokenizer=True)
     ids, mask, pad_id = encode_prompts(tokenizer, args.prompt, chat=args.chat)
     tokens = greedy_generate(model, ids, mask, args.max_new_tokens, tokenizer.eos_token_id, pad_id)
     for prompt, row in zip(args.prompt, strip_after_eos(tokens, tokenizer.eos_token_id)):
@@ -127,7 +140,13 @@ def _aggregate(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxunlearn", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: jaxunlearn's INFO messages; -vv: every library's too (Orbax, JAX)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -209,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="new tokens per prompt (at least 1)")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled pytorch_model.bin")
     p.set_defaults(func=_generate)
     return parser
 
@@ -221,12 +241,19 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose > 1 else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.verbose:  # Orbax logs dozens of INFO lines per checkpoint: only with -vv
+        logging.getLogger("jaxunlearn").setLevel(logging.INFO)
     try:
         args.func(args)
     except JaxUnlearnError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except OSError as e:  # a full disk, a read-only file system... met while writing
+        from .paths import describe_os_error
+
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -152,3 +152,151 @@ def test_eval_and_unlearn_have_their_own_default_directories(tiny_lm, tmp_path, 
     monkeypatch.chdir(tmp_path)
     evaluate(cfg, progress=False)
     assert (tmp_path / "runs" / "eval" / "summary.json").exists() and not (tmp_path / "runs" / "unlearn").exists()
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tiny_lm, tmp_path_factory):
+    """Things in the way: a model without tokenizer, pickled weights, a file where a
+    directory belongs, broken summaries and retain evaluations."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    no_tokenizer = root / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_lm / name, no_tokenizer / name)
+    pickled = root / "pickled"
+    pickled.mkdir()
+    for f in [tiny_lm / "config.json", *tiny_lm.glob("tokenizer*")]:
+        shutil.copy(f, pickled / f.name)
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    (root / "a-file").write_text("")
+    for name, text in [("summary-not-json", "{"), ("summary-not-eval", '{"a": 1}')]:
+        (root / name).mkdir()
+        (root / name / "summary.json").write_text(text)
+    for name, text in [("retain-empty", ""), ("retain-malformed", "{not json\n")]:
+        (root / name).mkdir()
+        (root / name / "per_example.jsonl").write_text(text)
+    (root / "retain-other-rows").mkdir()
+    (root / "retain-other-rows" / "per_example.jsonl").write_text(
+        json.dumps({"set": "forget", "question": "Who wrote something else?", "truth_ratio": 0.5}) + "\n"
+    )
+    return root
+
+
+def _file_errors(tiny, r):
+    run = [f"model.path={tiny}", *TINY_TRAIN, "objective.name=GA", "train.max_steps=1", "output.export=false"]
+    ev = [f"model.path={tiny}", "eval.num_rows=2", "eval.generate=false", "data.forget_split=forget01"]
+    ev += ["eval.sets=[forget]", "eval.holdout_split=none", "--no-progress"]
+    return [  # (argv, what the one line must say, a path that must not appear)
+        (["convert", str(tiny), str(r / "x"), "--max-shard-size", "5 apples"], "'5 apples' is not a size", r / "x"),
+        (["convert", str(r / "pickled"), str(r / "y")], "opt in with --allow-pickle", r / "y"),
+        (["generate", str(r / "pickled"), "--prompt", "hi"], "opt in with --allow-pickle", None),
+        (
+            ["unlearn", *run, f"model.path={r / 'pickled'}", f"output.dir={r / 'u0'}"],
+            "model.allow_pickle=true",
+            r / "u0",
+        ),
+        (["eval", *ev, f"model.path={r / 'pickled'}", f"output.dir={r / 'e0'}"], "model.allow_pickle=true", r / "e0"),
+        (
+            ["unlearn", *run, f"model.path={r / 'no-tokenizer'}", f"output.dir={r / 'u1'}"],
+            "no tokenizer files",
+            r / "u1",
+        ),
+        (["eval", *ev, f"model.path={r / 'no-tokenizer'}", f"output.dir={r / 'e1'}"], "no tokenizer files", r / "e1"),
+        (["generate", str(r / "no-tokenizer"), "--prompt", "hi"], "no tokenizer files", None),
+        (["unlearn", *run, f"output.dir={r / 'a-file'}"], "is a file, not a directory", None),
+        (["finetune", *run, f"output.dir={r / 'a-file' / 'run'}"], "Not a directory", None),
+        (["eval", *ev, f"output.dir={r / 'a-file' / 'e'}"], "Not a directory", None),
+        (["convert", str(tiny), str(r / "a-file" / "m")], "is a file, not a directory", None),
+        (["report", str(r / "summary-not-json")], "summary.json is not valid JSON", None),
+        (["report", str(r / "summary-not-eval")], "is not a jaxunlearn evaluation summary", None),
+        (["report", str(r / "summary-not-eval"), "--recompute"], "holds no evaluation", None),
+        (["aggregate", str(r / "summary-not-eval"), "--out", str(r / "a-file")], "is a file, not a directory", None),
+        (
+            ["eval", *ev, f"eval.retain_eval={r / 'retain-empty'}", f"output.dir={r / 'e2'}"],
+            "holds no records",
+            r / "e2",
+        ),
+        (
+            ["eval", *ev, f"eval.retain_eval={r / 'retain-malformed'}", f"output.dir={r / 'e3'}"],
+            "not valid JSON",
+            r / "e3",
+        ),
+        (
+            ["eval", *ev, f"eval.retain_eval={r / 'retain-other-rows'}", f"output.dir={r / 'e4'}"],
+            "has 1 forget rows, this one 2",
+            r / "e4",
+        ),
+    ]
+
+
+CASES = 19
+
+
+@pytest.mark.parametrize("case", range(CASES))
+def test_file_errors_are_one_line_with_the_fix_and_nothing_written(tiny_lm, bad_inputs, case, capsys):
+    cases = _file_errors(tiny_lm, bad_inputs)
+    assert len(cases) == CASES
+    argv, message, must_not_exist = cases[case]
+    code, err = _main(capsys, *argv)
+    lines = [line for line in err.splitlines() if line.strip() and "WARNING" not in line]
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    assert must_not_exist is None or not must_not_exist.exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_export(tiny_lm, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from jaxunlearn.checkpoints import api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "model.safetensors"))
+
+    monkeypatch.setattr(api, "write_safetensors", full)
+    code, err = _main(capsys, "convert", str(tiny_lm), str(tmp_path / "out"))
+    assert code == 2 and err.strip().startswith("error: cannot write") and "free disk space" in err, err
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []  # the temporary went too
+
+
+def test_a_failed_checkpoint_write_is_one_clear_error(tiny_lm, tmp_path, capsys, monkeypatch):
+    from jaxunlearn.training.checkpointing import Checkpointer
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("Error writing local file: No space left on device")
+
+    monkeypatch.setattr(Checkpointer, "_flat", refuse)
+    out = tmp_path / "run"
+    argv = ["unlearn", f"model.path={tiny_lm}", *TINY_TRAIN, "objective.name=GA", "train.max_steps=1"]
+    code, err = _main(capsys, *argv, f"output.dir={out}", "--no-progress")
+    line = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and line and "could not write the checkpoint of step 1" in line[0], err
+    assert "free disk space" in line[0] and "Traceback" not in err
+
+
+def test_feedback_a_start_block_compiling_question_bars_and_quiet_verbose(tiny_lm, tmp_path):
+    """What a user sees: -v adds jaxunlearn's INFO lines but not Orbax's flood; a start-up
+    block; 'compiling' before the first step; evaluation bars count questions; a default
+    evaluation prints no warning."""
+    from conftest import run_cli
+
+    argv = [f"model.path={tiny_lm}", *TINY_TRAIN, "objective.name=GA", "train.max_steps=2", "output.export=false"]
+    done = run_cli("-v", "unlearn", *argv, f"output.dir={tmp_path / 'run'}")
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    for line in [
+        "template: chatml (auto)",
+        "objective: GA; rows: forget 40",
+        "steps: 2 (warmup",
+        "mesh: {",
+        "checkpoints:",
+    ]:
+        assert line in err, err
+    assert "GA (compiling)" in err and "INFO template" in err
+    assert "orbax" not in err.lower() and "CheckpointManager" not in err
+    ev = run_cli(
+        "eval", f"model.path={tiny_lm}", "eval.num_rows=3", "eval.generate=false", f"output.dir={tmp_path / 'eval'}"
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert "WARNING" not in ev.stderr, ev.stderr
+    assert "eval forget: scoring" in ev.stderr and "3/3" in ev.stderr and "question" in ev.stderr

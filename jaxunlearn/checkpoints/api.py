@@ -42,18 +42,22 @@ def load_pretrained(
     remat: str = "none",
     allow_pickle: bool = False,
     with_tokenizer: bool = True,
+    require_tokenizer: bool = False,
 ):
     """Load a checkpoint into a jaxunlearn model: returns (model, tokenizer).
 
     `path_or_hub_id`: an HF directory (safetensors, flax_model.msgpack, or - with
     allow_pickle - pytorch_model.bin), a .gguf file, a hub id, or a built-in asset name.
     `dtype` is the parameter dtype, `compute_dtype` the activation dtype (default: dtype).
-    With `mesh`, every parameter is placed directly onto its sharding.
+    With `mesh`, every parameter is placed directly onto its sharding. `require_tokenizer`:
+    a checkpoint without tokenizer files is an error (the tokenizer is None otherwise).
     """
     if remat not in REMAT_POLICIES:
         raise ConfigError(f"remat={remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     to_dtype(dtype), to_dtype(compute_dtype or dtype)  # a bad dtype name fails here, with the choices
     ckpt = resolve(path_or_hub_id)
+    if require_tokenizer and ckpt.kind != "gguf" and not any(ckpt.path.glob("tokenizer*")):
+        raise _no_tokenizer(ckpt.path)
     runtime = dict(param_dtype=dtype, compute_dtype=compute_dtype or dtype, remat=remat)
     tokenizer = None
     if ckpt.kind == "gguf":
@@ -86,19 +90,34 @@ def load_tokenizer(path_or_hub_id):
     if ckpt.kind == "gguf":
         return tokenizer_from_gguf(gguf_io.open_gguf(ckpt.path), ckpt.path)
     if not any(ckpt.path.glob("tokenizer*")):
-        raise CheckpointError(f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {ckpt.path}")
+        raise _no_tokenizer(ckpt.path)
     return load_hf_tokenizer(ckpt.path)
+
+
+def _no_tokenizer(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {path}: copy them from the model it was "
+        "made from, or save it with save_pretrained(model, tokenizer, ...)"
+    )
 
 
 def parse_size(size: str | int) -> int:
     if isinstance(size, int):
         return size
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    text = size.strip().upper()
-    for unit in sorted(units, key=len, reverse=True):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * units[unit])
-    return int(text)
+    text = str(size).strip().upper()
+    try:
+        for unit in sorted(units, key=len, reverse=True):
+            if text.endswith(unit):
+                value = int(float(text[: -len(unit)]) * units[unit])
+                break
+        else:
+            value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"max shard size {size!r} is not a size: use e.g. 5GB, 500MB, 2GiB or a byte count")
+    return value
 
 
 def save_pretrained(

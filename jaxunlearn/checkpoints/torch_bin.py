@@ -10,12 +10,23 @@ from .convert import DictSource
 from .sources import TORCH_BIN, TORCH_BIN_INDEX
 
 
-def refuse(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"{path} holds pickled PyTorch weights ({TORCH_BIN}); unpickling can run code, so it is refused by "
-        "default. Convert it to safetensors, or opt in with allow_pickle=True (CLI: --allow-pickle), which "
-        "loads it with torch.load(weights_only=True)"
-    )
+class PickleRefused(CheckpointError):
+    """Pickled weights met without the opt-in; `naming(setting)` words the fix for a command."""
+
+    def __init__(self, path: Path, opt_in: str = "allow_pickle=True (CLI: --allow-pickle)"):
+        self.path = path
+        super().__init__(
+            f"{path} holds pickled PyTorch weights ({TORCH_BIN}); unpickling can run code, so it is refused by "
+            f"default. Convert it to safetensors, or opt in with {opt_in}, which loads it with "
+            "torch.load(weights_only=True)"
+        )
+
+    def naming(self, opt_in: str) -> PickleRefused:
+        return PickleRefused(self.path, opt_in)
+
+
+def refuse(path: Path) -> PickleRefused:
+    return PickleRefused(path)
 
 
 def load_torch_bin(directory: Path) -> DictSource:

@@ -60,7 +60,8 @@ def build_eval_set(
     base_key = base_key if base_key and all(base_key in r for r in rows) else answer_key
     counts = {len(r.get(perturbed_key) or []) for r in rows}
     if counts == {0}:
-        log.warning("evaluation set %r has no %r: the truth ratio will be skipped", name, perturbed_key)
+        # info, not a warning: the holdout set has none by design (evaluation warns for the others)
+        log.info("evaluation set %r has no %r: the truth ratio will be skipped", name, perturbed_key)
         k = 0
     elif len(counts) != 1:
         raise DataError(f"evaluation set {name!r}: rows have different numbers of perturbed answers {sorted(counts)}")

@@ -58,6 +58,19 @@ def _per_candidate(evalset, avg_nll):
     return gt, para, pert[:, : evalset.num_perturbed]
 
 
+class _QuestionCounter:
+    """Scoring runs over candidate answers (a question has its answer, paraphrase and
+    perturbations); the bar counts questions, so candidates advance it by their share."""
+
+    def __init__(self, bar, candidates_per_question: float):
+        self.bar, self.per, self.done = bar, candidates_per_question, 0.0
+
+    def update(self, candidates: int) -> None:
+        before = int(self.done)
+        self.done += candidates / self.per
+        self.bar.update(min(int(self.done), self.bar.total) - before)
+
+
 def score_candidates(model, evalset, pad: int, batch_size: int, mesh=None, bar=None):
     """(full statistics of the answer rows, avg NLL of every candidate row). Candidates
     sharing prefixes (a question's prompt, the start of its answers) compute them once
@@ -108,13 +121,11 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
         )
         n = len(evalset)
         bar = tqdm(
-            total=len(evalset.candidates) + (n if e.generate and spec.name != "holdout" else 0),
-            desc=f"eval {spec.name}",
-            unit="row",
-            disable=not progress,
-            dynamic_ncols=True,
+            total=n, desc=f"eval {spec.name}: scoring", unit="question", disable=not progress, dynamic_ncols=True
         )
-        scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, bar)
+        counter = _QuestionCounter(bar, len(evalset.candidates) / max(n, 1))
+        scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, counter)
+        bar.update(n - bar.n)  # the shares round
         gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [
             {
@@ -139,6 +150,8 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
         done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
         available = {"scores"}
         if e.generate and spec.name != "holdout":
+            bar.reset(total=n)
+            bar.set_description(f"eval {spec.name}: generating")
             budgets = generation_budgets(
                 [len(p) for p in evalset.prompts],
                 e.generation_budget,

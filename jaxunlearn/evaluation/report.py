@@ -100,6 +100,22 @@ def plot_truth_ratios(records: list[dict], retain_records: list[dict] | None, pa
     plt.close(fig)
 
 
+def read_summary(path: Path) -> dict:
+    """A jaxunlearn summary.json, checked enough that a report can be made from it."""
+    from ..errors import DataError
+
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}); re-run the evaluation or pass another directory") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("sets"), dict):
+        raise DataError(
+            f"{path} is not a jaxunlearn evaluation summary (no 'sets' table); give report the directory of a "
+            "jaxunlearn eval, or --recompute for TOFU / open-unlearning logs"
+        )
+    return summary
+
+
 def compare_runs(run_dirs: list[str], out: Path | None = None, summaries: list[dict] | None = None) -> str:
     """A side-by-side markdown table (and bar plot) of several evaluation directories, from
     their summary.json or from the given summaries (one per directory)."""
@@ -115,7 +131,7 @@ def compare_runs(run_dirs: list[str], out: Path | None = None, summaries: list[d
             path = Path(d) / "eval" / SUMMARY
         if not path.exists():
             raise ConfigError(f"no evaluation summary in {d} (expected {SUMMARY}); run jaxunlearn eval first")
-        rows.append((Path(d).name, json.loads(path.read_text())))
+        rows.append((Path(d).name, read_summary(path)))
     keys = [("forget", c) for c in ("probability", "rougeL_recall", "truth_ratio")]
     keys += [("retain", c) for c in ("probability", "rougeL_recall", "truth_ratio")]
     header = ["run", *[f"{s} {c}" for s, c in keys], *HEADLINE]

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import config_from_dict, read_yaml
 from ..data import load_tofu
 from ..errors import ConfigError
+from ..paths import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def run_demo(
     demo = data.pop("demo", None)
     if not demo:
         raise ConfigError(f"{config_path} has no 'demo:' section (see configs/demo.yaml)")
-    out = Path(out)
+    out = check_writable_dir(out, "--out")
     base = lambda *extra: config_from_dict(dict(data), [*(overrides or []), *extra])  # noqa: E731
     forget = load_tofu(demo["forget_split"], base().data.data_dir)[: demo["forget_rows"]]
     retain = load_tofu(demo["retain_split"], base().data.data_dir)[: demo["retain_rows"]]

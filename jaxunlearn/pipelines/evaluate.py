@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
+from .loading import load_for_run
+from ..paths import check_writable_dir
 from ..data.templates import template_for
-from ..evaluation.aggregate import forget_quality, summarize
+from ..evaluation.aggregate import check_same_forget_rows, forget_quality, summarize
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation.logs_io import read_evaluation
 from ..evaluation.report import compare_runs, write_eval
@@ -37,8 +39,10 @@ def evaluate(
 ) -> dict:
     """Evaluate `model` (default: cfg.model.path) and write per-example, summary, report, plots."""
     t0 = time.perf_counter()
+    out = Path(out_dir) if out_dir else cfg.output_dir("eval")
+    check_writable_dir(out, "output.dir")  # before the evaluation, not after it
     if model is None:
-        model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
+        model, tokenizer = load_for_run(cfg)
     template = template_for(cfg.data.template, tokenizer)
     embedder = None
     if cfg.eval.cosine and cfg.eval.generate:
@@ -46,9 +50,13 @@ def evaluate(
 
         embedder = SentenceEmbedder()
     judge = make_judge(cfg) if cfg.eval.generate else None
-    reference = load_pretrained(cfg.eval.reference_model)[0] if cfg.eval.reference_model else None
+    reference = load_for_run(cfg, cfg.eval.reference_model)[0] if cfg.eval.reference_model else None
     retain_records, retain_summary, _ = read_evaluation(cfg.eval.retain_eval) if cfg.eval.retain_eval else (None,) * 3
     sets = load_sets(cfg.data, cfg.eval, cfg.continual.split)
+    if retain_records is not None:  # another split or other rows: refused now, not after the evaluation
+        rows = [r for s in sets if s.name == "forget" for r in s.rows][: cfg.eval.num_rows]
+        forget = [{"set": "forget", "question": r.get("question")} for r in rows]
+        check_same_forget_rows(forget, retain_records, cfg.eval.retain_eval)
     records, summary = evaluate_model(
         model,
         tokenizer,
@@ -67,7 +75,6 @@ def evaluate(
         forget_quality(summary, records, retain_records, retain_summary, cfg.eval.retain_eval)
     summary["model"] = str(cfg.model.path)
     summary["seconds"] = time.perf_counter() - t0
-    out = Path(out_dir) if out_dir else cfg.output_dir("eval")
     log.info("evaluation took %.1f s", summary["seconds"])
     write_eval(out, records, summary, retain_records)
     return summary
@@ -81,6 +88,8 @@ def aggregate_evaluation(run: str | Path, retain: str | Path | None = None, out_
     eval logs (a directory of eval_log*.json, or eval_log_aggregated.json) or
     open-unlearning's TOFU_EVAL.json. `out_dir`, if given, gets the files `evaluate` writes.
     """
+    if out_dir is not None:
+        check_writable_dir(out_dir, "--out")
     records, _, fmt = read_evaluation(run)
     summary = summarize(records)
     retain_records = None
@@ -99,6 +108,8 @@ def compare(
     """Several evaluations side by side (markdown, and a plot under `out`); with `recompute`
     or a `retain` evaluation every number comes from the per-example results
     (aggregate_evaluation), so TOFU / open-unlearning logs can sit beside runs."""
+    if out is not None:
+        check_writable_dir(out, "--out")
     summaries = None
     if recompute or retain:
         summaries = [aggregate_evaluation(d, retain) for d in run_dirs]

@@ -8,25 +8,16 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
+from ..data.templates import default_template_name
 from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env
+from ..paths import check_writable_dir
+from .loading import load_for_run
 from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
 log = logging.getLogger(__name__)
-
-
-def _load(cfg: RunConfig, path: str | None = None, dtype: str | None = None):
-    m = cfg.model
-    return load_pretrained(
-        path or m.path,
-        dtype=dtype or m.dtype,
-        compute_dtype=m.compute_dtype,
-        remat=m.remat,
-        allow_pickle=m.allow_pickle,
-    )
 
 
 def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_dir, **kwargs) -> dict:
@@ -45,7 +36,13 @@ def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_
         pad_to=cfg.data.pad_to,
         matmul_precision=cfg.model.matmul_precision,
         reference_dtype=cfg.model.reference_dtype,
-        header={"model path": cfg.model.path, "template": cfg.data.template, "run directory": str(out_dir)},
+        header={
+            "model path": cfg.model.path,
+            "template": cfg.data.template
+            if cfg.data.template != "auto"
+            else f"{default_template_name(tokenizer)} (auto)",
+            "run directory": str(out_dir),
+        },
         **kwargs,
     )
 
@@ -61,6 +58,8 @@ def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
 
     initialize_distributed_from_env()
     out = cfg.output_dir(command)
+    if jax.process_index() == 0:
+        check_writable_dir(out, "output.dir")
     created = not out.exists() or not any(out.iterdir())
     if jax.process_index() == 0:
         prepare_run_dir(out, resume, overwrite)
@@ -87,7 +86,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
-    model, tokenizer = _load(cfg)
+    model, tokenizer = load_for_run(cfg)
     if cfg.continual.split:
         forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
         with run_directory(cfg, "unlearn", resume, overwrite) as out:
@@ -96,7 +95,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
     reference = None
     if objective.needs_reference:
-        reference, _ = _load(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
+        reference, _ = load_for_run(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
     with run_directory(cfg, "unlearn", resume, overwrite) as out:
         return train_with_config(
             model,
@@ -142,7 +141,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
         done = task_dir / "summary.json"
         if resume and done.exists():
             log.info("task %s already done; loading its result", task)
-            model, _ = _load(cfg, str(task_dir / "model"))
+            model, _ = load_for_run(cfg, str(task_dir / "model"))
             results.append(json.loads(done.read_text()))
             continue
         task_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +176,7 @@ def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, prog
     initialize_distributed_from_env()  # before anything touches a JAX backend
     check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
     objective = build_objective("GD", retain_weight=1.0)
-    model, tokenizer = _load(cfg)
+    model, tokenizer = load_for_run(cfg)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
     with run_directory(cfg, "finetune", resume, overwrite) as out:
         return train_with_config(model, tokenizer, streams, objective, cfg, out, resume=resume, progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -43,12 +44,25 @@ class Checkpointer:
     def save(self, step: int, state, meta: dict) -> None:
         if self.manager.latest_step() == step:
             return
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(self._flat(state)), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        with self._writing(step):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(self._flat(state)), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
         self.last_save_time = time.monotonic()
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """A save that fails (full disk, read-only directory) is one clear error."""
+        try:
+            yield
+        except Exception as e:
+            what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+            raise CheckpointError(
+                f"could not write {what} to {self.directory} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                "free disk space or set output.dir elsewhere. --resume continues from the last checkpoint written"
+            ) from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -99,8 +113,11 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._writing(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
