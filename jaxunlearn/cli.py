@@ -125,7 +125,7 @@ def _demo(args) -> None:
 def _report(args) -> None:
     from .pipelines.evaluate import compare
 
-    print(compare(args.runs, args.out, retain=args.retain, recompute=args.recompute))
+    print(compare(args.runs, args.out, retain=args.retain, recompute=args.recompute, labels=args.label))
 
 
 def _aggregate(args) -> None:
@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="put several evaluations side by side (markdown + plot)")
     p.add_argument("runs", nargs="+", help="evaluation directories (holding summary.json)")
     p.add_argument("--out", help="also write comparison.md and comparison.png here")
+    p.add_argument(
+        "--label",
+        action="append",
+        help="a row's name, once per run in order (default: the path parts that tell the runs apart)",
+    )
     p.add_argument("--retain", help="recompute each run's forget quality against this retain evaluation")
     p.add_argument(
         "--recompute",

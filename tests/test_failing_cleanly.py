@@ -94,8 +94,20 @@ def test_nothing_half_written_when_a_run_fails(tiny_lm, tmp_path):
     with pytest.raises(jaxunlearn.JaxUnlearnError):  # a missing model: checked before the directory exists
         unlearn(_config(tmp_path / "missing-model", out, "objective.name=GA"), progress=False)
     assert not out.exists()
-    with pytest.raises(ConfigError, match="mesh"):  # fails inside training, before any step
+    with pytest.raises(ConfigError, match="mesh"):  # the mesh against the devices: checked before loading
         unlearn(_config(tiny_lm, out, "objective.name=GA", "mesh.data=2"), progress=False)
+    assert not out.exists()
+    from jaxunlearn.training import loop
+
+    def compile_fails(*args, **kwargs):
+        raise RuntimeError("XLA: resource exhausted while compiling")
+
+    original, loop.jit_train_step = loop.jit_train_step, compile_fails
+    try:  # a failure after the directory was made, before a step finished: the directory goes
+        with pytest.raises(RuntimeError, match="resource exhausted"):
+            unlearn(_config(tiny_lm, out, "objective.name=GA"), progress=False)
+    finally:
+        loop.jit_train_step = original
     assert not out.exists()
     summary = unlearn(
         _config(tiny_lm, out, "objective.name=GA", "train.max_steps=1", "output.export=false"), progress=False
@@ -300,3 +312,23 @@ def test_feedback_a_start_block_compiling_question_bars_and_quiet_verbose(tiny_l
     assert ev.returncode == 0, ev.stderr
     assert "WARNING" not in ev.stderr, ev.stderr
     assert "eval forget: scoring" in ev.stderr and "3/3" in ev.stderr and "question" in ev.stderr
+
+
+def test_report_names_rows_by_run_and_takes_labels(tmp_path, capsys):
+    from jaxunlearn.evaluation.report import run_labels
+
+    assert run_labels(["runs/x/GA_GD/eval", "runs/x/NPO/eval"]) == ["GA_GD", "NPO"]
+    assert run_labels(["runs/a/eval", "other/b/eval"]) == ["runs/a", "other/b"]
+    assert run_labels(["runs/x/GA/eval"]) == ["GA"] and run_labels(["r/x", "r/x"]) == ["x (1)", "x (2)"]
+    summary = {"sets": {"forget": {"probability": 0.5}}, "model_utility": 0.25}
+    for name in ("ME_GD", "IDK_AP"):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "summary.json").write_text(json.dumps(summary))
+    runs = [str(tmp_path / "ME_GD" / "eval"), str(tmp_path / "IDK_AP" / "eval")]
+    assert cli.main(["report", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "| ME_GD |" in out and "| IDK_AP |" in out
+    assert cli.main(["report", *runs, "--label", "ME+GD", "--label", "IDK+AP"]) == 0
+    assert "| ME+GD |" in capsys.readouterr().out
+    code, err = _main(capsys, "report", *runs, "--label", "one")
+    assert code == 2 and "1 labels for 2 runs" in err

@@ -116,22 +116,48 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
-def compare_runs(run_dirs: list[str], out: Path | None = None, summaries: list[dict] | None = None) -> str:
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """Names that tell runs apart: the path parts left once the parts every run shares at
+    the start and at the end are dropped (runs/x/GA/eval, runs/x/NPO/eval -> GA, NPO)."""
+    parts = [Path(d).absolute().parts for d in run_dirs]
+    if len(parts) == 1:
+        p = parts[0]
+        return [p[-2] if p[-1] in GENERIC_NAMES and len(p) > 1 else p[-1]]
+    distinct = len(set(parts)) > 1  # the same directory twice: its name, numbered
+    while distinct and all(len(p) > 1 for p in parts) and len({p[-1] for p in parts}) == 1:
+        parts = [p[:-1] for p in parts]
+    start = 0
+    while all(len(p) > start + 1 for p in parts) and len({p[start] for p in parts}) == 1:
+        start += 1
+    labels = ["/".join(p[start:]) for p in parts]
+    return [label if labels.count(label) == 1 else f"{label} ({k + 1})" for k, label in enumerate(labels)]
+
+
+GENERIC_NAMES = {"eval", "evaluation", "results"}
+
+
+def compare_runs(
+    run_dirs: list[str], out: Path | None = None, summaries: list[dict] | None = None, labels: list[str] | None = None
+) -> str:
     """A side-by-side markdown table (and bar plot) of several evaluation directories, from
-    their summary.json or from the given summaries (one per directory)."""
+    their summary.json or from the given summaries (one per directory). Rows are named by
+    `labels`, else by what tells the directories apart (`run_labels`)."""
     from ..errors import ConfigError
 
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ConfigError(f"{len(labels)} labels for {len(run_dirs)} runs: give one --label per run, in order")
+    names = list(labels) if labels is not None else run_labels(run_dirs)
     rows = []
     for k, d in enumerate(run_dirs):
         if summaries is not None:
-            rows.append((Path(d).name, summaries[k]))
+            rows.append((names[k], summaries[k]))
             continue
         path = Path(d) / SUMMARY
         if not path.exists():
             path = Path(d) / "eval" / SUMMARY
         if not path.exists():
             raise ConfigError(f"no evaluation summary in {d} (expected {SUMMARY}); run jaxunlearn eval first")
-        rows.append((Path(d).name, read_summary(path)))
+        rows.append((names[k], read_summary(path)))
     keys = [("forget", c) for c in ("probability", "rougeL_recall", "truth_ratio")]
     keys += [("retain", c) for c in ("probability", "rougeL_recall", "truth_ratio")]
     header = ["run", *[f"{s} {c}" for s, c in keys], *HEADLINE]

@@ -103,7 +103,11 @@ def aggregate_evaluation(run: str | Path, retain: str | Path | None = None, out_
 
 
 def compare(
-    run_dirs: list[str], out: str | Path | None = None, retain: str | None = None, recompute: bool = False
+    run_dirs: list[str],
+    out: str | Path | None = None,
+    retain: str | None = None,
+    recompute: bool = False,
+    labels: list[str] | None = None,
 ) -> str:
     """Several evaluations side by side (markdown, and a plot under `out`); with `recompute`
     or a `retain` evaluation every number comes from the per-example results
@@ -113,4 +117,4 @@ def compare(
     summaries = None
     if recompute or retain:
         summaries = [aggregate_evaluation(d, retain) for d in run_dirs]
-    return compare_runs(run_dirs, out, summaries)
+    return compare_runs(run_dirs, out, summaries, labels)

@@ -11,13 +11,21 @@ from pathlib import Path
 from ..config import RunConfig
 from ..data.templates import default_template_name
 from ..objectives import build_objective
-from ..parallel import initialize_distributed_from_env
+from ..parallel import initialize_distributed_from_env, make_mesh
+from ..training.step import check_batch_divisible
 from ..paths import check_writable_dir
 from .loading import load_for_run
 from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
 log = logging.getLogger(__name__)
+
+
+def _check_before_loading(cfg: RunConfig) -> None:
+    """What fails fast: the precision policy, the mesh against the devices, the batch against the mesh."""
+    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    check_batch_divisible(cfg.train.batch_size, cfg.train.micro_batches, mesh)
 
 
 def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_dir, **kwargs) -> dict:
@@ -83,7 +91,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     objective, the model and tokenizer and the data are checked before the run directory
     is made."""
     initialize_distributed_from_env()  # before anything touches a JAX backend
-    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
+    _check_before_loading(cfg)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
     model, tokenizer = load_for_run(cfg)
@@ -174,7 +182,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
     initialize_distributed_from_env()  # before anything touches a JAX backend
-    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
+    _check_before_loading(cfg)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = load_for_run(cfg)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
