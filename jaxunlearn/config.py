@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -198,8 +199,32 @@ def _merge(a: dict, b: dict) -> dict:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None
 ) -> RunConfig:
-    """Defaults <- YAML file (may name `base:` files to extend) <- key=value overrides."""
-    return config_from_dict(read_yaml(Path(path)) if path is not None else {}, overrides, base)
+    """Defaults <- YAML file or preset name (may name `base:` files to extend) <- key=value
+    overrides."""
+    return config_from_dict(read_yaml(resolve_preset(path)) if path is not None else {}, overrides, base)
+
+
+def presets_dir() -> Path:
+    """Where preset names resolve: $JAXUNLEARN_CONFIGS, else the repository's configs/."""
+    return Path(os.environ.get("JAXUNLEARN_CONFIGS") or Path(__file__).resolve().parents[1] / "configs")
+
+
+def preset_names() -> list[str]:
+    root = presets_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def resolve_preset(name: str | Path) -> Path:
+    """A YAML path as given, or a preset name (smollm2/unlearn, paper/tofu/me_gd) under configs/."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (presets_dir() / f"{name}.yaml", presets_dir() / str(name)):
+        if candidate.is_file():
+            return candidate
+    close = difflib.get_close_matches(str(name).removesuffix(".yaml"), preset_names(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; presets: {', '.join(preset_names()[:12])}, ..."
+    raise ConfigError(f"config {name} is neither a file nor a preset name under {presets_dir()}{hint}")
 
 
 def config_from_dict(data: dict, overrides: list[str] | None = None, base: RunConfig | None = None) -> RunConfig:

@@ -22,8 +22,13 @@ SOURCES = {  # preset folder -> the code it reproduces
     "paper/real_world": "closer-look:scripts/real_world/*.sh",
     "open_unlearning": "open-unlearning:configs/trainer/*.yaml",
     "models": "model only (base of the presets)",
+    "smollm2": "this project: the offline first hour",
     ".": "this project (see the file)",
 }
+
+
+# presets for `finetune` and `eval` (the table is of unlearning presets)
+NOT_UNLEARNING = {"smollm2/target.yaml", "smollm2/eval.yaml"}
 
 
 def _source(path: Path) -> str:
@@ -40,6 +45,8 @@ def rows() -> list[list[str]]:
     out = []
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         if path.name == "demo.yaml" or path.parent.name == "models" or path.name == "base.yaml":
+            continue
+        if path.relative_to(REPO / "configs").as_posix() in NOT_UNLEARNING:
             continue
         cfg = load_config(path)
         o, t, m = cfg.objective, cfg.train, cfg.model

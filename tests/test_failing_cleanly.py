@@ -332,3 +332,39 @@ def test_report_names_rows_by_run_and_takes_labels(tmp_path, capsys):
     assert "| ME+GD |" in capsys.readouterr().out
     code, err = _main(capsys, "report", *runs, "--label", "one")
     assert code == 2 and "1 labels for 2 runs" in err
+
+
+def test_presets_by_name_misfit_warnings_and_the_offline_hint(tiny_lm, smollm2, tmp_path, caplog, monkeypatch):
+    import logging
+    import shutil
+
+    from jaxunlearn.checkpoints.sources import resolve
+    from jaxunlearn.errors import CheckpointError
+    from jaxunlearn.pipelines.loading import warn_if_config_misfits
+
+    assert load_config("smollm2/unlearn").to_dict() == load_config("configs/smollm2/unlearn.yaml").to_dict()
+    with pytest.raises(ConfigError, match="did you mean smollm2/unlearn"):
+        load_config("smollm2/unlern")
+    tokenizer = smollm2[1]
+    assert warn_if_config_misfits(load_config("smollm2/unlearn", [f"model.path={tiny_lm}"]), tokenizer) == []
+    with caplog.at_level(logging.WARNING):  # a Llama-2 preset on SmolLM2's tokenizer
+        (warning,) = warn_if_config_misfits(load_config("paper/tofu/me_gd", [f"model.path={tiny_lm}"]), tokenizer)
+    assert "data.template=llama2-chat" in warning and "data.template=auto or chatml" in warning
+    assert warning in caplog.text
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(tiny_lm, bf16)
+    config = json.loads((bf16 / "config.json").read_text())
+    (bf16 / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))
+    cfg = load_config(None, [f"model.path={bf16}", "model.compute_dtype=float16"])
+    (warning,) = warn_if_config_misfits(cfg, tokenizer)
+    assert "saved in bfloat16" in warning and "float16" in warning
+
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known\nretrying")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(CheckpointError, match="could not fetch 'some-org/some-model'.*--config smollm2/target") as e:
+        resolve("some-org/some-model")
+    assert "\n" not in str(e.value)

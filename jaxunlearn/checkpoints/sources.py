@@ -83,8 +83,10 @@ def download_from_hub(repo_id: str) -> Path:
             )
         )
     except Exception as e:
+        reason = " ".join(str(e).split())[:160]  # one line
         raise CheckpointError(
-            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}). "
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {reason}). "
             "The hub may be unreachable from this machine: download the checkpoint elsewhere and pass "
-            f"its local directory instead (or a built-in asset: {', '.join(BUILTIN_ASSETS)})"
+            f"its local directory instead, or work offline with a built-in asset ({', '.join(BUILTIN_ASSETS)}) "
+            "and its presets: --config smollm2/target, smollm2/unlearn, smollm2/eval (docs/getting-started.md)"
         ) from None

@@ -44,6 +44,8 @@ TEMPLATES = {
     "plain": Template("plain", "{q}\n", "{a}"),
 }
 CHAT = "chat"  # use tokenizer.apply_chat_template for the prompt
+# the templates of one model family's chat tokens (phi and plain are plain text)
+CHAT_TEMPLATES = ("llama2-chat", "llama3-instruct", "chatml")
 
 
 class ChatTemplate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data.config import DataSection
-from ..data.sources import continual_eval_rows, load_real_world, load_tofu
+from ..data.sources import continual_eval_rows, load_qa_file, load_real_world, load_tofu
 from ..data.rows import read_rows
 from ..errors import ConfigError, DataError
 from .config import EvalSection
@@ -64,6 +64,11 @@ def _rows(d: DataSection, e: EvalSection, continual_split: str | None, name: str
     source = d.source
     if name == "holdout":
         return load_tofu(holdout, d.data_dir)
+    if source == "files" and name in ("forget", "retain"):  # your own QA files, as unlearning read them
+        file = d.forget_file if name == "forget" else d.retain_file
+        if not file:
+            raise ConfigError(f"data.source=files evaluates the set {name!r} from data.{name}_file; set it")
+        return load_qa_file(file, d.question_key, d.answer_key)
     if source == "real_world":
         file = {"forget": "forget_perturbed", "retain": "neighbor_perturbed"}.get(name)
         if file is None:

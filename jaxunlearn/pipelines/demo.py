@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..config import config_from_dict, read_yaml
+from ..config import config_from_dict, read_yaml, resolve_preset
 from ..data import load_tofu
 from ..errors import ConfigError
 from ..paths import check_writable_dir
@@ -46,7 +46,7 @@ def run_demo(
     from .unlearn import finetune, unlearn
 
     t0 = time.perf_counter()
-    data = read_yaml(Path(config_path))
+    data = read_yaml(resolve_preset(config_path))
     demo = data.pop("demo", None)
     if not demo:
         raise ConfigError(f"{config_path} has no 'demo:' section (see configs/demo.yaml)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
-from .loading import load_for_run
+from .loading import load_for_run, warn_if_config_misfits
 from ..paths import check_writable_dir
 from ..data.templates import template_for
 from ..evaluation.aggregate import check_same_forget_rows, forget_quality, summarize
@@ -43,6 +43,7 @@ def evaluate(
     check_writable_dir(out, "output.dir")  # before the evaluation, not after it
     if model is None:
         model, tokenizer = load_for_run(cfg)
+        warn_if_config_misfits(cfg, tokenizer)
     template = template_for(cfg.data.template, tokenizer)
     embedder = None
     if cfg.eval.cosine and cfg.eval.generate:
@@ -50,7 +51,9 @@ def evaluate(
 
         embedder = SentenceEmbedder()
     judge = make_judge(cfg) if cfg.eval.generate else None
-    reference = load_for_run(cfg, cfg.eval.reference_model)[0] if cfg.eval.reference_model else None
+    reference = (
+        load_for_run(cfg, cfg.eval.reference_model, require_tokenizer=False)[0] if cfg.eval.reference_model else None
+    )
     retain_records, retain_summary, _ = read_evaluation(cfg.eval.retain_eval) if cfg.eval.retain_eval else (None,) * 3
     sets = load_sets(cfg.data, cfg.eval, cfg.continual.split)
     if retain_records is not None:  # another split or other rows: refused now, not after the evaluation

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..checkpoints.api import load_pretrained
 from ..checkpoints.torch_bin import PickleRefused
 from ..config import RunConfig
 
+log = logging.getLogger(__name__)
 
-def load_for_run(cfg: RunConfig, path: str | None = None, dtype: str | None = None, **kwargs):
-    """(model, tokenizer) of `path` (default model.path) as a run config asks for it."""
+
+def load_for_run(
+    cfg: RunConfig, path: str | None = None, dtype: str | None = None, require_tokenizer: bool = True, **kwargs
+):
+    """(model, tokenizer) of `path` (default model.path) as a run config asks for it; a
+    reference model (`require_tokenizer=False`) may come without tokenizer files."""
     m = cfg.model
     try:
         return load_pretrained(
@@ -17,8 +24,44 @@ def load_for_run(cfg: RunConfig, path: str | None = None, dtype: str | None = No
             compute_dtype=m.compute_dtype,
             remat=m.remat,
             allow_pickle=m.allow_pickle,
-            require_tokenizer=True,
+            require_tokenizer=require_tokenizer,
             **kwargs,
         )
     except PickleRefused as e:  # the fix, worded for a config rather than the Python API
         raise e.naming("model.allow_pickle=true (a key=value override or in the YAML)") from None
+
+
+def warn_if_config_misfits(cfg: RunConfig, tokenizer) -> list[str]:
+    """A preset written for one model family applied to another: say so when its prompt
+    template or dtypes do not fit the model (a warning each; the run goes on)."""
+    from ..data.templates import CHAT_TEMPLATES, default_template_name
+
+    warnings = []
+    fitting = default_template_name(tokenizer)
+    chosen = cfg.data.template
+    if chosen in CHAT_TEMPLATES and fitting in CHAT_TEMPLATES and chosen != fitting:
+        warnings.append(
+            f"data.template={chosen}, but {cfg.model.path}'s tokenizer has the special tokens of {fitting}: prompts "
+            f"will not look like the model's chat format (was the config written for another model family?). "
+            f"Set data.template=auto or {fitting}"
+        )
+    native = _checkpoint_dtype(cfg.model.path)
+    if native == "bfloat16" and "float16" in (cfg.model.dtype, cfg.model.compute_dtype):
+        warnings.append(
+            f"{cfg.model.path} was saved in bfloat16, but the config computes in float16, whose range is far "
+            "smaller (activations may overflow to inf); use bfloat16 or float32"
+        )
+    for text in warnings:
+        log.warning(text)
+    return warnings
+
+
+def _checkpoint_dtype(path) -> str | None:
+    import json
+    from pathlib import Path
+
+    config = Path(str(path)) / "config.json"
+    try:
+        return json.loads(config.read_text()).get("torch_dtype") if config.is_file() else None
+    except (OSError, ValueError):
+        return None

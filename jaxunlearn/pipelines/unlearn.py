@@ -14,7 +14,7 @@ from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env, make_mesh
 from ..training.step import check_batch_divisible
 from ..paths import check_writable_dir
-from .loading import load_for_run
+from .loading import load_for_run, warn_if_config_misfits
 from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
@@ -95,6 +95,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
     model, tokenizer = load_for_run(cfg)
+    warn_if_config_misfits(cfg, tokenizer)
     if cfg.continual.split:
         forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
         with run_directory(cfg, "unlearn", resume, overwrite) as out:
@@ -103,7 +104,9 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
     reference = None
     if objective.needs_reference:
-        reference, _ = load_for_run(cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype)
+        reference, _ = load_for_run(
+            cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype, require_tokenizer=False
+        )
     with run_directory(cfg, "unlearn", resume, overwrite) as out:
         return train_with_config(
             model,
@@ -185,6 +188,7 @@ def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, prog
     _check_before_loading(cfg)
     objective = build_objective("GD", retain_weight=1.0)
     model, tokenizer = load_for_run(cfg)
+    warn_if_config_misfits(cfg, tokenizer)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
     with run_directory(cfg, "finetune", resume, overwrite) as out:
         return train_with_config(model, tokenizer, streams, objective, cfg, out, resume=resume, progress=progress)
