@@ -111,6 +111,20 @@ def _eval(args) -> None:
     print(f"results in {out} ({summary['seconds']:.0f} s)")
 
 
+def _attack(args) -> None:
+    from .attacks.robustness import markdown
+    from .config import load_config
+    from .pipelines.attack import SUMMARY, attack
+
+    cfg = load_config(args.config, args.overrides)
+    out = cfg.output_dir("attack")
+    if (out / SUMMARY).exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{out} already holds an attack summary; pass --overwrite or set output.dir")
+    summary = attack(cfg, out_dir=out, progress=not args.no_progress)
+    print(markdown(summary))
+    print(f"results in {out} (summary.json, report.md, robustness.png; {summary['seconds']:.0f} s)")
+
+
 def _demo(args) -> None:
     from .pipelines.demo import run_demo
 
@@ -184,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation already in output.dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "attack",
+        help="attack an unlearned model's forgetting (relearning, quantization, prompt probes, extraction)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_keys_epilog(),
+        description="Run attack.attacks on model.path (the unlearned model), each followed by the forget-set "
+        "evaluation, and write summary.json, report.md and robustness.png to output.dir: each attack's "
+        "forget metrics and recovery ratio toward attack.target_model.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config")
+    p.add_argument("--overwrite", action="store_true", help="replace an attack summary already in output.dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_attack)
 
     p = sub.add_parser("demo", help="scaled-down TOFU end to end with the real SmolLM2-135M (CPU, minutes)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage")

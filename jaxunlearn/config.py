@@ -19,6 +19,7 @@ from typing import Literal
 
 import yaml
 
+from .attacks.config import ATTACKS, AttackSection
 from .checkpoints.config import ModelSection
 from .data.config import DataSection
 from .errors import ConfigError
@@ -38,6 +39,7 @@ class RunConfig:
     output: OutputSection = dataclasses.field(default_factory=OutputSection)
     continual: ContinualSection = dataclasses.field(default_factory=ContinualSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    attack: AttackSection = dataclasses.field(default_factory=AttackSection)
 
     def output_dir(self, command: str) -> Path:
         """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""
@@ -284,6 +286,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
+    unknown = [x for x in cfg.attack.attacks if x not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"attack.attacks has unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
     for key, value, rule, minimum in _LIMITS(cfg):
         if value is not None and value < minimum:
             raise ConfigError(f"{key}={value} makes no sense: it must be {rule}")
@@ -291,7 +296,7 @@ def validate(cfg: RunConfig) -> None:
 
 def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
     """(key, value, the rule in words, the least value) of every setting with a floor."""
-    t, o, e, d = cfg.train, cfg.output, cfg.eval, cfg.data
+    t, o, e, d, a = cfg.train, cfg.output, cfg.eval, cfg.data, cfg.attack
     return [
         ("train.max_steps", t.max_steps, "at least 1 (null: the paper's formula from epochs)", 1),
         ("train.warmup_steps", t.warmup_steps, "0 or more (null: one epoch)", 0),
@@ -313,4 +318,12 @@ def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
         ("data.max_retain_rows", d.max_retain_rows, "at least 1 (null: every row)", 1),
         ("data.max_train_rows", d.max_train_rows, "at least 1 (null: every row)", 1),
         ("data.buckets", min(d.buckets) if d.buckets else 0, "a list of lengths of at least 2", 2),
+        ("attack.relearn_rows", a.relearn_rows, "at least 1", 1),
+        ("attack.relearn_steps", min(a.relearn_steps) if a.relearn_steps else 0, "a list of step counts >= 1", 1),
+        ("attack.relearn_lr", a.relearn_lr, "positive", 1e-30),
+        ("attack.relearn_batch_size", a.relearn_batch_size, "at least 1", 1),
+        ("attack.quantize_bits", min(a.quantize_bits) if a.quantize_bits else 2, "a list of bit widths >= 2", 2),
+        ("attack.quantize_group_size", a.quantize_group_size, "at least 1 (null: per output channel)", 1),
+        ("attack.extract_samples", a.extract_samples, "at least 1", 1),
+        ("attack.extract_temperature", a.extract_temperature, "positive", 1e-6),
     ]

@@ -201,9 +201,9 @@ def test_eval_sets_hold_every_candidate(tok):
     assert tok.decode(ids[0][mask[0] == 1]).endswith("<|im_start|>assistant\n")
 
 
-def test_eval_set_without_perturbed_answers_warns(tok, caplog):
+def test_eval_set_without_perturbed_answers_says_so(tok, caplog):
     template = get_template("chatml", tok)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):  # info: the holdout set has none by design; evaluation warns for others
         es = build_eval_set(tok, template, load_tofu("forget10"), "plain", 128, num_rows=5)
     assert es.num_perturbed == 0 and "truth ratio" in caplog.text
 

@@ -1,4 +1,5 @@
-"""Batched greedy decoding with a KV cache, from left-padded prompts, jitted once per shape."""
+"""Batched greedy (or temperature-sampled) decoding with a KV cache, from left-padded
+prompts, jitted once per shape."""
 
 from __future__ import annotations
 
@@ -13,15 +14,36 @@ from ..models.config import to_dtype
 from ..models.stack import unstack_layers
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, pad_id, budgets, max_new_tokens: int):
+def _pick(logits, key, temperature, sample: bool):
+    """Greedy argmax, or a draw from softmax(logits / temperature) when sampling."""
+    if not sample:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits.astype(jnp.float32) / temperature, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "sample"))
+def _greedy(
+    graphdef,
+    state,
+    layer_params,
+    input_ids,
+    attention_mask,
+    eos_ids,
+    pad_id,
+    budgets,
+    max_new_tokens: int,
+    key=None,
+    temperature=1.0,
+    sample: bool = False,
+):
     model = nnx.merge(graphdef, state)
     b, t = input_ids.shape
     cache = model.init_cache(b, t + max_new_tokens)
     out = model.forward(input_ids, attention_mask, cache=cache)  # the prompt: scanned layers
     if layer_params is not None:
         out = out.replace(cache=out.cache.split_layers())
-    first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+    keys = jax.random.split(key if sample else jax.random.key(0), max_new_tokens + 1)
+    first = _pick(out.logits[:, -1], keys[0], temperature, sample)
     tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
 
     def cond(carry):
@@ -34,7 +56,7 @@ def _greedy(graphdef, state, layer_params, input_ids, attention_mask, eos_ids, p
         tokens = tokens.at[:, i].set(tok)
         done = done | jnp.isin(tok, eos_ids) | (i + 1 >= budgets)  # a row stops at its own budget
         step = model.forward(tok[:, None], jnp.ones((b, 1), jnp.int32), cache=cache, layer_params=layer_params)
-        nxt = jnp.argmax(step.logits[:, -1], axis=-1).astype(jnp.int32)
+        nxt = _pick(step.logits[:, -1], keys[i + 1], temperature, sample)
         return i + 1, nxt, tokens, done, step.cache
 
     done = budgets <= 0
@@ -68,8 +90,11 @@ def greedy_generate(
     pad_token_id: int,
     layer_params="auto",
     budgets=None,
+    temperature: float = 0.0,
+    seed: int = 0,
 ):
-    """Greedy continuation of left-padded prompts: int32 [B, max_new_tokens].
+    """Greedy continuation of left-padded prompts: int32 [B, max_new_tokens]; with
+    `temperature` > 0, tokens are drawn from softmax(logits / temperature) (PRNG `seed`).
 
     Each row stops at its first EOS (which is kept) or after its own budget of new tokens
     (`budgets` [B], default max_new_tokens for every row); later slots hold `pad_token_id`.
@@ -93,6 +118,9 @@ def greedy_generate(
         jnp.int32(pad_token_id),
         jnp.asarray(budgets),
         int(max_new_tokens),
+        jax.random.key(seed),
+        jnp.float32(max(temperature, 1e-6)),
+        sample=temperature > 0,
     )
     return np.asarray(out)
 

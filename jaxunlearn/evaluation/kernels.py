@@ -148,11 +148,14 @@ def generate_texts(
     budgets=None,
     buckets: tuple[int, ...] = (64, 128, 256),
     progress=None,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
     (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
     against a budget: the buffer is sized by the batch's largest budget, rounded up to a
-    multiple of 32 (few compiles), and every row stops at its own."""
+    multiple of 32 (few compiles), and every row stops at its own. `temperature` > 0
+    samples instead (each batch its own PRNG stream from `seed`)."""
     n = len(prompts)
     if budgets is None:
         budgets = generation_budgets([len(p) for p in prompts], "per_row", 200)
@@ -169,7 +172,18 @@ def generate_texts(
         width = longest if longest > max(buckets) else bucket_length(longest, buckets, None)
         ids, mask = left_pad([prompts[i] for i in index], pad_id, width)
         new = round_up(max(1, int(budgets[index].max())), 32)
-        tokens = greedy_generate(model, ids, mask, new, sorted(eos), pad_id, layer_params, budgets=budgets[index])
+        tokens = greedy_generate(
+            model,
+            ids,
+            mask,
+            new,
+            sorted(eos),
+            pad_id,
+            layer_params,
+            budgets=budgets[index],
+            temperature=temperature,
+            seed=seed + start,
+        )
         for j in range(real):
             row = tokens[j].tolist()
             cut = next((k for k, t in enumerate(row) if t in eos), len(row))
