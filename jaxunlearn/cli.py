@@ -139,7 +139,18 @@ def _demo(args) -> None:
 def _report(args) -> None:
     from .pipelines.evaluate import compare
 
-    print(compare(args.runs, args.out, retain=args.retain, recompute=args.recompute, labels=args.label))
+    print(
+        compare(
+            args.runs,
+            args.out,
+            retain=args.retain,
+            recompute=args.recompute,
+            labels=args.label,
+            at_utility=args.at_utility,
+            baseline=args.baseline,
+            utility_metric=args.utility_metric,
+        )
+    )
 
 
 def _aggregate(args) -> None:
@@ -228,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--label",
         action="append",
         help="a row's name, once per run in order (default: the path parts that tell the runs apart)",
+    )
+    p.add_argument(
+        "--at-utility",
+        type=float,
+        metavar="DROP",
+        help="RUNS are unlearn runs evaluated every k steps: compare each at the step whose relative utility drop "
+        "from --baseline is closest to DROP (0.05: 5%%)",
+    )
+    p.add_argument("--baseline", help="with --at-utility: the evaluation of the model before unlearning")
+    p.add_argument(
+        "--utility-metric",
+        default="model_utility",
+        help="with --at-utility: the utility (a headline key or SET.METRIC; default model_utility)",
     )
     p.add_argument("--retain", help="recompute each run's forget quality against this retain evaluation")
     p.add_argument(

@@ -24,6 +24,7 @@ from .checkpoints.config import ModelSection
 from .data.config import DataSection
 from .errors import ConfigError
 from .evaluation.config import EvalSection
+from .evaluation.selection import CRITERION
 from .objectives.config import ObjectiveSection
 from .parallel import MeshSection
 from .training.config import ContinualSection, OutputSection, TrainSection
@@ -286,6 +287,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
+    if cfg.eval.best_by and not CRITERION.match(cfg.eval.best_by):
+        raise ConfigError(f"eval.best_by={cfg.eval.best_by!r}: write max:KEY or min:KEY, e.g. max:forget_quality")
     unknown = [x for x in cfg.attack.attacks if x not in ATTACKS]
     if unknown:
         raise ConfigError(f"attack.attacks has unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")

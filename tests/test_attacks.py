@@ -200,3 +200,78 @@ def test_markdown_lists_references_attacks_and_extraction():
     }
     text = markdown(summary)
     assert "| quantize:int4 | 0.5 | — | 0.5 | — | 0.7 |" in text and "25% of forget answers recovered" in text
+
+
+def _fake_steps(run, utilities, forget):
+    for step, (u, f) in enumerate(zip(utilities, forget), start=1):
+        d = run / "eval" / f"step_{step}"
+        d.mkdir(parents=True)
+        summary = {"sets": {"forget": {"probability": f}, "retain": {"probability": u}}, "model_utility": u}
+        (d / "summary.json").write_text(json.dumps(summary))
+
+
+def test_selection_by_criterion_and_at_a_utility_drop(tmp_path):
+    from jaxunlearn.evaluation.selection import pick_at_utility_drop, pick_best, step_evaluations
+
+    _fake_steps(tmp_path / "run", [0.50, 0.45, 0.40, 0.30], [0.8, 0.5, 0.2, 0.1])
+    steps = step_evaluations(tmp_path / "run")
+    assert [s for s, _, _ in steps] == [1, 2, 3, 4]
+    assert pick_best(steps, "min:forget.probability")["step"] == 4
+    assert pick_best(steps, "max:model_utility")["step"] == 1
+    picked = pick_at_utility_drop(steps, 0.5, 0.2, "model_utility")  # a 20% drop: 0.40
+    assert picked["step"] == 3 and picked["utility_drop"] == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="max:KEY or min:KEY"):
+        pick_best(steps, "best:forget")
+    from jaxunlearn.errors import DataError
+
+    with pytest.raises(DataError, match="eval.every_steps"):
+        step_evaluations(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="eval.best_by"):
+        load_config(None, ["eval.best_by=forget_quality"])
+
+
+def test_report_at_equal_utility_picks_each_methods_step(tmp_path, capsys):
+    _fake_steps(tmp_path / "GA", [0.50, 0.40, 0.30], [0.6, 0.3, 0.1])  # fast forgetting, fast utility loss
+    _fake_steps(tmp_path / "ME", [0.49, 0.45, 0.40], [0.5, 0.2, 0.05])
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "summary.json").write_text(json.dumps({"sets": {}, "model_utility": 0.5}))
+    runs = [str(tmp_path / "GA"), str(tmp_path / "ME")]
+    assert cli.main(["report", *runs, "--at-utility", "0.2", "--baseline", str(tmp_path / "target")]) == 0
+    out = capsys.readouterr().out
+    assert "GA @ step 2 (model_utility drop 20.0%)" in out and "ME @ step 3 (model_utility drop 20.0%)" in out
+    code = cli.main(["report", *runs, "--at-utility", "0.2"])
+    assert code == 2 and "--baseline" in capsys.readouterr().err
+
+
+def test_unlearn_keeps_step_models_and_picks_the_best(tiny_lm, tmp_path):
+    from jaxunlearn.pipelines.unlearn import unlearn
+
+    overrides = [f"model.path={tiny_lm}", f"output.dir={tmp_path / 'run'}", *TINY_TRAIN, "objective.name=GA"]
+    overrides += ["train.max_steps=2", "train.warmup_steps=0", "output.export=false", "eval.every_steps=1"]
+    overrides += ["eval.keep_models=true", "eval.best_by=min:forget.probability", "eval.num_rows=2"]
+    overrides += ["eval.generate=false", "eval.sets=[forget]", "eval.holdout_split=none", "train.lr=1e-3"]
+    summary = unlearn(load_config(None, overrides), progress=False)
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best == summary["best"] and best["step"] == 2  # gradient ascent lowers the forget probability
+    assert (tmp_path / "run" / "eval" / "step_1" / "model" / "model.safetensors").exists()
+    assert best["model"].endswith("step_2/model")
+
+
+def test_report_puts_attack_results_side_by_side(tmp_path, capsys):
+    for name, after in (("ME_GD", 0.3), ("GA_GD", 0.6)):
+        d = tmp_path / name / "attack"
+        d.mkdir(parents=True)
+        refs = {"unlearned": {"forget_probability": 0.1}, "target": {"forget_probability": 0.9}}
+        res = [{"attack": "quantize:int4", "forget_probability": after}]
+        summary = {
+            "kind": "robustness",
+            "references": refs,
+            "attacks": res,
+            "rows": robustness_rows(res, refs["unlearned"], refs["target"]),
+        }
+        (d / "summary.json").write_text(json.dumps(summary))
+    runs = [str(tmp_path / "ME_GD" / "attack"), str(tmp_path / "GA_GD" / "attack")]
+    assert cli.main(["report", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "| attack | ME_GD | GA_GD |" in out and "| quantize:int4 | 0.3 (0.25) | 0.6 (0.625) |" in out
+    assert (tmp_path / "cmp" / "robustness.png").exists()

@@ -72,6 +72,33 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare_markdown(summaries: dict[str, dict]) -> str:
+    """Several methods' robustness side by side: per attack, each method's forget
+    probability after it and (in parentheses) its recovery ratio."""
+    methods = list(summaries)
+    attacks = []
+    for s in summaries.values():
+        attacks += [r["attack"] for r in s["rows"] if r["attack"] not in attacks]
+    lines = ["| attack | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for ref in ("target", "unlearned"):
+        cells = [_fmt((s["references"].get(ref) or {}).get("forget_probability")) for s in summaries.values()]
+        lines.append(f"| {ref} (no attack) | " + " | ".join(cells) + " |")
+    for attack in attacks:
+        cells = []
+        for s in summaries.values():
+            row = next((r for r in s["rows"] if r["attack"] == attack), None)
+            cells.append(
+                "—"
+                if row is None
+                else f"{_fmt(row.get('forget_probability'))} ({_fmt(row.get('forget_probability_recovery'))})"
+            )
+        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    cells = [_fmt((s.get("extraction") or {}).get("recovered")) for s in summaries.values()]
+    if any(c != "—" for c in cells):
+        lines.append("| extraction: share recovered by sampling | " + " | ".join(cells) + " |")
+    return "Forget probability after each attack (recovery ratio toward the target):\n\n" + "\n".join(lines) + "\n"
+
+
 def plot(summaries: dict[str, dict], out: Path) -> Path:
     """One panel per attack family, methods side by side: forget probability after each
     attack (bars), the unlearned model's value (dots) and the target's (dashed line)."""

@@ -48,3 +48,11 @@ class EvalSection:
     reference_model: str | None = setting(None, "MIA reference-difference attack's model")
     task_id: int = setting(1, "source=closer_look: the continual task whose forget rows are evaluated")
     every_steps: int | None = setting(None, "unlearn: also evaluate every k steps (into output.dir/eval/step_k)")
+    keep_models: bool = setting(
+        False, "unlearn with every_steps: also export each evaluated step's model (eval/step_k/model)"
+    )
+    best_by: str | None = setting(
+        None,
+        "unlearn with every_steps: pick the best evaluated step into best.json, e.g. max:forget_quality, "
+        "min:forget.probability, max:model_utility (a headline key or SET.METRIC)",
+    )

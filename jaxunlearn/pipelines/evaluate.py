@@ -111,13 +111,73 @@ def compare(
     retain: str | None = None,
     recompute: bool = False,
     labels: list[str] | None = None,
+    at_utility: float | None = None,
+    baseline: str | None = None,
+    utility_metric: str = "model_utility",
 ) -> str:
     """Several evaluations side by side (markdown, and a plot under `out`); with `recompute`
     or a `retain` evaluation every number comes from the per-example results
     (aggregate_evaluation), so TOFU / open-unlearning logs can sit beside runs."""
     if out is not None:
         check_writable_dir(out, "--out")
+    if at_utility is not None:
+        return _compare_at_utility(run_dirs, out, labels, at_utility, baseline, utility_metric)
+    if all(_is_robustness(d) for d in run_dirs):
+        return _compare_robustness(run_dirs, out, labels)
     summaries = None
     if recompute or retain:
         summaries = [aggregate_evaluation(d, retain) for d in run_dirs]
     return compare_runs(run_dirs, out, summaries, labels)
+
+
+def _is_robustness(run_dir) -> bool:
+    import json
+
+    path = Path(run_dir) / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("kind") == "robustness"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _compare_robustness(run_dirs, out, labels) -> str:
+    """`jaxunlearn attack` results of several methods: one table, one plot."""
+    import json
+
+    from ..attacks.robustness import compare_markdown, plot
+    from ..evaluation.report import run_labels
+
+    names = labels or run_labels(run_dirs)
+    summaries = {n: json.loads((Path(d) / "summary.json").read_text()) for n, d in zip(names, run_dirs)}
+    table = compare_markdown(summaries)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "robustness.md").write_text(table)
+        plot(summaries, Path(out) / "robustness.png")
+    return table
+
+
+def _compare_at_utility(run_dirs, out, labels, drop: float, baseline: str | None, metric: str) -> str:
+    """Each unlearn run at its evaluated step whose utility drop from `baseline` is closest
+    to `drop`, side by side, so forgetting is compared at the same cost."""
+    from ..errors import ConfigError
+    from ..evaluation.report import read_summary, run_labels
+    from ..evaluation.selection import lookup, pick_at_utility_drop, step_evaluations
+
+    if baseline is None:
+        raise ConfigError("--at-utility needs --baseline DIR: the evaluation of the model before unlearning")
+    base_path = Path(baseline) / "summary.json"
+    if not base_path.exists():
+        raise ConfigError(f"--baseline {baseline} holds no summary.json; give a jaxunlearn eval directory")
+    base_value = lookup(read_summary(base_path), metric)
+    if base_value is None:
+        raise ConfigError(
+            f"the baseline has no {metric!r} (model utility needs the retain, real-authors and world-facts sets); "
+            "choose another with --utility-metric, e.g. retain.probability"
+        )
+    names = labels or run_labels(run_dirs)
+    picks = [pick_at_utility_drop(step_evaluations(d), base_value, drop, metric) for d in run_dirs]
+    rows = [f"{name} @ step {p['step']} ({metric} drop {p['utility_drop']:.1%})" for name, p in zip(names, picks)]
+    summaries = [read_summary(Path(p["dir"]) / "summary.json") for p in picks]
+    head = f"Each run at the evaluated step whose {metric} drop from {baseline} is closest to {drop:.1%}:\n\n"
+    return head + compare_runs([p["dir"] for p in picks], out, summaries, rows)

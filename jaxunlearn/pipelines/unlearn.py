@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..checkpoints.api import save_pretrained
 from ..config import RunConfig
 from ..data.templates import default_template_name
 from ..objectives import build_objective
@@ -108,7 +109,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
             cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype, require_tokenizer=False
         )
     with run_directory(cfg, "unlearn", resume, overwrite) as out:
-        return train_with_config(
+        summary = train_with_config(
             model,
             tokenizer,
             streams,
@@ -120,6 +121,8 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
             progress=progress,
             on_step=_periodic_eval(cfg, tokenizer, out),
         )
+        summary["best"] = _select_best(cfg, out)
+        return summary
 
 
 def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
@@ -134,9 +137,27 @@ def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
         if step % every == 0:
             from .evaluate import evaluate
 
-            evaluate(cfg, get_model(), tokenizer, out_dir=out / "eval" / f"step_{step}", progress=False)
+            step_dir = out / "eval" / f"step_{step}"
+            model = get_model()
+            evaluate(cfg, model, tokenizer, out_dir=step_dir, progress=False)
+            if cfg.eval.keep_models:
+                save_pretrained(model, tokenizer, step_dir / "model", overwrite=True)
 
     return on_step
+
+
+def _select_best(cfg: RunConfig, out: Path) -> dict | None:
+    """best.json: the evaluated step best by eval.best_by (and its model, if kept)."""
+    if not cfg.eval.best_by or not cfg.eval.every_steps:
+        return None
+    from ..evaluation.selection import pick_best, step_evaluations
+
+    best = pick_best(step_evaluations(out), cfg.eval.best_by)
+    model = Path(best["dir"]) / "model"
+    best["model"] = str(model) if model.exists() else None
+    (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    log.info("best step by %s: %d (%s)", cfg.eval.best_by, best["step"], best["value"])
+    return best
 
 
 def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progress: bool) -> dict:
