@@ -282,7 +282,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_lm, tmp_path)
         "output.checkpoint_every=1",
         "output.export=false",
     )
-    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step (\d).*last good checkpoint is step"):
+    with pytest.raises(
+        TrainingError, match=r"non-finite loss or gradient at step (\d).*last finite state is checkpointed: step"
+    ):
         unlearn(cfg, progress=False)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
