@@ -25,6 +25,7 @@ from .data.config import DataSection
 from .errors import ConfigError
 from .evaluation.config import EvalSection
 from .evaluation.selection import CRITERION
+from .models.lora import LoRASection
 from .objectives.config import ObjectiveSection
 from .parallel import MeshSection
 from .training.config import ContinualSection, OutputSection, TrainSection
@@ -41,6 +42,7 @@ class RunConfig:
     continual: ContinualSection = dataclasses.field(default_factory=ContinualSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     attack: AttackSection = dataclasses.field(default_factory=AttackSection)
+    lora: LoRASection = dataclasses.field(default_factory=LoRASection)
 
     def output_dir(self, command: str) -> Path:
         """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""
@@ -321,6 +323,8 @@ def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
         ("data.max_retain_rows", d.max_retain_rows, "at least 1 (null: every row)", 1),
         ("data.max_train_rows", d.max_train_rows, "at least 1 (null: every row)", 1),
         ("data.buckets", min(d.buckets) if d.buckets else 0, "a list of lengths of at least 2", 2),
+        ("lora.rank", cfg.lora.rank, "0 (off) or more", 0),
+        ("lora.alpha", cfg.lora.alpha, "positive", 1e-30),
         ("attack.relearn_rows", a.relearn_rows, "at least 1", 1),
         ("attack.relearn_steps", min(a.relearn_steps) if a.relearn_steps else 0, "a list of step counts >= 1", 1),
         ("attack.relearn_lr", a.relearn_lr, "positive", 1e-30),

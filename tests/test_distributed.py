@@ -117,3 +117,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
         np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
     steps = [x["step"] for x in losses(killed_dir)]
     assert steps[-1] == 12 and len(steps) >= 12  # the killed part plus the resumed steps
+
+
+def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):
+    """LoRA mode sharded (adapters carry logical axes: data 2 x fsdp 2 x tensor 2) gives the
+    losses of one device; NPO's reference is the base with the adapters off."""
+    lora = ("lora.rank=4", "lora.alpha=8", "train.lr=1e-3")
+    single = cli(*common(tiny_lm, tmp_path / "one", "mesh.data=1", *lora))
+    eight = cli(
+        *common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", *lora),
+        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
+    assert single.wait(600) == 0, single.stderr.read()[-3000:]
+    assert eight.wait(600) == 0, eight.stderr.read()[-3000:]
+    ref, got = losses(tmp_path / "one"), losses(tmp_path / "eight")
+    assert len(ref) == len(got) == 3
+    for a, b in zip(ref, got):
+        for key in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=2e-5), (key, a[key], b[key])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
 from ..models.config import to_dtype
+from ..models.lora import merge_lora
 from ..models.stack import REMAT_POLICIES
 from ..models.registry import family_for
 from .tokenizer import load_hf_tokenizer, tokenizer_from_gguf
@@ -139,6 +140,7 @@ def save_pretrained(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; choose another destination or pass overwrite=True (--overwrite)")
+    model = merge_lora(model)  # adapters folded into the kernels: a plain checkpoint
     config = model.config
     family = family_for(config.model_type)
     with atomic_directory(out) as tmp:

@@ -53,6 +53,21 @@ class Architecture:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoRASpec:
+    """Low-rank adapters on the named projections: W x + scale * B(A(x)), with
+    scale = alpha / rank (rsLoRA: alpha / sqrt(rank))."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]  # parameter names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj
+    rslora: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     model_type: str
     vocab_size: int
@@ -78,6 +93,7 @@ class ModelConfig:
     remat: str = "none"  # "none" | "full" | "dots": per-block rematerialization policy
     hf_config_json: str = "{}"  # the original config.json, as text so the config stays hashable
     arch: Architecture = Architecture()  # the decoder's switches
+    lora: LoRASpec | None = None  # adapters added by models.lora.add_lora (never part of a checkpoint)
 
     @property
     def rope_scaling_dict(self) -> dict | None:

@@ -81,19 +81,29 @@ def norm(c: ModelConfig, p: dict, name: str, x):
     return L.layer_norm(x, p[name], p.get(f"{name}_bias"), c.norm_eps)
 
 
+def proj(c: ModelConfig, p: dict, name: str, x, bias=None):
+    """x @ W (+ b), plus the low-rank adapter's scale * (x @ A) @ B when the model has one
+    on this projection (models.lora)."""
+    y = L.linear(x, p[name], bias)
+    a = p.get(f"{name}_lora_a")
+    if a is None:
+        return y
+    return y + ((x @ a) @ p[f"{name}_lora_b"]) * jnp.asarray(c.lora.scale, y.dtype)
+
+
 def _qkv(c: ModelConfig, p: dict, x):
     b, t, _ = x.shape
     h, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
     if c.arch.qkv == "fused":  # [q | k | v] along the features
-        qkv = L.linear(x, p["qkv_proj"], p.get("qkv_bias"))
+        qkv = proj(c, p, "qkv_proj", x, p.get("qkv_bias"))
         q, k, v = jnp.split(qkv, [h * hd, (h + kvh) * hd], axis=-1)
     elif c.arch.qkv == "fused_per_head":  # per head [q k v]
-        qkv = L.linear(x, p["qkv_proj"], p.get("qkv_bias")).reshape(b, t, h, 3 * hd)
+        qkv = proj(c, p, "qkv_proj", x, p.get("qkv_bias")).reshape(b, t, h, 3 * hd)
         q, k, v = jnp.split(qkv, 3, axis=-1)
     else:
-        q = L.linear(x, p["q_proj"], p.get("q_bias"))
-        k = L.linear(x, p["k_proj"], p.get("k_bias"))
-        v = L.linear(x, p["v_proj"], p.get("v_bias"))
+        q = proj(c, p, "q_proj", x, p.get("q_bias"))
+        k = proj(c, p, "k_proj", x, p.get("k_bias"))
+        v = proj(c, p, "v_proj", x, p.get("v_bias"))
     return q.reshape(b, t, h, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
 
 
@@ -105,12 +115,12 @@ def _rope(x, cos, sin, rotary_dim: int):
 
 def _mlp(c: ModelConfig, p: dict, x):
     act = L.ACTIVATIONS[c.arch.act]
-    up = L.linear(x, p["up_proj"], p.get("up_bias"))
+    up = proj(c, p, "up_proj", x, p.get("up_bias"))
     if c.arch.mlp == "gated":
-        up = act(L.linear(x, p["gate_proj"], p.get("gate_bias"))) * up
+        up = act(proj(c, p, "gate_proj", x, p.get("gate_bias"))) * up
     else:
         up = act(up)
-    return L.linear(up, p["down_proj"], p.get("down_bias"))
+    return proj(c, p, "down_proj", up, p.get("down_bias"))
 
 
 def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
@@ -126,7 +136,7 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
     attn = L.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), allowed, scale=c.arch.attn_scale, softcap=c.arch.attn_softcap
     )
-    attn = L.linear(attn.reshape(b, t, -1), p["o_proj"], p.get("o_bias"))
+    attn = proj(c, p, "o_proj", attn.reshape(b, t, -1), p.get("o_bias"))
     residual = c.arch.residual
     if residual == "parallel_shared_norm":
         return h + attn + _mlp(c, p, x), cache_kv

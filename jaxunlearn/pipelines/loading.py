@@ -65,3 +65,18 @@ def _checkpoint_dtype(path) -> str | None:
         return json.loads(config.read_text()).get("torch_dtype") if config.is_file() else None
     except (OSError, ValueError):
         return None
+
+
+def with_adapters(cfg: RunConfig, model):
+    """The model in LoRA mode when the config asks for it (lora.rank > 0, or PEFT adapters
+    in lora.init_from), else unchanged."""
+    lo = cfg.lora
+    if lo.init_from:
+        from ..checkpoints.peft import load_peft_adapters
+
+        return load_peft_adapters(model, lo.init_from, lo.seed)
+    if lo.rank > 0:
+        from ..models.lora import add_lora
+
+        return add_lora(model, lo.rank, lo.alpha, lo.targets, lo.rslora, lo.seed)
+    return model

@@ -15,7 +15,7 @@ from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env, make_mesh
 from ..training.step import check_batch_divisible
 from ..paths import check_writable_dir
-from .loading import load_for_run, warn_if_config_misfits
+from .loading import load_for_run, warn_if_config_misfits, with_adapters
 from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
@@ -97,6 +97,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
     model, tokenizer = load_for_run(cfg)
     warn_if_config_misfits(cfg, tokenizer)
+    model = with_adapters(cfg, model)
     if cfg.continual.split:
         forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
         with run_directory(cfg, "unlearn", resume, overwrite) as out:
@@ -104,7 +105,7 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     forget, retain = forget_and_retain(cfg)
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
     reference = None
-    if objective.needs_reference:
+    if objective.needs_reference and not cfg.lora.enabled:  # LoRA: the base with adapters off
         reference, _ = load_for_run(
             cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype, require_tokenizer=False
         )
@@ -179,6 +180,8 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / RUN_MARKER).write_text(json.dumps({"task": task, "order": tasks}) + "\n")
         reference = (original if cfg.continual.fix_reference else model) if objective.needs_reference else None
+        if cfg.lora.enabled:  # the adapters carry over; the reference is the base with them off
+            reference = None
         forget, retain = forget_and_retain(cfg, task_id=task, unlearned=tasks[: i + 1])
         streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
         summary = train_with_config(

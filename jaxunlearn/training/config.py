@@ -50,6 +50,9 @@ class OutputSection:
     keep_checkpoints: int = setting(2, "checkpoints kept")
     export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")
     export_hf_flax: bool = setting(False, "also write an HF-Flax msgpack directory (model-hf-flax/)")
+    export_peft: bool = setting(
+        True, "LoRA mode: also write the adapters alone in PEFT's format (adapter/), beside the merged model/"
+    )
 
 
 @dataclasses.dataclass

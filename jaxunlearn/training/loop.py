@@ -24,10 +24,12 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ..checkpoints.api import remove_orphan_temporaries, save_pretrained
+from ..checkpoints.peft import save_peft_adapters
 from ..data import BatchIterator, pad_rows, pad_token_id
 from ..data.batching import DEFAULT_BUCKETS, bucket_length
 from ..errors import ConfigError, Interrupted, JaxUnlearnError
 from ..models.config import to_dtype
+from ..models.lora import adapters_off, split_adapters
 from ..objectives import Objective, StepBatch
 from ..parallel import MeshSection, make_mesh
 from ..precision import matmul_precision as precision_context
@@ -181,6 +183,11 @@ def train(
         return _train(model, tokenizer, streams, objective, Path(out_dir), run)
 
 
+def _merge(graphdef, params, base):
+    """The model from the trained state (and, in LoRA mode, the frozen base)."""
+    return nnx.merge(graphdef, params) if base is None else nnx.merge(graphdef, params, base)
+
+
 def _stop_non_finite(checkpointer, state, data_before: dict, step: int, metrics: dict, out_dir: Path):
     """The step left the state unchanged: keep it (the last finite state, after `step`
     steps) as a checkpoint, then stop with where it is."""
@@ -270,16 +277,24 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     missing = [s for s in objective.streams if s not in streams]
     if missing:
         raise ConfigError(f"objective {objective.name} needs the stream(s) {missing}, which the data lacks")
-    if objective.needs_reference and reference is None:
+    lora = model.config.lora is not None
+    if lora and reference is not None:
+        raise ConfigError("in LoRA mode the reference is the base model with the adapters off; pass no reference model")
+    if objective.needs_reference and reference is None and not lora:
         raise ConfigError(
             f"objective {objective.name} needs a frozen reference model, but none was given "
             "(model.reference_path, or reference= in the Python API)"
         )
 
-    graphdef, params = nnx.split(model)
+    base = None
+    if lora:  # the state trains the adapters; the frozen base rides as the step's second argument
+        graphdef, params, base = split_adapters(model)
+        base = place_params(base, mesh)
+    else:
+        graphdef, params = nnx.split(model)
     params = place_params(params, mesh)
-    ref_params = None
-    if objective.needs_reference:
+    ref_params = base
+    if objective.needs_reference and not lora:
         _, ref_params = nnx.split(reference)
         ref_params = place_params(_cast(ref_params, run.reference_dtype), mesh)
 
@@ -303,10 +318,11 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     )
     precomputed = None
     if t.precompute_reference and objective.needs_reference:
+        reference_state = (adapters_off(params), base) if lora else ref_params
         precomputed = precompute_reference_nll(
-            graphdef, ref_params, streams, objective, run.buckets, run.pad_to, pad_id
+            graphdef, reference_state, streams, objective, run.buckets, run.pad_to, pad_id
         )
-        ref_params = None
+        ref_params = base  # None, or LoRA's frozen base (the policy's too)
 
     state = sharded_init_state(params, tx, t.seed, mesh)
     for name in ("model", "model-hf-flax"):  # exports a killed run left half-written
@@ -343,6 +359,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         mean_group_rows=t.loss_group_rows,
         compute_dtype=compute if mixed else None,
         param_shardings_tree=jax.tree.map(lambda x: x.sharding, state.params),
+        lora=lora,
     )
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
     is_main = jax.process_index() == 0
@@ -405,7 +422,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
                         int(signum),
                     )
                 if on_step is not None:
-                    on_step(step + 1, lambda: nnx.merge(graphdef, state.params))
+                    on_step(step + 1, lambda: _merge(graphdef, state.params, base))
     finally:
         bar.close()
         checkpointer.close()
@@ -414,11 +431,13 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     if jax.process_count() > 1:  # every process gets the full arrays; process 0 writes them
         from jax.experimental import multihost_utils
 
-        params = multihost_utils.process_allgather(params, tiled=True)
-    final = nnx.merge(graphdef, params)
+        params, base = multihost_utils.process_allgather((params, base), tiled=True)
+    final = _merge(graphdef, params, base)
     summary = {"steps": total, "warmup_steps": warmup, "rows": n, "final": last, "out_dir": str(out_dir)}
     if (run.output.export if export is None else export) and is_main:
         summary["export"] = str(save_pretrained(final, tokenizer, out_dir / "model", overwrite=True))
+        if lora and run.output.export_peft:
+            summary["export_peft"] = str(save_peft_adapters(final, out_dir / "adapter", run.header.get("model path")))
         if run.output.export_hf_flax:
             summary["export_hf_flax"] = str(
                 save_pretrained(final, tokenizer, out_dir / "model-hf-flax", format="hf-flax", overwrite=True)

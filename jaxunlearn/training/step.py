@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..errors import ConfigError
+from ..models.lora import adapters_off
 from ..objectives import Objective, StepBatch, StreamOutputs
 from ..parallel import logical_sharding
 
@@ -117,12 +118,13 @@ def cast_for_compute(params, dtype, shardings=None):
 
 
 def run_streams(graphdef, params, batch: StepBatch, streams, hidden: bool) -> dict[str, StreamOutputs]:
-    """One forward per stream. Separate forwards, not one over the concatenated streams:
+    """One forward per stream (params: a state, or a tuple of states merged: LoRA's
+    adapters and frozen base). Separate forwards, not one over the concatenated streams:
     slicing the joint [B, T, V] logits apart costs a copy (and its transpose in the
     backward) that is slower than the smaller matmuls, and raises peak memory."""
     if not streams:
         return {}
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
     result = {}
     for s in streams:
         b = batch.streams[s]
@@ -146,26 +148,34 @@ def make_train_step(
     mean_group_rows: int | None = None,
     compute_dtype=None,
     param_shardings_tree=None,
+    lora: bool = False,
 ):
     """The un-jitted step function; `jit_train_step` adds shardings and donation.
     mean_group_rows: None takes each term's mean over the global batch; k takes it per
     group of k rows and averages the groups (the paper code's gradient accumulation).
     compute_dtype: when lower than the parameters' (mixed precision), the forward runs on a
-    cast copy kept on `param_shardings_tree` (see cast_for_compute)."""
+    cast copy kept on `param_shardings_tree` (see cast_for_compute).
+    lora: the state holds only the adapters and the step's second argument is the frozen
+    base; the policy is base + adapters, the reference base + adapters switched off."""
     hidden = objective.needs_hidden
     ref_streams = objective.ref_streams if use_reference else ()
 
-    def loss_fn(params, ref_out, mb, weights):
-        if compute_dtype is not None:
-            params = cast_for_compute(params, compute_dtype, param_shardings_tree)
-        pol = run_streams(graphdef, params, mb, objective.policy_streams, hidden)
+    def cast(params, shardings=None):
+        return params if compute_dtype is None else cast_for_compute(params, compute_dtype, shardings)
+
+    def loss_fn(params, frozen, ref_out, mb, weights):
+        policy = cast(params, param_shardings_tree)
+        if lora:
+            policy = (policy, cast(frozen))
+        pol = run_streams(graphdef, policy, mb, objective.policy_streams, hidden)
         return objective.loss(pol, ref_out, mb, weights)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(params, ref_params, mb, weights):
-        ref_out = jax.lax.stop_gradient(run_streams(graphdef, ref_params, mb, ref_streams, hidden))
-        (loss, values), grads = grad_fn(params, ref_out, mb, weights)
+        reference = (cast(adapters_off(params)), cast(ref_params)) if lora and ref_streams else ref_params
+        ref_out = jax.lax.stop_gradient(run_streams(graphdef, reference, mb, ref_streams, hidden))
+        (loss, values), grads = grad_fn(params, ref_params, ref_out, mb, weights)
         return loss, values, grads
 
     def step(state: TrainState, ref_params, batch: StepBatch):
@@ -237,5 +247,6 @@ def sequence_nll(graphdef, params, ids, mask, labels):
     """seqNLL per row (used to precompute the reference's NPO/DPO log-probs once)."""
     from ..objectives.token_stats import seq_nll
 
-    logits = nnx.merge(graphdef, params).forward(ids, mask).logits
+    model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
+    logits = model.forward(ids, mask).logits
     return seq_nll(logits, labels)

@@ -44,7 +44,8 @@ def trainable_mask(params, options, num_layers: int):
 
     def one(path, x):
         key = jax.tree_util.keystr(path)
-        if "layers" in key and any(f"'{n}'" in key for n in names):
+        # the kernels, or in LoRA mode their adapters (down_proj_lora_a / _b)
+        if "layers" in key and any(f"'{n}'" in key or f"'{n}_lora_" in key for n in names):
             return jnp.asarray(layers.reshape((-1,) + (1,) * (x.ndim - 1)))
         return jnp.zeros((), jnp.float32)
 
