@@ -12,7 +12,9 @@ reference, batch), temporaries (activations, gradients) and outputs not aliased 
 inputs. Policies: mixed (what the 7B / 8B presets run: fp32 parameters and AdamW moments,
 bf16 compute on a cast copy, bf16 reference), fp32 (fp32 parameters and compute) and
 bf16 (bf16 parameters, moments, reference and compute: an opt-in, it barely trains at
-small learning rates); remat none or full (per block). The CPU compiler's buffer plan
+small learning rates), lora (`--lora-rank r`: a bf16 base, fp32 adapters of rank r on every
+projection with their AdamW moments, the reference = the base with adapters off, no second
+copy); remat none or full (per block). The CPU compiler's buffer plan
 approximates the GPU/TPU ones (fusion differs), so treat the fit table as a plan with
 about 10% slack, not as a promise.
 """
@@ -46,6 +48,16 @@ MODELS = {  # HF config fields
         tie_word_embeddings=False,
         rope_theta=500000.0,
     ),
+    "llama3-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    ),
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,
@@ -59,7 +71,7 @@ MODELS = {  # HF config fields
 CHIPS = {"80 GB GPU (H100/A100)": 80e9, "TPU v4 (32 GiB)": 32 * 2**30, "TPU v5e (16 GiB)": 16 * 2**30}
 
 
-def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: int, seq: int) -> dict:
+def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: int, seq: int, rank: int = 16) -> dict:
     import dataclasses
 
     import jax
@@ -68,6 +80,7 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     from flax import nnx
 
     import jaxunlearn
+    from jaxunlearn.models.lora import add_lora, split_adapters
     from jaxunlearn.models.registry import family_for
     from jaxunlearn.objectives import StepBatch, build_objective
     from jaxunlearn.parallel import make_mesh
@@ -90,21 +103,39 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
         hidden_act="silu",
     )
     config = family_for("llama").config_from_hf(hf)
-    param_dtype, compute_dtype = ("float32", "bfloat16") if policy == "mixed" else (policy, policy)
+    param_dtype, compute_dtype = {"mixed": ("float32", "bfloat16"), "lora": ("bfloat16", "bfloat16")}.get(
+        policy, (policy, policy)
+    )
     config = dataclasses.replace(config, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
     mesh = make_mesh(data=1, fsdp=devices, tensor=1, devices=jax.devices()[:devices])
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: jaxunlearn.create_model(config)))
-    shardings = param_shardings(params, mesh)
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+
+    def abstract(tree):
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, param_shardings(tree, mesh)
+        )
+
+    if policy == "lora":  # the state trains the adapters; the frozen bf16 base is the step's second argument
+        targets = ["q", "k", "v", "o", "gate", "up", "down"]
+        lora_model = nnx.eval_shape(lambda: add_lora(jaxunlearn.create_model(config), rank, 16.0, targets))
+        graphdef, params, base = split_adapters(lora_model)
+        n_frozen = sum(x.size for x in jax.tree.leaves(base))
+        shardings = param_shardings(params, mesh)
+        params, reference = abstract(params), abstract(base)
+    else:
+        graphdef, params = nnx.split(nnx.eval_shape(lambda: jaxunlearn.create_model(config)))
+        shardings = param_shardings(params, mesh)
+        params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+        n_frozen = 0
     tx = optax.adamw(1e-5, weight_decay=0.01)
     state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         jax.eval_shape(lambda p: init_state(p, tx, 0), params),
         state_shardings(params, tx, mesh),
     )
-    reference = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(compute_dtype), sharding=x.sharding), params
-    )
+    if policy != "lora":
+        reference = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(compute_dtype), sharding=x.sharding), params
+        )
     objective = build_objective("NPO+GD")
     b = batch_per_device * devices
     row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
@@ -112,17 +143,18 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
         {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
     )
     cast = dict(compute_dtype=jnp.bfloat16, param_shardings_tree=shardings) if policy == "mixed" else {}
+    cast = dict(lora=True) if policy == "lora" else cast
     step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5, **cast), state, reference, mesh)
     t = time.perf_counter()
     with jax.set_mesh(mesh):  # as the training loop runs it
         m = step.lower(state, reference, batch).compile().memory_analysis()
-    n_params = sum(x.size for x in jax.tree.leaves(params))
+    n_params = sum(x.size for x in jax.tree.leaves(params)) + n_frozen
     total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
     return {
         "model": model,
         "params_B": n_params / 1e9,
         "devices": devices,
-        "policy": policy,
+        "policy": f"lora r{rank}" if policy == "lora" else policy,
         "remat": remat,
         "batch_per_device": batch_per_device,
         "seq": seq,
@@ -139,8 +171,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--models", nargs="+", default=["llama2-7b", "llama3-8b"], choices=sorted(MODELS))
     p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64])
     p.add_argument(
-        "--policies", nargs="+", default=["mixed", "float32", "bfloat16"], choices=["mixed", "float32", "bfloat16"]
+        "--policies",
+        nargs="+",
+        default=["mixed", "float32", "bfloat16"],
+        choices=["mixed", "float32", "bfloat16", "lora"],
     )
+    p.add_argument("--lora-rank", type=int, default=16, help="adapter rank of the lora policy")
     p.add_argument("--remat", nargs="+", default=["none", "full"], choices=["none", "full", "dots"])
     p.add_argument("--batch-per-device", type=int, default=1, help="rows per stream per device")
     p.add_argument("--seq", type=int, default=512, help="padded length (TOFU's max_length is 500)")
@@ -156,7 +192,7 @@ def main(argv=None) -> list[dict]:
     grid = [(m, d, pol, r) for m in args.models for d in args.devices for pol in args.policies for r in args.remat]
     rows = []
     for m, d, pol, r in tqdm(grid, desc="compile", unit="plan"):
-        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq))
+        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq, args.lora_rank))
     print(
         f"\nNPO+GD step, {args.batch_per_device} row(s) per stream per device x {args.seq} tokens, "
         "FSDP over all devices; bytes per device"

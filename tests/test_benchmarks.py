@@ -78,6 +78,9 @@ def test_memory_benchmark_tiny(tmp_path):
         "--policies",
         "float32",
         "mixed",
+        "lora",
+        "--lora-rank",
+        "4",
         "--remat",
         "none",
         "--seq",
@@ -87,7 +90,9 @@ def test_memory_benchmark_tiny(tmp_path):
     )
     assert "TPU v5e" in out.stdout
     rows = json.loads((tmp_path / "m.json").read_text())
-    one, mixed, two, _ = rows
+    one, mixed, lora, two, _, _ = rows
+    # LoRA: a bf16 base plus small fp32 adapters and their moments, no reference copy
+    assert lora["policy"] == "lora r4" and lora["arguments_GiB"] < mixed["arguments_GiB"] / 2
     # mixed precision keeps fp32 parameters and moments but a bf16 reference: fewer argument bytes
     assert mixed["policy"] == "mixed" and mixed["arguments_GiB"] < one["arguments_GiB"]
     # FSDP over two devices splits the parameters and optimizer state (norms stay replicated)

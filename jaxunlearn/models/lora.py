@@ -58,7 +58,9 @@ def resolve_targets(model, targets) -> tuple[str, ...]:
 def add_lora(model, rank: int, alpha: float, targets, rslora: bool = False, seed: int = 0):
     """The model with adapters on `targets`: A [L, in, r] drawn as PEFT does (Kaiming-uniform,
     bound 1/sqrt(in)), B [L, r, out] zero, so the adapted model starts equal to the base.
-    Adapters go on the model in place (the base arrays are shared, not copied)."""
+    Adapters are fp32 whatever the base's dtype (they are the trained master weights; the
+    forward casts them to the compute dtype) and go on the model in place (the base arrays
+    are shared, not copied)."""
     if rank < 1:
         raise ConfigError(f"lora.rank={rank} must be at least 1")
     spec = LoRASpec(rank=rank, alpha=float(alpha), targets=resolve_targets(model, targets), rslora=rslora)
@@ -69,10 +71,8 @@ def add_lora(model, rank: int, alpha: float, targets, rslora: bool = False, seed
         axes = kernel.get_metadata().get("logical_axes") or ("layers", None, None)
         bound = 1.0 / d_in**0.5
         a = jax.random.uniform(jax.random.fold_in(key, i), (n, d_in, rank), jnp.float32, -bound, bound)
-        setattr(
-            model.layers, f"{name}_lora_a", LoRAParam(a.astype(kernel.dtype), logical_axes=(axes[0], axes[1], "lora"))
-        )
-        b = jnp.zeros((n, rank, d_out), kernel.dtype)
+        setattr(model.layers, f"{name}_lora_a", LoRAParam(a, logical_axes=(axes[0], axes[1], "lora")))
+        b = jnp.zeros((n, rank, d_out), jnp.float32)
         setattr(model.layers, f"{name}_lora_b", LoRAParam(b, logical_axes=(axes[0], "lora", axes[2])))
     model.config = model.config.replace(lora=spec)
     return model

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def _check_before_loading(cfg: RunConfig) -> None:
     """What fails fast: the precision policy, the mesh against the devices, the batch against the mesh."""
-    check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
+    if not cfg.lora.enabled:  # LoRA trains fp32 adapters: a bf16 base is the point
+        check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     check_batch_divisible(cfg.train.batch_size, cfg.train.micro_batches, mesh)
 

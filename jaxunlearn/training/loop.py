@@ -163,7 +163,8 @@ def train(
     checkpoint of it (a second SIGINT stops at once). Returns a summary with the final
     model under "model".
     """
-    check_param_precision(model.config.param_dtype, training.low_precision_params)
+    if model.config.lora is None:  # LoRA trains fp32 adapters whatever the base's dtype
+        check_param_precision(model.config.param_dtype, training.low_precision_params)
     run = SimpleNamespace(  # everything the loop reads besides the model, data and objective
         train=training,
         mesh=mesh or MeshSection(),
