@@ -20,7 +20,9 @@ class AttackSection:
     relearn_rows: int = setting(5, "relearning: k rows, taken from the end of the forget (or retain) data")
     relearn_data: Literal["forget", "retain"] = setting("forget", "relearning data: forget rows or retain rows")
     relearn_steps: list[int] = setting([2, 5, 10], "relearning: evaluate after each of these step counts")
-    relearn_lr: float = setting(1e-5, "relearning learning rate (AdamW, constant)")
+    relearn_lr: float = setting(
+        1e-5, "relearning peak learning rate (AdamW, no warmup, linear decay to 0 at the last step count)"
+    )
     relearn_batch_size: int = setting(4, "relearning batch size")
     quantize_bits: list[int] = setting([8, 4], "weight quantization: bits (round-to-nearest, symmetric)")
     quantize_group_size: int | None = setting(

@@ -67,12 +67,11 @@ def apply_probe(probe: Probe, rows: list[dict], pool: list[dict], seed: int = 0)
         return [{**r, "question": probe.template.format(question=r["question"])} for r in rows]
     if probe.kind == "typos":
         return [{**r, "question": add_typos(r["question"], probe.rate, rng)} for r in rows]
-    others = [p for p in pool]
-    if len(others) < probe.examples + 1:
-        raise DataError(f"probe {probe.name!r} needs {probe.examples + 1} forget rows, the data has {len(others)}")
+    if len(pool) < probe.examples + 1:
+        raise DataError(f"probe {probe.name!r} needs {probe.examples + 1} forget rows, the data has {len(pool)}")
     out = []
     for r in rows:
-        shots = rng.sample([p for p in others if p["question"] != r["question"]], probe.examples)
+        shots = rng.sample([p for p in pool if p["question"] != r["question"]], probe.examples)
         context = "".join(f"Q: {s['question']}\nA: {s['answer']}\n\n" for s in shots)
         out.append({**r, "question": f"{context}Q: {r['question']}\nA:"})
     return out

@@ -116,7 +116,8 @@ def plot(summaries: dict[str, dict], out: Path) -> Path:
         width = 0.8 / max(len(summaries), 1)
         for k, (method, s) in enumerate(summaries.items()):
             by_attack = {row["attack"]: row for row in s["rows"]}
-            values = [by_attack.get(a, {}).get("forget_probability") or np.nan for a in attacks]
+            values = [by_attack.get(a, {}).get("forget_probability") for a in attacks]
+            values = [np.nan if v is None else v for v in values]
             x = np.arange(len(attacks)) + k * width
             ax.bar(x, values, width, label=method)
             base = s["references"]["unlearned"].get("forget_probability")
