@@ -107,12 +107,11 @@ def plot(summaries: dict[str, dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = sorted({row["attack"].split(":")[0] for s in summaries.values() for row in s["rows"]})
+    order = list(dict.fromkeys(row["attack"] for s in summaries.values() for row in s["rows"]))  # as run
+    families = list(dict.fromkeys(a.split(":")[0] for a in order))
     fig, axes = plt.subplots(1, max(len(families), 1), figsize=(3.2 * max(len(families), 1), 3.2), squeeze=False)
     for ax, family in zip(axes[0], families):
-        attacks = sorted(
-            {row["attack"] for s in summaries.values() for row in s["rows"] if row["attack"].startswith(family)}
-        )
+        attacks = [a for a in order if a.split(":")[0] == family]
         width = 0.8 / max(len(summaries), 1)
         for k, (method, s) in enumerate(summaries.items()):
             by_attack = {row["attack"]: row for row in s["rows"]}
@@ -129,8 +128,9 @@ def plot(summaries: dict[str, dict], out: Path) -> Path:
         ax.set_xticklabels([a.split(":", 1)[-1] for a in attacks], rotation=30, ha="right", fontsize=7)
         ax.set_title(family, fontsize=9)
         ax.set_ylabel("forget probability", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=max(len(labels), 1), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     out = Path(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)
