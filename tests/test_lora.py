@@ -78,6 +78,7 @@ def test_peft_files_load_in_peft_and_back(tiny_lm, tmp_path):
     out = save_peft_adapters(adapted, tmp_path / "adapter", str(tiny_lm))
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8.0
+    assert config["lora_dropout"] == 0.0
     assert config["target_modules"] == ["down_proj", "gate_proj", "o_proj", "q_proj", "v_proj"]
     base = AutoModelForCausalLM.from_pretrained(str(tiny_lm), torch_dtype=torch.float32)
     peft_model = peft.PeftModel.from_pretrained(base, str(out)).eval()
@@ -134,7 +135,7 @@ def test_lora_resumes_exactly_and_starts_from_peft_files(tiny_lm, tmp_path, monk
     from jaxunlearn.errors import Interrupted
     from jaxunlearn.pipelines import unlearn as api
 
-    args = ("objective.name=GA+GD", "train.max_steps=3")
+    args = ("objective.name=GA+GD", "train.max_steps=3", "lora.dropout=0.1")  # the masks come from the state's key
     straight = _lora_run(tiny_lm, tmp_path / "straight", *args)
 
     def stop_after_two(step, _model):
@@ -153,3 +154,21 @@ def test_lora_resumes_exactly_and_starts_from_peft_files(tiny_lm, tmp_path, monk
         tiny_lm, tmp_path / "follow", "objective.name=GA+GD", f"lora.init_from={tmp_path / 'straight' / 'adapter'}"
     )
     assert follow["model"].config.lora.rank == 4
+
+
+def test_lora_dropout_only_in_training_forwards(tiny_lm, tmp_path):
+    model, _ = jaxunlearn.load_pretrained(tiny_lm)
+    add_lora(model, 4, 8.0, ["q", "down"], dropout=0.5)
+    graphdef, adapters, base = split_adapters(model)
+    model = nnx.merge(graphdef, jax.tree.map(lambda x: x + 0.05, adapters), base)
+    plain = np.asarray(model(IDS))
+    assert np.array_equal(np.asarray(model.forward(IDS, dropout_key=None).logits), plain)  # evaluation: none
+    one = np.asarray(model.forward(IDS, dropout_key=jax.random.PRNGKey(0)).logits)
+    again = np.asarray(model.forward(IDS, dropout_key=jax.random.PRNGKey(0)).logits)
+    other = np.asarray(model.forward(IDS, dropout_key=jax.random.PRNGKey(1)).logits)
+    assert np.array_equal(one, again) and not np.allclose(one, plain) and not np.allclose(one, other)
+    with pytest.raises(ConfigError, match="lora.dropout=1.0"):
+        add_lora(jaxunlearn.load_pretrained(tiny_lm)[0], 4, 8.0, ["q"], dropout=1.0)
+    with_dropout = _lora_run(tiny_lm, tmp_path / "d", "objective.name=GA+GD", "lora.dropout=0.5")
+    without = _lora_run(tiny_lm, tmp_path / "n", "objective.name=GA+GD")
+    assert with_dropout["final"]["loss"] != without["final"]["loss"]

@@ -53,7 +53,7 @@ def save_peft_adapters(model, out_dir, base_model: str | None = None) -> Path:
         "lora_alpha": spec.alpha,
         "use_rslora": spec.rslora,
         "target_modules": sorted({modules[t].rsplit(".", 1)[-1] for t in spec.targets}),
-        "lora_dropout": 0.0,
+        "lora_dropout": spec.dropout,
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
@@ -86,7 +86,8 @@ def load_peft_adapters(model, directory, seed: int = 0):
     targets = [name for name, pattern in modules.items() if pattern.rsplit(".", 1)[-1] in wanted]
     if not targets:
         raise CheckpointError(f"{directory}: target_modules {sorted(wanted)} name no projection of this model")
-    add_lora(model, int(config["r"]), float(config["lora_alpha"]), targets, bool(config.get("use_rslora")), seed)
+    rank, alpha, rslora = int(config["r"]), float(config["lora_alpha"]), bool(config.get("use_rslora"))
+    add_lora(model, rank, alpha, targets, rslora, seed, float(config.get("lora_dropout") or 0.0))
     tensors = load_file(str(directory / WEIGHTS))
     for name in model.config.lora.targets:
         for part, key in (("lora_a", "lora_A"), ("lora_b", "lora_B")):

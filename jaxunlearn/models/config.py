@@ -61,6 +61,7 @@ class LoRASpec:
     alpha: float
     targets: tuple[str, ...]  # parameter names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj
     rslora: bool = False
+    dropout: float = 0.0  # on the adapter's input, in training steps only (PEFT's lora_dropout)
 
     @property
     def scale(self) -> float:

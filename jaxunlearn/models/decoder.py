@@ -81,29 +81,36 @@ def norm(c: ModelConfig, p: dict, name: str, x):
     return L.layer_norm(x, p[name], p.get(f"{name}_bias"), c.norm_eps)
 
 
-def proj(c: ModelConfig, p: dict, name: str, x, bias=None):
-    """x @ W (+ b), plus the low-rank adapter's scale * (x @ A) @ B when the model has one
-    on this projection (models.lora)."""
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def proj(c: ModelConfig, p: dict, name: str, x, bias=None, dropout_key=None):
+    """x @ W (+ b), plus the low-rank adapter's scale * (dropout(x) @ A) @ B when the model
+    has one on this projection (models.lora); dropout only when a key is given (training)."""
     y = L.linear(x, p[name], bias)
     a = p.get(f"{name}_lora_a")
     if a is None:
         return y
+    if dropout_key is not None and c.lora.dropout > 0:
+        keep = 1.0 - c.lora.dropout
+        mask = jax.random.bernoulli(jax.random.fold_in(dropout_key, PROJECTIONS.index(name)), keep, x.shape)
+        x = jnp.where(mask, x / keep, 0).astype(x.dtype)
     return y + ((x @ a) @ p[f"{name}_lora_b"]) * jnp.asarray(c.lora.scale, y.dtype)
 
 
-def _qkv(c: ModelConfig, p: dict, x):
+def _qkv(c: ModelConfig, p: dict, x, key=None):
     b, t, _ = x.shape
     h, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
     if c.arch.qkv == "fused":  # [q | k | v] along the features
-        qkv = proj(c, p, "qkv_proj", x, p.get("qkv_bias"))
+        qkv = proj(c, p, "qkv_proj", x, p.get("qkv_bias"), key)
         q, k, v = jnp.split(qkv, [h * hd, (h + kvh) * hd], axis=-1)
     elif c.arch.qkv == "fused_per_head":  # per head [q k v]
-        qkv = proj(c, p, "qkv_proj", x, p.get("qkv_bias")).reshape(b, t, h, 3 * hd)
+        qkv = proj(c, p, "qkv_proj", x, p.get("qkv_bias"), key).reshape(b, t, h, 3 * hd)
         q, k, v = jnp.split(qkv, 3, axis=-1)
     else:
-        q = proj(c, p, "q_proj", x, p.get("q_bias"))
-        k = proj(c, p, "k_proj", x, p.get("k_bias"))
-        v = proj(c, p, "v_proj", x, p.get("v_bias"))
+        q = proj(c, p, "q_proj", x, p.get("q_bias"), key)
+        k = proj(c, p, "k_proj", x, p.get("k_bias"), key)
+        v = proj(c, p, "v_proj", x, p.get("v_bias"), key)
     return q.reshape(b, t, h, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
 
 
@@ -113,21 +120,22 @@ def _rope(x, cos, sin, rotary_dim: int):
     return jnp.concatenate([L.apply_rope(x[..., :rotary_dim], cos, sin), x[..., rotary_dim:]], axis=-1)
 
 
-def _mlp(c: ModelConfig, p: dict, x):
+def _mlp(c: ModelConfig, p: dict, x, key=None):
     act = L.ACTIVATIONS[c.arch.act]
-    up = proj(c, p, "up_proj", x, p.get("up_bias"))
+    up = proj(c, p, "up_proj", x, p.get("up_bias"), key)
     if c.arch.mlp == "gated":
-        up = act(proj(c, p, "gate_proj", x, p.get("gate_bias"))) * up
+        up = act(proj(c, p, "gate_proj", x, p.get("gate_bias"), key)) * up
     else:
         up = act(up)
-    return proj(c, p, "down_proj", up, p.get("down_bias"))
+    return proj(c, p, "down_proj", up, p.get("down_bias"), key)
 
 
-def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
-    """One decoder layer with the configured norm placement and residual wiring."""
+def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=None):
+    """One decoder layer with the configured norm placement and residual wiring (`key`:
+    this layer's LoRA-dropout key, training only)."""
     b, t, _ = h.shape
     x = norm(c, p, "attn_norm", h)
-    q, k, v = _qkv(c, p, x)
+    q, k, v = _qkv(c, p, x, key)
     if rope is not None:
         cos, sin = rope
         rot = cos.shape[-1]
@@ -136,16 +144,16 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index):
     attn = L.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), allowed, scale=c.arch.attn_scale, softcap=c.arch.attn_softcap
     )
-    attn = proj(c, p, "o_proj", attn.reshape(b, t, -1), p.get("o_bias"))
+    attn = proj(c, p, "o_proj", attn.reshape(b, t, -1), p.get("o_bias"), key)
     residual = c.arch.residual
     if residual == "parallel_shared_norm":
-        return h + attn + _mlp(c, p, x), cache_kv
+        return h + attn + _mlp(c, p, x, key), cache_kv
     if residual == "parallel":
-        return h + attn + _mlp(c, p, norm(c, p, "mlp_norm", h)), cache_kv
+        return h + attn + _mlp(c, p, norm(c, p, "mlp_norm", h), key), cache_kv
     if c.arch.sandwich_norms:
         attn = norm(c, p, "post_attn_norm", attn)
     h = h + attn
-    m = _mlp(c, p, norm(c, p, "mlp_norm", h))
+    m = _mlp(c, p, norm(c, p, "mlp_norm", h), key)
     if c.arch.sandwich_norms:
         m = norm(c, p, "post_mlp_norm", m)
     return h + m, cache_kv
@@ -185,8 +193,9 @@ class DecoderForCausalLM(nnx.Module):
         output_hidden_states: bool = False,
         layer_params: list[dict] | None = None,
         logits_to_keep: int | jax.Array = 0,
+        dropout_key=None,
     ) -> CausalLMOutput:
-        """As LlamaForCausalLM.forward."""
+        """As LlamaForCausalLM.forward; `dropout_key` turns on LoRA dropout (training)."""
         c = self.config
         dt = to_dtype(c.compute_dtype)
         t = input_ids.shape[1]
@@ -210,14 +219,16 @@ class DecoderForCausalLM(nnx.Module):
             h = h + jnp.take(self.pos_embed[...], positions, axis=0)
         h = h.astype(dt)
         block_params = layer_params_as(self.layers.arrays(), layer_params, dt)
-        is_local = jnp.asarray(sliding or (False,) * c.num_layers, bool)
+        per_layer_x = {"local": jnp.asarray(sliding or (False,) * c.num_layers, bool)}
+        if dropout_key is not None and c.lora is not None and c.lora.dropout > 0:
+            per_layer_x["key"] = jax.random.split(dropout_key, c.num_layers)
 
-        def layer(p, h, layer_cache, use_local):
-            mask = jnp.where(use_local, local, allowed) if sliding else allowed
-            return block(c, p, h, rope, mask, layer_cache, start)
+        def layer(p, h, layer_cache, x):
+            mask = jnp.where(x["local"], local, allowed) if sliding else allowed
+            return block(c, p, h, rope, mask, layer_cache, start, x.get("key"))
 
         h_emb = h
-        h, per_layer, kv_out = scan_layers(c, layer, h, block_params, cache, is_local, output_hidden_states)
+        h, per_layer, kv_out = scan_layers(c, layer, h, block_params, cache, per_layer_x, output_hidden_states)
         final = {"final_norm": self.final_norm[...].astype(dt)}
         if c.arch.norm == "layer":
             final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)

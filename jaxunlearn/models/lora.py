@@ -55,7 +55,7 @@ def resolve_targets(model, targets) -> tuple[str, ...]:
     return tuple(names)
 
 
-def add_lora(model, rank: int, alpha: float, targets, rslora: bool = False, seed: int = 0):
+def add_lora(model, rank: int, alpha: float, targets, rslora: bool = False, seed: int = 0, dropout: float = 0.0):
     """The model with adapters on `targets`: A [L, in, r] drawn as PEFT does (Kaiming-uniform,
     bound 1/sqrt(in)), B [L, r, out] zero, so the adapted model starts equal to the base.
     Adapters are fp32 whatever the base's dtype (they are the trained master weights; the
@@ -63,7 +63,10 @@ def add_lora(model, rank: int, alpha: float, targets, rslora: bool = False, seed
     are shared, not copied)."""
     if rank < 1:
         raise ConfigError(f"lora.rank={rank} must be at least 1")
-    spec = LoRASpec(rank=rank, alpha=float(alpha), targets=resolve_targets(model, targets), rslora=rslora)
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"lora.dropout={dropout} must be in [0, 1)")
+    targets = resolve_targets(model, targets)
+    spec = LoRASpec(rank=rank, alpha=float(alpha), targets=targets, rslora=rslora, dropout=float(dropout))
     key = jax.random.key(seed)
     for i, name in enumerate(spec.targets):
         kernel = getattr(model.layers, name)
@@ -122,6 +125,7 @@ class LoRASection:
         ["q", "k", "v", "o", "gate", "up", "down"], "projections that get adapters: q k v o gate up down (or qkv)"
     )
     rslora: bool = setting(False, "rank-stabilized scaling alpha / sqrt(rank)")
+    dropout: float = setting(0.0, "dropout on the adapters' input in training steps (PEFT's lora_dropout)")
     init_from: str | None = setting(None, "start from PEFT adapters in this directory (adapter_config.json)")
     seed: int = setting(0, "seed of the A matrices' initialization")
 

@@ -104,7 +104,7 @@ def _unrolled_layers(block, h, layer_params: list, cache, per_layer, output_hidd
         raise RuntimeError("per-layer parameters need a per-layer KV cache (KVCache.split_layers)")  # a caller's bug
     hidden, ks, vs = [], [], []
     for i, p in enumerate(layer_params):
-        x = None if per_layer is None else per_layer[i]
+        x = None if per_layer is None else jax.tree.map(lambda a: a[i], per_layer)
         layer_cache = None if cache is None else (cache.k[i][None], cache.v[i][None], 0)
         h, layer_cache = block(p, h, layer_cache, x)
         h = constrain_batch(h)

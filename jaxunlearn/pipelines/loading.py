@@ -78,5 +78,5 @@ def with_adapters(cfg: RunConfig, model):
     if lo.rank > 0:
         from ..models.lora import add_lora
 
-        return add_lora(model, lo.rank, lo.alpha, lo.targets, lo.rslora, lo.seed)
+        return add_lora(model, lo.rank, lo.alpha, lo.targets, lo.rslora, lo.seed, lo.dropout)
     return model

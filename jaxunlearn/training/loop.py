@@ -361,6 +361,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         compute_dtype=compute if mixed else None,
         param_shardings_tree=jax.tree.map(lambda x: x.sharding, state.params),
         lora=lora,
+        dropout=lora and model.config.lora.dropout > 0,
     )
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
     is_main = jax.process_index() == 0

@@ -117,7 +117,9 @@ def cast_for_compute(params, dtype, shardings=None):
     return jax.tree.map(one, params, shardings)
 
 
-def run_streams(graphdef, params, batch: StepBatch, streams, hidden: bool) -> dict[str, StreamOutputs]:
+def run_streams(
+    graphdef, params, batch: StepBatch, streams, hidden: bool, dropout_key=None
+) -> dict[str, StreamOutputs]:
     """One forward per stream (params: a state, or a tuple of states merged: LoRA's
     adapters and frozen base). Separate forwards, not one over the concatenated streams:
     slicing the joint [B, T, V] logits apart costs a copy (and its transpose in the
@@ -126,9 +128,10 @@ def run_streams(graphdef, params, batch: StepBatch, streams, hidden: bool) -> di
         return {}
     model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
     result = {}
-    for s in streams:
+    for i, s in enumerate(streams):
         b = batch.streams[s]
-        out = model.forward(b.input_ids, b.attention_mask, output_hidden_states=hidden)
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        out = model.forward(b.input_ids, b.attention_mask, output_hidden_states=hidden, dropout_key=key)
         result[s] = StreamOutputs(out.logits, out.hidden_states if hidden else None)
     return result
 
@@ -149,6 +152,7 @@ def make_train_step(
     compute_dtype=None,
     param_shardings_tree=None,
     lora: bool = False,
+    dropout: bool = False,
 ):
     """The un-jitted step function; `jit_train_step` adds shardings and donation.
     mean_group_rows: None takes each term's mean over the global batch; k takes it per
@@ -156,39 +160,42 @@ def make_train_step(
     compute_dtype: when lower than the parameters' (mixed precision), the forward runs on a
     cast copy kept on `param_shardings_tree` (see cast_for_compute).
     lora: the state holds only the adapters and the step's second argument is the frozen
-    base; the policy is base + adapters, the reference base + adapters switched off."""
+    base; the policy is base + adapters, the reference base + adapters switched off.
+    dropout: the policy forwards get a LoRA-dropout key from the state's PRNG key (per step,
+    micro-batch and stream), so a resumed run draws the same masks."""
     hidden = objective.needs_hidden
     ref_streams = objective.ref_streams if use_reference else ()
 
     def cast(params, shardings=None):
         return params if compute_dtype is None else cast_for_compute(params, compute_dtype, shardings)
 
-    def loss_fn(params, frozen, ref_out, mb, weights):
+    def loss_fn(params, frozen, ref_out, mb, weights, key):
         policy = cast(params, param_shardings_tree)
         if lora:
             policy = (policy, cast(frozen))
-        pol = run_streams(graphdef, policy, mb, objective.policy_streams, hidden)
+        pol = run_streams(graphdef, policy, mb, objective.policy_streams, hidden, key if dropout else None)
         return objective.loss(pol, ref_out, mb, weights)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def micro_step(params, ref_params, mb, weights):
+    def micro_step(params, ref_params, mb, weights, key):
         reference = (cast(adapters_off(params)), cast(ref_params)) if lora and ref_streams else ref_params
         ref_out = jax.lax.stop_gradient(run_streams(graphdef, reference, mb, ref_streams, hidden))
-        (loss, values), grads = grad_fn(params, ref_params, ref_out, mb, weights)
+        (loss, values), grads = grad_fn(params, ref_params, ref_out, mb, weights, key)
         return loss, values, grads
 
     def step(state: TrainState, ref_params, batch: StepBatch):
         weights = objective.row_weights(batch, mean_group_rows)  # from the global batch
+        keys = jax.random.split(jax.random.fold_in(state.rng, 1), micro_batches)  # LoRA dropout
         if micro_batches == 1:
-            loss, values, grads = micro_step(state.params, ref_params, batch, weights)
+            loss, values, grads = micro_step(state.params, ref_params, batch, weights, keys[0])
         else:
             zeros = jax.tree.map(jnp.zeros_like, state.params)
 
             def body(carry, xs):
                 loss_acc, values_acc, grads_acc = carry
-                mb, mb_weights = xs
-                loss, values, grads = micro_step(state.params, ref_params, mb, mb_weights)
+                mb, mb_weights, key = xs
+                loss, values, grads = micro_step(state.params, ref_params, mb, mb_weights, key)
                 values_acc = jax.tree.map(jnp.add, values_acc, values)
                 return (loss_acc + loss, values_acc, jax.tree.map(jnp.add, grads_acc, grads)), None
 
@@ -196,7 +203,7 @@ def make_train_step(
             (loss, values, grads), _ = jax.lax.scan(
                 body,
                 (jnp.zeros((), jnp.float32), init_values, zeros),
-                (_micro(batch, micro_batches), _micro(weights, micro_batches)),
+                (_micro(batch, micro_batches), _micro(weights, micro_batches), keys),
             )
         if trainable_mask is not None:
             grads = jax.tree.map(lambda g, m: g * m, grads, trainable_mask)
