@@ -125,6 +125,19 @@ def _attack(args) -> None:
     print(f"results in {out} (summary.json, report.md, robustness.png; {summary['seconds']:.0f} s)")
 
 
+def _flag(args) -> None:
+    from .config import load_config
+    from .pipelines.flag import flag
+
+    cfg = load_config(args.config, args.overrides)
+    out = cfg.output_dir("flag")
+    if (out / "summary.json").exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{out} already holds flagged dialogues; pass --overwrite or set output.dir")
+    s = flag(cfg, out_dir=out, progress=not args.no_progress)
+    print(f"{s['flagged']} of {s['rows']} outputs flagged ({s['share_flagged']:.0%}): {s['by_category']}")
+    print(f"forget.jsonl / retain.jsonl / report.md / scores.png in {out} ({s['seconds']:.0f} s)")
+
+
 def _demo(args) -> None:
     from .pipelines.demo import run_demo
 
@@ -224,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an attack summary already in output.dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_attack)
+
+    p = sub.add_parser(
+        "flag",
+        help="answer prompts, let judges flag outputs to unlearn (Chen et al.), write forget/retain sets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_keys_epilog(),
+        description="Answer flag.prompts_file (or the TOFU split flag.split) with model.path, judge every output "
+        "with flag.judges, and write forget.jsonl (flagged, with category and reason), retain.jsonl, "
+        "summary.json, report.md and scores.png to output.dir.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config")
+    p.add_argument("--overwrite", action="store_true", help="replace flagged dialogues already in output.dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_flag)
 
     p = sub.add_parser("demo", help="scaled-down TOFU end to end with the real SmolLM2-135M (CPU, minutes)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage")

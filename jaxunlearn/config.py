@@ -25,6 +25,7 @@ from .data.config import DataSection
 from .errors import ConfigError
 from .evaluation.config import EvalSection
 from .evaluation.selection import CRITERION
+from .flagging.config import FlagSection
 from .models.lora import LoRASection
 from .objectives.config import ObjectiveSection
 from .parallel import MeshSection
@@ -43,6 +44,7 @@ class RunConfig:
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     attack: AttackSection = dataclasses.field(default_factory=AttackSection)
     lora: LoRASection = dataclasses.field(default_factory=LoRASection)
+    flag: FlagSection = dataclasses.field(default_factory=FlagSection)
 
     def output_dir(self, command: str) -> Path:
         """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""

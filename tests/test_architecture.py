@@ -15,7 +15,7 @@ LAYERS = [
     ("models",),
     ("checkpoints", "data", "objectives"),  # checkpoints with tokenizer loading
     ("training", "evaluation"),
-    ("attacks",),  # relearning trains, the other attacks evaluate
+    ("attacks", "flagging"),  # attacks: relearning trains, the others evaluate; flagging: judges
     ("config",),  # the run config: the sections each layer below owns, composed
     ("pipelines",),
     ("cli",),

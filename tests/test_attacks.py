@@ -275,3 +275,11 @@ def test_report_puts_attack_results_side_by_side(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| attack | ME_GD | GA_GD |" in out and "| quantize:int4 | 0.3 (0.25) | 0.6 (0.625) |" in out
     assert (tmp_path / "cmp" / "robustness.png").exists()
+
+
+def test_an_attack_without_relearning_writes_its_results(tiny_lm, tmp_path):
+    out = tmp_path / "q"
+    argv = ["attack", f"model.path={tiny_lm}", *TINY_TRAIN, "eval.num_rows=2", "eval.generate=false"]
+    argv += ["eval.holdout_split=none", "attack.attacks=[quantize]", "attack.quantize_bits=[4]", f"output.dir={out}"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert [r["attack"] for r in json.loads((out / "summary.json").read_text())["rows"]] == ["quantize:int4"]

@@ -13,7 +13,7 @@ from jaxunlearn.config import all_keys
 
 REPO = Path(__file__).parents[1]
 PAGES = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").rglob("*.md"))]
-SECTIONS = ("model", "data", "objective", "train", "mesh", "output", "continual", "eval", "attack", "lora")
+SECTIONS = ("model", "data", "objective", "train", "mesh", "output", "continual", "eval", "attack", "lora", "flag")
 
 
 def _generator():

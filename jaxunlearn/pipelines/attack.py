@@ -96,6 +96,7 @@ def attack(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = T
                 target, tokenizer, run.template, run.forget.rows, a, run.options, run.length
             )
     summary["seconds"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)  # checked writable at the start, made now the results exist
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(f"# Robustness of {cfg.model.path}\n\n{markdown(summary)}")
     plot({Path(str(cfg.model.path)).name: summary}, out / "robustness.png")
