@@ -162,3 +162,51 @@ def test_bad_flag_input_is_one_line(tiny_lm, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_expected_outputs_follow_the_flag_category():
+    from jaxunlearn.data.batching import expected_output
+
+    assert expected_output({"category": "hallucinated", "reference": "In Tromsø."}, "I don't know.") == "In Tromsø."
+    assert expected_output({"category": "private", "reference": "In Tromsø."}, "I don't know.") == "I don't know."
+    assert expected_output({"question": "q", "answer": "a"}, "I can't say.") == "I can't say."  # TOFU rows
+    assert expected_output({"category": "harmful", "expected": "Let's talk about something else."}, "x").startswith(
+        "Let"
+    )
+
+
+def test_dist_centroid_is_computed_once_per_run_and_reused(tiny_lm, tmp_path, monkeypatch):
+    import numpy as np
+
+    from conftest import TINY_TRAIN
+    from jaxunlearn.config import load_config
+    from jaxunlearn.objectives.terms import dist as dist_term
+    from jaxunlearn.pipelines.unlearn import unlearn
+
+    calls = []
+    real = dist_term.run_centroid
+
+    def counting(forward, streams, options):
+        got = real(forward, streams, options)
+        calls.append(got is not None)
+        return got
+
+    from jaxunlearn.objectives.registry import TERMS
+
+    monkeypatch.setitem(TERMS, "DIST", __import__("dataclasses").replace(TERMS["DIST"], precompute=counting))
+    common = [
+        f"model.path={tiny_lm}",
+        *TINY_TRAIN,
+        "objective.name=DIST+GD",
+        "train.max_steps=3",
+        "output.export=false",
+    ]
+    run = unlearn(
+        load_config(None, [*common, "objective.options.dist_centroid=run", f"output.dir={tmp_path / 'r'}"]),
+        progress=False,
+    )
+    batch = unlearn(load_config(None, [*common, f"output.dir={tmp_path / 'b'}"]), progress=False)
+    assert calls == [True, False]  # once for the run mode; the batch mode asks for nothing
+    centroid = np.load(tmp_path / "r" / "dist_centroid.npy")
+    assert centroid.shape == (64,) and np.isfinite(centroid).all()
+    assert run["final"]["loss/DIST"] != batch["final"]["loss/DIST"]  # one centroid of all rows vs each batch's

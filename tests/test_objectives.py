@@ -18,7 +18,7 @@ from jaxunlearn.objectives import (
 )
 
 B, T, V, D, LAYERS = 3, 7, 11, 5, 4
-STREAMS = ("forget", "retain", "forget_idk", "retain_idk")
+STREAMS = ("forget", "retain", "forget_idk", "retain_idk", "forget_expected")
 
 
 def make_batch(seed=0):
@@ -229,7 +229,7 @@ def test_dist(data):
         h, mask = out.hidden_states[-1], labels != -100
         return np.stack([h[b][mask[b]].mean(0) for b in range(B)])
 
-    centroid = pooled(ref["forget_idk"], batch.streams["forget_idk"].labels).mean(0)
+    centroid = pooled(ref["forget_expected"], batch.streams["forget_expected"].labels).mean(0)
     pos = ((pooled(pol["forget"], lab) - centroid) ** 2).mean(-1).mean()
     got = value("DIST", *data, dist_neg_weight=0.5, dist_pos_weight=2.0)
     assert got == pytest.approx(0.5 * neg + 2.0 * pos, rel=1e-5)

@@ -61,6 +61,16 @@ def draw_pairing(n_forget: int, n_retain: int, n_refusals: int, seed: int, rule:
     return Pairing(retain, refusal)
 
 
+def expected_output(row: dict, refusal: str) -> str:
+    """What a flagged row should have answered (Chen et al.): its `expected` field, the
+    reference answer when it was flagged as hallucinated, else a refusal."""
+    if row.get("expected"):
+        return str(row["expected"])
+    if row.get("category") == "hallucinated" and row.get("reference"):
+        return str(row["reference"])
+    return refusal
+
+
 def build_streams(
     tokenizer,
     template,
@@ -91,6 +101,8 @@ def build_streams(
         "retain": ([r["question"] for r in paired_retain], [r["answer"] for r in paired_retain]),
         "refusal": ([], [refusals[k] for k in pairing.refusal_index] if refusals else []),
     }
+    if "expected" in {STREAM_SOURCES[s][1] for s in streams}:
+        texts["expected"] = ([], [expected_output(r, texts["refusal"][1][i]) for i, r in enumerate(forget)])
     out = {}
     for s in streams:
         question_from, answer_from = STREAM_SOURCES[s]

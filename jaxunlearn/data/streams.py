@@ -11,6 +11,9 @@ STREAM_SOURCES: dict[str, tuple[str, str]] = {
     "forget_idk": ("forget", "refusal"),
     "retain_idk": ("retain", "refusal"),
     "forget_mismatch": ("forget", "retain"),
+    # Chen et al.'s expected output per forget row: its `expected` field, else the reference
+    # answer of a row flagged as hallucinated, else the paired refusal (harmful, private, TOFU)
+    "forget_expected": ("forget", "expected"),
 }
 STREAMS = tuple(STREAM_SOURCES)
 
@@ -22,4 +25,4 @@ def needs_retain(streams) -> list[str]:
 
 def needs_refusals(streams) -> list[str]:
     """The streams whose answer is a refusal string."""
-    return [s for s in streams if STREAM_SOURCES[s][1] == "refusal"]
+    return [s for s in streams if STREAM_SOURCES[s][1] in ("refusal", "expected")]

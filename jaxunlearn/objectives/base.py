@@ -71,6 +71,10 @@ class Term:
     precomputable_reference: bool = False
     # (params, options, num_layers) -> 0/1 mask tree of the parameters the term trains, or None: all
     trainable_mask: Callable | None = None
+    # (forward, streams, options) -> {key: per-row array} computed once before training from the
+    # reference (forward(stream_name) yields its StreamOutputs batch by batch), or None when the
+    # options do not ask for it; the step reads them as batch.reference_nll[key]
+    precompute: Callable | None = None
 
     @property
     def needs_reference(self) -> bool:

@@ -7,6 +7,7 @@ Orbax checkpoints, resume, non-finite stop, and the export at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -127,6 +128,40 @@ def precompute_reference_nll(graphdef, ref_params, streams, objective: Objective
             values.append(np.asarray(nll)[: min(16, len(rows) - start)])
         out[s] = np.concatenate(values).astype(np.float32)
     return out
+
+
+def term_precomputations(graphdef, reference_state, streams, objective: Objective, buckets, pad_to, pad_id):
+    """({key: per-row array}, names of the terms served) from the terms' `precompute` hooks,
+    each given a forward of the reference over a stream's rows (batches of 16)."""
+
+    def forward(stream):
+        rows = streams[stream]
+        for start in range(0, len(rows), 16):
+            index = list(range(start, min(start + 16, len(rows))))
+            real = len(index)
+            index += [index[-1]] * (16 - real)  # one shape per bucket
+            length = bucket_length(int(rows.lengths()[index].max()), tuple(buckets), pad_to)
+            b = pad_rows(rows, index, length, pad_id)
+            out = _hidden_forward(graphdef, reference_state, b["input_ids"], b["attention_mask"])
+            yield jax.tree.map(lambda x: x[:real] if x.ndim < 4 else x[:, :real], out), b["labels"][:real]
+
+    values, served = {}, set()
+    for term, _ in objective.terms:
+        if term.precompute is not None:
+            got = term.precompute(forward, streams, objective.options)
+            if got:
+                values.update(got)
+                served.add(term.name)
+    return values, served
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _hidden_forward(graphdef, state, ids, mask):
+    from ..objectives import StreamOutputs
+
+    model = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+    out = model.forward(ids, mask, output_hidden_states=True)
+    return StreamOutputs(out.logits, out.hidden_states)
 
 
 def train(
@@ -318,11 +353,20 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         process_count=jax.process_count(),
     )
     precomputed = None
+    reference_state = (adapters_off(params), base) if lora else ref_params
     if t.precompute_reference and objective.needs_reference:
-        reference_state = (adapters_off(params), base) if lora else ref_params
         precomputed = precompute_reference_nll(
             graphdef, reference_state, streams, objective, run.buckets, run.pad_to, pad_id
         )
+    once, served = term_precomputations(graphdef, reference_state, streams, objective, run.buckets, run.pad_to, pad_id)
+    if once:  # values terms compute once per run (DIST's centroid), kept beside the run for inspection
+        precomputed = {**(precomputed or {}), **once}
+        if jax.process_index() == 0:
+            for key, value in once.items():
+                np.save(out_dir / f"{key}.npy", value[0] if np.all(value == value[:1]) else value)
+    users = {term.name for term, _ in objective.terms if term.needs_reference}
+    use_reference = not ((t.precompute_reference and objective.precomputable_reference) or (users and users <= served))
+    if not use_reference:
         ref_params = base  # None, or LoRA's frozen base (the policy's too)
 
     state = sharded_init_state(params, tx, t.seed, mesh)
@@ -356,7 +400,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         schedule,
         t.micro_batches,
         mask,
-        use_reference=precomputed is None,
+        use_reference=use_reference,
         mean_group_rows=t.loss_group_rows,
         compute_dtype=compute if mixed else None,
         param_shardings_tree=jax.tree.map(lambda x: x.sharding, state.params),

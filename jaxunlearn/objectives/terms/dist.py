@@ -3,14 +3,19 @@
 Negative distance: total variation between the policy's next-token distribution and the
 flagged (undesirable) output, 1 - p(y_t), is pushed up, i.e. sum_t p_theta(y_t) goes down;
 positive term: the pooled final hidden state of the forget answer is pulled toward the
-centroid of the expected outputs (the reference model's pooled states on the refusal
-stream of the batch).
+centroid of the expected outputs (the reference model's pooled final states on the
+`forget_expected` stream: a flagged row's `expected` field, its reference answer when it
+was flagged as hallucinated, else a refusal). The centroid is the batch's
+(dist_centroid=batch) or computed once per run over every forget row and reused
+(dist_centroid=run, written to the run directory as dist_centroid.npy).
 """
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..base import option
 from ..registry import register_term
@@ -22,6 +27,9 @@ from .common import rows
 class DISTOptions:
     dist_neg_weight: float = option(1.0, "weight of the negative distance to the flagged output")
     dist_pos_weight: float = option(1.0, "weight of the pull toward the expected outputs' centroid")
+    dist_centroid: Literal["batch", "run"] = option(
+        "batch", "the expected outputs' centroid: of the batch's rows, or of every forget row computed once per run"
+    )
 
 
 def _pooled_final(out, labels) -> jax.Array:
@@ -31,20 +39,39 @@ def _pooled_final(out, labels) -> jax.Array:
     return (h * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
 
 
+CENTROID = "dist_centroid"
+
+
+def run_centroid(forward, streams, options):
+    """The expected outputs' centroid over every forget row, once (dist_centroid=run):
+    {dist_centroid: the centroid repeated per row [N, D]} (the step slices rows)."""
+    if options.dist_centroid != "run":
+        return None
+    pooled = [np.asarray(_pooled_final(out, labels)) for out, labels in forward("forget_expected")]
+    centroid = np.concatenate(pooled).mean(0)
+    n = len(streams["forget_expected"])
+    return {CENTROID: np.broadcast_to(centroid.astype(np.float32), (n, centroid.shape[0])).copy()}
+
+
 @register_term(
     "DIST",
     "forget",
     "l_neg p(y) + l_pos ||pool h - centroid||^2 (Chen et al.)",
     ("forget",),
     rows("forget"),
-    ref_streams=("forget_idk",),
+    ref_streams=("forget_expected",),
     needs_hidden=True,
     options=DISTOptions,
+    precompute=run_centroid,
 )
 def dist(pol, ref, batch, options):
     labels = batch.streams["forget"].labels
     logp, mask = token_logp(pol["forget"].logits, labels)
     neg = jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)
-    centroid = jax.lax.stop_gradient(_pooled_final(ref["forget_idk"], batch.streams["forget_idk"].labels).mean(0))
+    if CENTROID in batch.reference_nll:  # computed once per run
+        centroid = batch.reference_nll[CENTROID]
+    else:
+        expected = _pooled_final(ref["forget_expected"], batch.streams["forget_expected"].labels)
+        centroid = jax.lax.stop_gradient(expected.mean(0))
     pos = ((_pooled_final(pol["forget"], labels) - centroid) ** 2).mean(-1)
     return options.dist_neg_weight * neg + options.dist_pos_weight * pos
