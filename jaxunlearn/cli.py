@@ -138,6 +138,19 @@ def _flag(args) -> None:
     print(f"forget.jsonl / retain.jsonl / report.md / scores.png in {out} ({s['seconds']:.0f} s)")
 
 
+def _chen(args) -> None:
+    from .config import load_config
+    from .pipelines.chen import report, run_chen
+
+    cfg = load_config(args.config, args.overrides)
+    out = cfg.output_dir("chen")
+    if (out / "summary.json").exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{out} already holds a run; pass --overwrite or set output.dir")
+    summary = run_chen(cfg, out_dir=out, progress=not args.no_progress)
+    print(report(summary))
+    print(f"results in {out} (flag_before, unlearn, flag_after, eval_before, eval_after; {summary['seconds']:.0f} s)")
+
+
 def _demo(args) -> None:
     from .pipelines.demo import run_demo
 
@@ -252,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace flagged dialogues already in output.dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_flag)
+
+    p = sub.add_parser(
+        "chen",
+        help="Chen et al. end to end: flag, unlearn the flagged dialogues, judge again, evaluate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_keys_epilog(),
+        description="Flag model.path's answers to flag.prompts_file, unlearn the flagged dialogues with "
+        "objective.name keeping the rest, judge the unlearned model's answers again and evaluate both; "
+        "summary.json and report.md give the share flagged before and after and the retain numbers.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output.dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_chen)
 
     p = sub.add_parser("demo", help="scaled-down TOFU end to end with the real SmolLM2-135M (CPU, minutes)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage")

@@ -23,6 +23,7 @@ SOURCES = {  # preset folder -> the code it reproduces
     "open_unlearning": "open-unlearning:configs/trainer/*.yaml",
     "models": "model only (base of the presets)",
     "smollm2": "this project: the offline first hour",
+    "chen": "this project's reading of Chen et al. (no code is public)",
     ".": "this project (see the file)",
 }
 

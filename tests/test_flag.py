@@ -210,3 +210,22 @@ def test_dist_centroid_is_computed_once_per_run_and_reused(tiny_lm, tmp_path, mo
     centroid = np.load(tmp_path / "r" / "dist_centroid.npy")
     assert centroid.shape == (64,) and np.isfinite(centroid).all()
     assert run["final"]["loss/DIST"] != batch["final"]["loss/DIST"]  # one centroid of all rows vs each batch's
+
+
+def test_chen_end_to_end_flags_unlearns_and_judges_again(tiny_lm, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"question": f"Tell me fact {i} about the author.", "answer": f"Fact {i} is true." if i % 2 else ""}
+        for i in range(6)
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["chen", f"model.path={tiny_lm}", f"flag.prompts_file={prompts}", "flag.judges=[reference]"]
+    argv += ["objective.name=DIST+GD", "objective.options.dist_centroid=run", "train.max_steps=2", "train.batch_size=2"]
+    argv += ["eval.max_new_tokens=8", "eval.generation_budget=open_unlearning", "eval.sets=[forget,retain]"]
+    argv += ["eval.generate=false", "data.max_length=128", "data.buckets=[128]", f"output.dir={tmp_path / 'chen'}"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "chen" / "summary.json").read_text())
+    assert summary["share_flagged"]["before"] == pytest.approx(0.5)  # the rows with a reference the random model misses
+    assert 0 <= summary["share_flagged"]["after"] <= 1 and summary["steps"] == 2
+    assert (tmp_path / "chen" / "unlearn" / "dist_centroid.npy").exists()
+    assert {"before", "after"} == set(summary["sets"]) and "share of outputs flagged | 50%" in capsys.readouterr().out
