@@ -308,3 +308,16 @@ def test_engine_data_and_config_name_no_term():
         text = path.read_text()
         for name in TERMS:
             assert not re.search(rf"[\"']{re.escape(name)}[\"'+]", text), f"{path.name} names the term {name}"
+
+
+def test_dist_out(data):
+    batch, pol, ref = data
+    lab = batch.streams["forget"].labels
+    lp, m = np_token_logp(pol["forget"].logits, lab)
+    neg = np.array([np.exp(lp[b][m[b]]).mean() for b in range(B)])
+    elab = batch.streams["forget_expected"].labels
+    elp, em = np_token_logp(pol["forget_expected"].logits, elab)
+    nll = np.array([-elp[b][em[b]].mean() for b in range(B)])
+    got = value("DIST_OUT", *data, dist_neg_weight=0.5, dist_pos_weight=2.0)
+    assert got == pytest.approx(np.mean(0.5 * neg + 2.0 * nll), rel=1e-5)
+    assert not build_objective("DIST_OUT+GD").needs_reference
