@@ -229,3 +229,18 @@ def test_chen_end_to_end_flags_unlearns_and_judges_again(tiny_lm, tmp_path, caps
     assert 0 <= summary["share_flagged"]["after"] <= 1 and summary["steps"] == 2
     assert (tmp_path / "chen" / "unlearn" / "dist_centroid.npy").exists()
     assert {"before", "after"} == set(summary["sets"]) and "share of outputs flagged | 50%" in capsys.readouterr().out
+
+
+def test_reference_judge_with_nli_flags_contradicted_answers():
+    class Contradicts:  # an NLI judge: the reference contradicts outputs that say "not"
+        def labels(self, premises, hypotheses):
+            return ["contradiction" if " not " in h else "entailment" for h in hypotheses]
+
+    judge = reference_judge(FlagSection(rouge_threshold=0.3), Contradicts())
+    rows = _rows(
+        ("Was she born in Tromsø?", "She was born in Tromsø.", "She was born in Tromsø."),
+        ("Was she born in Tromsø?", "She was not born in Tromsø.", "She was born in Tromsø."),  # high ROUGE
+    )
+    kept, contradicted = judge.decide(rows)
+    assert judge.name == "reference+nli" and not kept.flagged and contradicted.flagged
+    assert "NLI: the reference -> contradiction" in contradicted.reason

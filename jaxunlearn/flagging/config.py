@@ -20,6 +20,9 @@ class FlagSection:
     rouge_threshold: float = setting(
         0.3, "reference judge: an answer whose ROUGE-L recall against the reference is below this is hallucinated"
     )
+    reference_nli: bool = setting(
+        False, "reference judge: also flag outputs an NLI judge (eval.nli_judge) finds the reference contradicting"
+    )
     privacy_file: str | None = setting(
         None, "privacy judge: JSON {entities: [{name, facts: [...]}]} of protected facts (null: PII patterns only)"
     )

@@ -28,26 +28,28 @@ class Judge:
     decide: Callable[[list[dict]], list[Verdict]]
 
 
-def reference_judge(options: FlagSection) -> Judge:
-    """Hallucination against a reference answer: ROUGE-L recall below the threshold."""
+def reference_judge(options: FlagSection, nli=None) -> Judge:
+    """Hallucination against a reference answer: ROUGE-L recall below the threshold, or,
+    with an NLI judge (flag.reference_nli), an output the reference contradicts (a
+    two-label judge: one the reference does not entail)."""
     threshold = options.rouge_threshold
 
     def decide(rows):
+        outputs, references = [r["output"] for r in rows], [r.get("reference") or "" for r in rows]
+        labels = nli.labels(references, outputs) if nli is not None else [None] * len(rows)
         out = []
-        for r, rouge in zip(
-            rows, M.rouge_l_recall([r["output"] for r in rows], [r.get("reference") or "" for r in rows])
-        ):
+        for r, rouge, label in zip(rows, M.rouge_l_recall(outputs, references), labels):
             if not r.get("reference"):
                 out.append(Verdict(False, float("nan"), "no reference answer"))
-            elif rouge < threshold:
-                out.append(
-                    Verdict(True, 1 - float(rouge), f"ROUGE-L recall {rouge:.2f} < {threshold:g} against the reference")
-                )
-            else:
-                out.append(Verdict(False, 1 - float(rouge), f"ROUGE-L recall {rouge:.2f} >= {threshold:g}"))
+                continue
+            reasons = [f"ROUGE-L recall {rouge:.2f} {'<' if rouge < threshold else '>='} {threshold:g}"]
+            contradicted = label in ("contradiction", "not_entailment")
+            if label is not None:
+                reasons.append(f"NLI: the reference -> {label}")
+            out.append(Verdict(bool(rouge < threshold or contradicted), 1 - float(rouge), "; ".join(reasons)))
         return out
 
-    return Judge("reference", "hallucinated", decide)
+    return Judge("reference+nli" if nli is not None else "reference", "hallucinated", decide)
 
 
 def privacy_judge(options: FlagSection) -> Judge:
@@ -141,12 +143,12 @@ def check_judges(options: FlagSection) -> None:
         raise ConfigError("the classifier judge needs flag.classifier_model (e.g. unitary/toxic-bert, or a directory)")
 
 
-def build_judges(options: FlagSection, model=None, tokenizer=None, model_name: str = "") -> list[Judge]:
+def build_judges(options: FlagSection, model=None, tokenizer=None, model_name: str = "", nli=None) -> list[Judge]:
     check_judges(options)
     made = []
     for name in options.judges:
         if name == "reference":
-            made.append(reference_judge(options))
+            made.append(reference_judge(options, nli))
         elif name == "privacy":
             made.append(privacy_judge(options))
         elif name == "classifier":

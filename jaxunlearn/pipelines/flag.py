@@ -13,12 +13,13 @@ from ..data.eval_sets import build_eval_set
 from ..data.sources import load_qa_file, load_tofu
 from ..data.templates import template_for
 from ..data.tokenize import pad_token_id
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluation.budgets import generation_budgets
 from ..evaluation.kernels import generate_texts
 from ..flagging.judges import build_judges, check_judges, judge_rows, scores_by_judge
 from ..parallel import initialize_distributed_from_env
 from ..paths import check_writable_dir
+from .evaluate import make_judge
 from .loading import load_for_run, warn_if_config_misfits
 
 
@@ -61,7 +62,12 @@ def flag(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = Tru
     if "causal_lm" in cfg.flag.judges and cfg.flag.causal_lm_model:
         judge_model, judge_tokenizer = load_for_run(cfg, cfg.flag.causal_lm_model)
         judge_name = cfg.flag.causal_lm_model
-    judges = build_judges(cfg.flag, judge_model, judge_tokenizer, judge_name)  # before generating: fail fast
+    nli = None
+    if cfg.flag.reference_nli and "reference" in cfg.flag.judges:
+        if cfg.eval.nli_judge == "none":
+            raise ConfigError("flag.reference_nli needs an NLI judge: eval.nli_judge=hub (or causal-lm, the fallback)")
+        nli = make_judge(cfg)
+    judges = build_judges(cfg.flag, judge_model, judge_tokenizer, judge_name, nli)  # before generating: fail fast
     template = template_for(cfg.data.template, tokenizer)
     qa = [{"question": r["prompt"], "answer": r["reference"] or "-"} for r in rows]
     evalset = build_eval_set(tokenizer, template, qa, "flag", cfg.data.max_length, None, base_key=None)
