@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -193,12 +194,12 @@ def test_dist_centroid_is_computed_once_per_run_and_reused(tiny_lm, tmp_path, mo
 
     from jaxunlearn.objectives.registry import TERMS
 
-    monkeypatch.setitem(TERMS, "DIST", __import__("dataclasses").replace(TERMS["DIST"], precompute=counting))
+    monkeypatch.setitem(TERMS, "DIST", dataclasses.replace(TERMS["DIST"], precompute=counting))
     common = [
         f"model.path={tiny_lm}",
         *TINY_TRAIN,
         "objective.name=DIST+GD",
-        "train.max_steps=3",
+        "train.max_steps=2",
         "output.export=false",
     ]
     run = unlearn(
@@ -244,3 +245,20 @@ def test_reference_judge_with_nli_flags_contradicted_answers():
     kept, contradicted = judge.decide(rows)
     assert judge.name == "reference+nli" and not kept.flagged and contradicted.flagged
     assert "NLI: the reference -> contradiction" in contradicted.reason
+
+
+def test_tofu_authors_personal_details_are_read_from_the_split():
+    from jaxunlearn.data import load_tofu
+    from jaxunlearn.flagging.privacy import leaks, load_entities
+    from jaxunlearn.flagging.tofu_private import tofu_privacy_entities
+
+    first = tofu_privacy_entities(load_tofu("forget01")[:20])
+    assert first == [
+        {
+            "name": "Basil Mahfouz Al-Kuwaiti",
+            "facts": ["Kuwait City, Kuwait", "florist", "game developer", "Prix Goncourt"],
+        }
+    ]
+    entities = load_entities("tofu:forget10", max_rows=60)
+    assert [e["name"] for e in entities][:2] == ["Carmen Montenegro", "Elvin Mammadov"] and len(entities) <= 3
+    assert leaks("He was born in Kuwait City, Kuwait.", "Where was Basil Mahfouz Al-Kuwaiti born?", first, False)

@@ -99,8 +99,8 @@ def _lora_run(tiny_lm, out, *extra):
 
 @pytest.mark.parametrize(
     "objective,extra",
-    [("NPO+GD", []), ("ME+GD", []), ("RMU+RMU_RETAIN", ["objective.options.rmu_layer=0"])],
-    ids=["NPO+GD", "ME+GD", "RMU"],
+    [("NPO+GD", []), ("RMU+RMU_RETAIN", ["objective.options.rmu_layer=0"])],
+    ids=["NPO+GD", "RMU"],
 )
 def test_a_lora_run_trains_only_the_adapters(tiny_lm, tmp_path, objective, extra):
     original, _ = jaxunlearn.load_pretrained(tiny_lm)
@@ -169,6 +169,4 @@ def test_lora_dropout_only_in_training_forwards(tiny_lm, tmp_path):
     assert np.array_equal(one, again) and not np.allclose(one, plain) and not np.allclose(one, other)
     with pytest.raises(ConfigError, match="lora.dropout=1.0"):
         add_lora(jaxunlearn.load_pretrained(tiny_lm)[0], 4, 8.0, ["q"], dropout=1.0)
-    with_dropout = _lora_run(tiny_lm, tmp_path / "d", "objective.name=GA+GD", "lora.dropout=0.5")
-    without = _lora_run(tiny_lm, tmp_path / "n", "objective.name=GA+GD")
-    assert with_dropout["final"]["loss"] != without["final"]["loss"]
+    # training draws the masks from the state's key: test_lora_resumes_exactly_... runs with dropout

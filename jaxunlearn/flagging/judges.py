@@ -54,7 +54,7 @@ def reference_judge(options: FlagSection, nli=None) -> Judge:
 
 def privacy_judge(options: FlagSection) -> Judge:
     """Protected facts of named entities (flag.privacy_file) and PII patterns."""
-    entities = load_entities(options.privacy_file) if options.privacy_file else []
+    entities = load_entities(options.privacy_file, options.max_rows) if options.privacy_file else []
     if not entities and not options.pii_patterns:
         raise ConfigError("the privacy judge has nothing to look for: set flag.privacy_file or flag.pii_patterns=true")
 
@@ -138,7 +138,7 @@ def check_judges(options: FlagSection) -> None:
     if unknown:
         raise ConfigError(f"flag.judges: unknown judge(s) {unknown}; choose from {', '.join(JUDGES)}")
     if "privacy" in options.judges and options.privacy_file:
-        load_entities(options.privacy_file)
+        load_entities(options.privacy_file, options.max_rows)
     if "classifier" in options.judges and not options.classifier_model:
         raise ConfigError("the classifier judge needs flag.classifier_model (e.g. unitary/toxic-bert, or a directory)")
 

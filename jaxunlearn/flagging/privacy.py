@@ -19,8 +19,19 @@ PII = {  # name -> pattern; deliberately plain so a user can read why a row was 
 }
 
 
-def load_entities(path: str) -> list[dict]:
-    """[{name, facts}] from a privacy file; an empty list or a fact-less entity is an error."""
+def load_entities(path: str, max_rows: int | None = None) -> list[dict]:
+    """[{name, facts}] from a privacy file, or, for "tofu:SPLIT", TOFU's authors of that
+    split (their first `max_rows` rows) read at run time; an empty list or a fact-less
+    entity is an error."""
+    if str(path).startswith("tofu:"):
+        from ..data.sources import load_tofu
+        from .tofu_private import tofu_privacy_entities
+
+        rows = load_tofu(str(path).removeprefix("tofu:"))
+        entities = tofu_privacy_entities(rows[:max_rows] if max_rows else rows)
+        if not entities:
+            raise ConfigError(f"flag.privacy_file {path}: no author's personal details found in those rows")
+        return entities
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
