@@ -104,8 +104,7 @@ def _eval(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("eval")
-    if (out / "summary.json").exists() and not args.overwrite:
-        raise JaxUnlearnError(f"{out} already holds an evaluation; pass --overwrite or set output.dir")
+    _refuse_existing(out, "an evaluation", args.overwrite)
     summary = evaluate(cfg, out_dir=out, progress=not args.no_progress)
     print(markdown_table(summary, f"Evaluation of {cfg.model.path}"))
     print(f"results in {out} ({summary['seconds']:.0f} s)")
@@ -114,12 +113,11 @@ def _eval(args) -> None:
 def _attack(args) -> None:
     from .attacks.robustness import markdown
     from .config import load_config
-    from .pipelines.attack import SUMMARY, attack
+    from .pipelines.attack import attack
 
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("attack")
-    if (out / SUMMARY).exists() and not args.overwrite:
-        raise JaxUnlearnError(f"{out} already holds an attack summary; pass --overwrite or set output.dir")
+    _refuse_existing(out, "an attack summary", args.overwrite)
     summary = attack(cfg, out_dir=out, progress=not args.no_progress)
     print(markdown(summary))
     print(f"results in {out} (summary.json, report.md, robustness.png; {summary['seconds']:.0f} s)")
@@ -131,8 +129,7 @@ def _flag(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("flag")
-    if (out / "summary.json").exists() and not args.overwrite:
-        raise JaxUnlearnError(f"{out} already holds flagged dialogues; pass --overwrite or set output.dir")
+    _refuse_existing(out, "flagged dialogues", args.overwrite)
     s = flag(cfg, out_dir=out, progress=not args.no_progress)
     print(f"{s['flagged']} of {s['rows']} outputs flagged ({s['share_flagged']:.0%}): {s['by_category']}")
     print(f"forget.jsonl / retain.jsonl / report.md / scores.png in {out} ({s['seconds']:.0f} s)")
@@ -144,8 +141,7 @@ def _chen(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("chen")
-    if (out / "summary.json").exists() and not args.overwrite:
-        raise JaxUnlearnError(f"{out} already holds a run; pass --overwrite or set output.dir")
+    _refuse_existing(out, "a run", args.overwrite)
     summary = run_chen(cfg, out_dir=out, progress=not args.no_progress)
     print(report(summary))
     print(f"results in {out} (flag_before, unlearn, flag_after, eval_before, eval_after; {summary['seconds']:.0f} s)")
@@ -189,6 +185,28 @@ def _aggregate(args) -> None:
     print(json.dumps(summary, indent=2) if args.json else markdown_table(summary, f"{args.run} ({summary['format']})"))
 
 
+def _add_config_command(sub, name: str, help_text: str, description: str, overwrite_help: str, func) -> None:
+    """A command that runs on a config (defaults, --config YAML, key=value overrides) and
+    writes to output.dir."""
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_keys_epilog(),
+        description=description,
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config")
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=func)
+
+
+def _refuse_existing(out, what: str, overwrite: bool) -> None:
+    if (out / "summary.json").exists() and not overwrite:
+        raise JaxUnlearnError(f"{out} already holds {what}; pass --overwrite or set output.dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxunlearn", description=__doc__)
     parser.add_argument(
@@ -222,64 +240,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub, "unlearn", "unlearn a forget set from a model (objective, data, training, output)")
     _add_train_parser(sub, "finetune", "finetune a model on QA data (TOFU target and retain models)")
 
-    p = sub.add_parser(
+    _add_config_command(
+        sub,
         "eval",
-        help="evaluate a model (TOFU, Closer Look and MIA metrics)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_keys_epilog(),
-        description="Evaluate model.path on eval.sets and write per_example.jsonl, summary.json, "
+        "evaluate a model (TOFU, Closer Look and MIA metrics)",
+        "Evaluate model.path on eval.sets and write per_example.jsonl, summary.json, "
         "report.md, TOFU_EVAL.json and plots to output.dir.",
+        "replace an evaluation already in output.dir",
+        _eval,
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--config")
-    p.add_argument("--overwrite", action="store_true", help="replace an evaluation already in output.dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_eval)
 
-    p = sub.add_parser(
+    _add_config_command(
+        sub,
         "attack",
-        help="attack an unlearned model's forgetting (relearning, quantization, prompt probes, extraction)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_keys_epilog(),
-        description="Run attack.attacks on model.path (the unlearned model), each followed by the forget-set "
+        "attack an unlearned model's forgetting (relearning, quantization, prompt probes, extraction)",
+        "Run attack.attacks on model.path (the unlearned model), each followed by the forget-set "
         "evaluation, and write summary.json, report.md and robustness.png to output.dir: each attack's "
         "forget metrics and recovery ratio toward attack.target_model.",
+        "replace an attack summary already in output.dir",
+        _attack,
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--config")
-    p.add_argument("--overwrite", action="store_true", help="replace an attack summary already in output.dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_attack)
 
-    p = sub.add_parser(
+    _add_config_command(
+        sub,
         "flag",
-        help="answer prompts, let judges flag outputs to unlearn (Chen et al.), write forget/retain sets",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_keys_epilog(),
-        description="Answer flag.prompts_file (or the TOFU split flag.split) with model.path, judge every output "
+        "answer prompts, let judges flag outputs to unlearn (Chen et al.), write forget/retain sets",
+        "Answer flag.prompts_file (or the TOFU split flag.split) with model.path, judge every output "
         "with flag.judges, and write forget.jsonl (flagged, with category and reason), retain.jsonl, "
         "summary.json, report.md and scores.png to output.dir.",
+        "replace flagged dialogues already in output.dir",
+        _flag,
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--config")
-    p.add_argument("--overwrite", action="store_true", help="replace flagged dialogues already in output.dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_flag)
 
-    p = sub.add_parser(
+    _add_config_command(
+        sub,
         "chen",
-        help="Chen et al. end to end: flag, unlearn the flagged dialogues, judge again, evaluate",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_keys_epilog(),
-        description="Flag model.path's answers to flag.prompts_file, unlearn the flagged dialogues with "
+        "Chen et al. end to end: flag, unlearn the flagged dialogues, judge again, evaluate",
+        "Flag model.path's answers to flag.prompts_file, unlearn the flagged dialogues with "
         "objective.name keeping the rest, judge the unlearned model's answers again and evaluate both; "
         "summary.json and report.md give the share flagged before and after and the retain numbers.",
+        "replace a run already in output.dir",
+        _chen,
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--config")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in output.dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_chen)
 
     p = sub.add_parser("demo", help="scaled-down TOFU end to end with the real SmolLM2-135M (CPU, minutes)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage")

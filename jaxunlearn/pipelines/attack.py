@@ -54,9 +54,11 @@ def attack(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = T
     warn_if_config_misfits(cfg, tokenizer)
     run = _Evaluator(cfg, tokenizer, progress)
     references = {"unlearned": run.metrics(model)}
-    for name, path in (("target", a.target_model), ("retain", a.retain_model)):
-        if path:
-            references[name] = run.metrics(load_for_run(cfg, path)[0])
+    target = load_for_run(cfg, a.target_model)[0] if a.target_model else None
+    if target is not None:
+        references["target"] = run.metrics(target)
+    if a.retain_model:
+        references["retain"] = run.metrics(load_for_run(cfg, a.retain_model)[0])
     results, notes = [], []
     if "quantize" in a.attacks:
         graphdef, state = nnx.split(model)
@@ -90,8 +92,7 @@ def attack(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = T
         summary["extraction"] = sampled_extraction(
             model, tokenizer, run.template, run.forget.rows, a, run.options, run.length
         )
-        if a.target_model:
-            target = load_for_run(cfg, a.target_model)[0]
+        if target is not None:
             summary["extraction_target"] = sampled_extraction(
                 target, tokenizer, run.template, run.forget.rows, a, run.options, run.length
             )

@@ -42,6 +42,12 @@ def _pooled_final(out, labels) -> jax.Array:
 CENTROID = "dist_centroid"
 
 
+def flagged_probability(pol, batch) -> jax.Array:
+    """The negative distance: the policy's mean per-token probability of the flagged output, [B]."""
+    logp, mask = token_logp(pol["forget"].logits, batch.streams["forget"].labels)
+    return jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)
+
+
 def run_centroid(forward, streams, options):
     """The expected outputs' centroid over every forget row, once (dist_centroid=run):
     {dist_centroid: the centroid repeated per row [N, D]} (the step slices rows)."""
@@ -66,8 +72,7 @@ def run_centroid(forward, streams, options):
 )
 def dist(pol, ref, batch, options):
     labels = batch.streams["forget"].labels
-    logp, mask = token_logp(pol["forget"].logits, labels)
-    neg = jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)
+    neg = flagged_probability(pol, batch)
     if CENTROID in batch.reference_nll:  # computed once per run
         centroid = batch.reference_nll[CENTROID]
     else:

@@ -8,17 +8,10 @@ as hallucinated, else a refusal) goes down, pulling its output distribution towa
 expected outputs. No reference model is needed.
 """
 
-import jax.numpy as jnp
-
 from ..registry import register_term
-from ..token_stats import token_logp
+from ..token_stats import avg_nll
 from .common import rows
-from .dist import DISTOptions
-
-
-def _mean_logp(logits, labels):
-    logp, mask = token_logp(logits, labels)
-    return jnp.where(mask, logp, 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1), mask
+from .dist import DISTOptions, flagged_probability
 
 
 @register_term(
@@ -30,8 +23,5 @@ def _mean_logp(logits, labels):
     options=DISTOptions,
 )
 def dist_out(pol, ref, batch, options):
-    labels = batch.streams["forget"].labels
-    logp, mask = token_logp(pol["forget"].logits, labels)
-    neg = jnp.where(mask, jnp.exp(logp), 0.0).sum(-1) / jnp.maximum(mask.sum(-1), 1)
-    expected, _ = _mean_logp(pol["forget_expected"].logits, batch.streams["forget_expected"].labels)
-    return options.dist_neg_weight * neg - options.dist_pos_weight * expected
+    expected_nll = avg_nll(pol["forget_expected"].logits, batch.streams["forget_expected"].labels)
+    return options.dist_neg_weight * flagged_probability(pol, batch) + options.dist_pos_weight * expected_nll
