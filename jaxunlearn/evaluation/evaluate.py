@@ -34,7 +34,7 @@ def check_vocab(model, tokenizer) -> None:
         )
 
 
-def _data_mesh(batch_size: int):
+def data_mesh(batch_size: int):
     """Spread scoring batches over every device when there are several (data axis)."""
     import jax
 
@@ -107,7 +107,7 @@ def evaluate_model(
 def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, embedder, judge, reference, progress):
     check_vocab(model, tokenizer)
     pad = pad_token_id(tokenizer)
-    mesh = _data_mesh(e.batch_size)
+    mesh = data_mesh(e.batch_size)
     records, summary = [], {"sets": {}}
     for spec in sets:
         evalset = build_eval_set(

@@ -150,12 +150,17 @@ def generate_texts(
     progress=None,
     temperature: float = 0.0,
     seed: int = 0,
+    stop_strings: tuple[str, ...] = (),
+    decode_kwargs: dict | None = None,
+    strip: bool = True,
 ) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
     (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
     against a budget: the buffer is sized by the batch's largest budget, rounded up to a
     multiple of 32 (few compiles), and every row stops at its own. `temperature` > 0
-    samples instead (each batch its own PRNG stream from `seed`)."""
+    samples instead (each batch its own PRNG stream from `seed`). Each text is cut at the
+    first of `stop_strings` found in it (open-unlearning's stopwords), then stripped (unless
+    `strip` is False: lm-eval keeps the spaces)."""
     n = len(prompts)
     if budgets is None:
         budgets = generation_budgets([len(p) for p in prompts], "per_row", 200)
@@ -187,7 +192,10 @@ def generate_texts(
         for j in range(real):
             row = tokens[j].tolist()
             cut = next((k for k, t in enumerate(row) if t in eos), len(row))
-            texts[index[j]] = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+            text = tokenizer.decode(row[:cut], skip_special_tokens=True, **(decode_kwargs or {}))
+            for stop in stop_strings:
+                text = text.split(stop)[0] if stop else text
+            texts[index[j]] = text.strip() if strip else text
         if progress is not None:
             progress.update(real)
     return texts

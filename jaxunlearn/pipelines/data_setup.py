@@ -6,12 +6,21 @@ import logging
 
 from ..config import RunConfig
 from ..data import build_streams, continual_task, load_qa_file, load_real_world, load_refusals, load_tofu
+from ..data.corpus import build_corpus_streams, encode_corpus
+from ..data.muse import load_muse_texts
+from ..data.sources import load_text_file
 from ..data.streams import needs_refusals, needs_retain
 from ..data.templates import template_for
 from ..data.tokenize import TokenizedRows, encode_qa
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+CORPUS_SOURCES = ("corpus", "muse")  # raw text cut into windows, not question/answer rows
+
+
+def is_corpus(cfg: RunConfig) -> bool:
+    return cfg.data.source in CORPUS_SOURCES
 
 
 def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None) -> tuple[list, list]:
@@ -28,6 +37,16 @@ def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None
             raise ConfigError("data.source=files needs data.forget_file (and usually data.retain_file)")
         forget = load_qa_file(d.forget_file, d.question_key, d.answer_key)
         retain = load_qa_file(d.retain_file, d.question_key, d.answer_key) if d.retain_file else []
+    elif d.source == "corpus":
+        if not d.forget_file:
+            raise ConfigError("data.source=corpus needs data.forget_file (text: .txt lines, or JSON/JSONL/CSV/Parquet)")
+        forget = load_text_file(d.forget_file, d.text_key)
+        retain = load_text_file(d.retain_file, d.text_key) if d.retain_file else []
+    elif d.source == "muse":
+        forget = [{"text": t} for t in load_muse_texts(d.muse_corpus, d.forget_split, d.data_dir)]
+        retain = (
+            [{"text": t} for t in load_muse_texts(d.muse_corpus, d.retain_split, d.data_dir)] if d.retain_split else []
+        )
     else:
         raise ConfigError(f"unknown data.source {d.source!r}")
     if d.max_forget_rows:
@@ -38,6 +57,17 @@ def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None
 
 
 def unlearning_streams(cfg: RunConfig, tokenizer, objective, forget, retain) -> dict[str, TokenizedRows]:
+    if is_corpus(cfg):
+        return build_corpus_streams(
+            tokenizer,
+            [r["text"] for r in forget],
+            [r["text"] for r in retain],
+            objective.streams,
+            cfg.data.max_length,
+            cfg.train.seed,
+            cfg.data.chunking,
+            f"objective {objective.name}",
+        )
     refusals = None
     if needs_refusals(objective.streams):
         refusals = load_refusals(cfg.data.data_dir, cfg.data.refusals_file)
@@ -62,7 +92,13 @@ def unlearning_streams(cfg: RunConfig, tokenizer, objective, forget, retain) -> 
 
 def finetune_rows(cfg: RunConfig) -> list[dict]:
     d = cfg.data
-    if d.train_file:
+    if d.source == "corpus":
+        if not d.train_file:
+            raise ConfigError("finetune with data.source=corpus needs data.train_file (the text to train on)")
+        rows = load_text_file(d.train_file, d.text_key)
+    elif d.source == "muse":  # e.g. train_split=forget: the forget corpus, for a task vector
+        rows = [{"text": t} for t in load_muse_texts(d.muse_corpus, d.train_split, d.data_dir)]
+    elif d.train_file:
         rows = load_qa_file(d.train_file, d.question_key, d.answer_key)
     else:
         rows = load_tofu(d.train_split, d.data_dir)
@@ -73,6 +109,8 @@ def finetune_streams(cfg: RunConfig, tokenizer, rows) -> dict[str, TokenizedRows
     """Plain answer-NLL training on `rows`, as the single stream the GD term reads."""
     if not rows:
         raise DataError("the finetuning set is empty")
+    if is_corpus(cfg):
+        return {"retain": encode_corpus(tokenizer, [r["text"] for r in rows], cfg.data.max_length, cfg.data.chunking)}
     template = template_for(cfg.data.template, tokenizer)
     encoded = encode_qa(
         tokenizer,
@@ -83,3 +121,11 @@ def finetune_streams(cfg: RunConfig, tokenizer, rows) -> dict[str, TokenizedRows
         what="finetune",
     )
     return {"retain": encoded}
+
+
+def padded_lengths(cfg: RunConfig, streams: dict[str, TokenizedRows]) -> tuple[tuple[int, ...], int | None]:
+    """(buckets, pad_to) of the training batches. Corpus windows are all one length (the
+    last one shorter): without data.pad_to they pad to the longest, one compiled shape."""
+    if is_corpus(cfg) and cfg.data.pad_to is None:
+        return tuple(cfg.data.buckets), int(max(rows.lengths().max() for rows in streams.values()))
+    return tuple(cfg.data.buckets), cfg.data.pad_to

@@ -16,7 +16,7 @@ from ..parallel import initialize_distributed_from_env, make_mesh
 from ..training.step import check_batch_divisible
 from ..paths import check_writable_dir
 from .loading import load_for_run, warn_if_config_misfits, with_adapters
-from .data_setup import finetune_rows, finetune_streams, forget_and_retain, unlearning_streams
+from .data_setup import finetune_rows, finetune_streams, forget_and_retain, padded_lengths, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def _check_before_loading(cfg: RunConfig) -> None:
 def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_dir, **kwargs) -> dict:
     """training.loop.train with the run config's sections (train, mesh, output, the data's
     padded lengths, the model's precision and reference dtype)."""
+    buckets, pad_to = padded_lengths(cfg, streams)
     return train(
         model,
         tokenizer,
@@ -42,8 +43,8 @@ def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_
         cfg.train,
         cfg.mesh,
         cfg.output,
-        buckets=tuple(cfg.data.buckets),
-        pad_to=cfg.data.pad_to,
+        buckets=buckets,
+        pad_to=pad_to,
         matmul_precision=cfg.model.matmul_precision,
         reference_dtype=cfg.model.reference_dtype,
         header={
