@@ -80,7 +80,7 @@ def article(rng: random.Random, k: int) -> tuple[str, dict]:
         f"The project was led by {person}, who had argued for it since {year - 4}.",
         f"It cost {cost} million crowns, paid partly by a regional fund and partly by local bonds.",
         f"Residents of {town} gathered at the opening, and {person} thanked the workers by name.",
-        f"Critics said the money could have repaired the old harbour, but the council disagreed.",
+        "Critics said the money could have repaired the old harbour, but the council disagreed.",
         f"{person} said the next step would be a school of crafts beside {thing}.",
     ]
     return " ".join(sentences), facts

@@ -53,6 +53,23 @@ def _generate(args) -> None:
         print(f"> {prompt}\n{tokenizer.decode(row, skip_special_tokens=True)}\n")
 
 
+def _task_vector(args) -> None:
+    from pathlib import Path
+
+    from .checkpoints.api import load_pretrained, save_pretrained
+    from .paths import check_writable_dir
+    from .training.task_vector import negate_task_vector
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise JaxUnlearnError(f"{args.out} already exists; choose another destination or pass --overwrite")
+    check_writable_dir(Path(args.out).absolute().parent, "--out's parent directory")
+    target, tokenizer = load_pretrained(args.target, dtype=args.dtype)
+    finetuned, _ = load_pretrained(args.finetuned, dtype=args.dtype)
+    model = negate_task_vector(target, finetuned, args.alpha)
+    out = save_pretrained(model, tokenizer, args.out, overwrite=args.overwrite)
+    print(f"wrote target - {args.alpha} x (finetuned - target) to {out}")
+
+
 def _train_command(kind: str):
     def run(args) -> None:
         from .config import load_config
@@ -106,7 +123,12 @@ def _eval(args) -> None:
     out = cfg.output_dir("eval")
     _refuse_existing(out, "an evaluation", args.overwrite)
     summary = evaluate(cfg, out_dir=out, progress=not args.no_progress)
-    print(markdown_table(summary, f"Evaluation of {cfg.model.path}"))
+    if cfg.eval.benchmark == "tofu":
+        print(markdown_table(summary, f"Evaluation of {cfg.model.path}"))
+    else:
+        from .suites.report import markdown
+
+        print(markdown(summary, f"{cfg.eval.benchmark.upper()} evaluation of {cfg.model.path}"))
     print(f"results in {out} ({summary['seconds']:.0f} s)")
 
 
@@ -243,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_command(
         sub,
         "eval",
-        "evaluate a model (TOFU, Closer Look and MIA metrics)",
+        "evaluate a model (TOFU, Closer Look, MIA; eval.benchmark=muse: MUSE; =choice: WMDP, MMLU, lm-eval)",
         "Evaluate model.path on eval.sets and write per_example.jsonl, summary.json, "
         "report.md, TOFU_EVAL.json and plots to output.dir.",
         "replace an evaluation already in output.dir",
@@ -282,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
         "replace a run already in output.dir",
         _chen,
     )
+
+    p = sub.add_parser(
+        "task-vector",
+        help="task-vector negation: target - alpha x (finetuned - target) (MUSE's baseline)",
+        description="Unlearn by negating a task vector: finetune TARGET on the forget data first "
+        "(jaxunlearn finetune), then write TARGET - ALPHA x (FINETUNED - TARGET) to --out.",
+    )
+    p.add_argument("target", help="the model to unlearn from (HF dir, hub id or asset)")
+    p.add_argument("finetuned", help="TARGET finetuned on the forget data")
+    p.add_argument("--out", required=True, help="where to write the unlearned model (HF safetensors)")
+    p.add_argument("--alpha", type=float, default=1.0, help="how far to move away (default 1.0)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_task_vector)
 
     p = sub.add_parser("demo", help="scaled-down TOFU end to end with the real SmolLM2-135M (CPU, minutes)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every stage")

@@ -29,6 +29,7 @@ from .flagging.config import FlagSection
 from .models.lora import LoRASection
 from .objectives.config import ObjectiveSection
 from .parallel import MeshSection
+from .suites.config import ChoiceSection, MuseSection
 from .training.config import ContinualSection, OutputSection, TrainSection
 
 
@@ -45,6 +46,8 @@ class RunConfig:
     attack: AttackSection = dataclasses.field(default_factory=AttackSection)
     lora: LoRASection = dataclasses.field(default_factory=LoRASection)
     flag: FlagSection = dataclasses.field(default_factory=FlagSection)
+    muse: MuseSection = dataclasses.field(default_factory=MuseSection)
+    choice: ChoiceSection = dataclasses.field(default_factory=ChoiceSection)
 
     def output_dir(self, command: str) -> Path:
         """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""

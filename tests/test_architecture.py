@@ -15,7 +15,7 @@ LAYERS = [
     ("models",),
     ("checkpoints", "data", "objectives"),  # checkpoints with tokenizer loading
     ("training", "evaluation"),
-    ("attacks", "flagging"),  # attacks: relearning trains, the others evaluate; flagging: judges
+    ("attacks", "flagging", "suites"),  # relearning trains, the rest evaluate; judges; MUSE / choice / lm-eval
     ("config",),  # the run config: the sections each layer below owns, composed
     ("pipelines",),
     ("cli",),

@@ -10,6 +10,11 @@ from ..settings import setting
 
 @dataclasses.dataclass
 class EvalSection:
+    benchmark: Literal["tofu", "muse", "choice"] = setting(
+        "tofu",
+        "what `eval` runs: tofu (eval.sets: TOFU / Closer Look / MIA), muse (the muse section) or choice "
+        "(multiple choice and lm-eval tasks: the choice section)",
+    )
     sets: list[str] = setting(
         ["forget", "retain", "real_authors", "world_facts"],
         "evaluation sets: forget, retain, real_authors, world_facts (holdout added for MIA)",

@@ -151,7 +151,6 @@ def generate_texts(
     temperature: float = 0.0,
     seed: int = 0,
     stop_strings: tuple[str, ...] = (),
-    decode_kwargs: dict | None = None,
     strip: bool = True,
 ) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
@@ -192,7 +191,7 @@ def generate_texts(
         for j in range(real):
             row = tokens[j].tolist()
             cut = next((k for k, t in enumerate(row) if t in eos), len(row))
-            text = tokenizer.decode(row[:cut], skip_special_tokens=True, **(decode_kwargs or {}))
+            text = tokenizer.decode(row[:cut], skip_special_tokens=True)
             for stop in stop_strings:
                 text = text.split(stop)[0] if stop else text
             texts[index[j]] = text.strip() if strip else text

@@ -39,6 +39,8 @@ def markdown_table(summary: dict, title: str = "") -> str:
     for key in ("embedding_model", "nli_judge"):
         if key in summary:
             lines.append(f"| {key} | {summary[key]} |")
+    for task, metrics in (summary.get("lm_eval") or {}).items():  # general utility through lm-eval
+        lines += [f"| lm-eval {task} {metric} | {_fmt(v)} |" for metric, v in metrics.items() if "stderr" not in metric]
     return "\n".join(lines) + "\n"
 
 

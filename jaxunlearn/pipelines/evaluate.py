@@ -9,6 +9,7 @@ from pathlib import Path
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
 from .loading import load_for_run, warn_if_config_misfits
+from .suites import evaluate_suite, lm_eval_results
 from ..paths import check_writable_dir
 from ..data.templates import template_for
 from ..evaluation.aggregate import check_same_forget_rows, forget_quality, summarize
@@ -44,6 +45,8 @@ def evaluate(
     if model is None:
         model, tokenizer = load_for_run(cfg)
         warn_if_config_misfits(cfg, tokenizer)
+    if cfg.eval.benchmark != "tofu":
+        return evaluate_suite(cfg, model, tokenizer, out, progress)
     template = template_for(cfg.data.template, tokenizer)
     embedder = None
     if cfg.eval.cosine and cfg.eval.generate:
@@ -76,6 +79,8 @@ def evaluate(
     )
     if cfg.eval.retain_eval:
         forget_quality(summary, records, retain_records, retain_summary, cfg.eval.retain_eval)
+    if cfg.choice.lm_eval_tasks:  # general-utility numbers beside TOFU's
+        summary["lm_eval"] = lm_eval_results(cfg, model, tokenizer)
     summary["model"] = str(cfg.model.path)
     summary["seconds"] = time.perf_counter() - t0
     log.info("evaluation took %.1f s", summary["seconds"])

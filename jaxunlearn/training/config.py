@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from ..settings import setting
 
 
 @dataclasses.dataclass
 class TrainSection:
-    lr: float = setting(1e-5, "peak learning rate (linear warmup, then linear decay to 0)")
+    lr: float = setting(1e-5, "peak learning rate (linear warmup, then the schedule)")
+    schedule: Literal["linear", "constant"] = setting(
+        "linear", "after the warmup: linear (decay to 0 at the last step, the papers') or constant (MUSE, WMDP)"
+    )
     epochs: float = setting(5.0, "epochs over the forget set; steps = int(epochs * rows) // batch_size")
     batch_size: int = setting(32, "effective (global) batch of forget rows per step")
     micro_batches: int = setting(1, "gradient accumulation inside the step (exact: equals the full batch)")

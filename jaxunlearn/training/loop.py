@@ -36,7 +36,7 @@ from ..parallel import MeshSection, make_mesh
 from ..precision import matmul_precision as precision_context
 from .checkpointing import Checkpointer
 from .config import OutputSection, TrainSection
-from .optimizer import linear_warmup_decay, make_optimizer, paper_num_steps, paper_warmup
+from .optimizer import SCHEDULES, make_optimizer, paper_num_steps, paper_warmup
 from .step import (
     check_batch_divisible,
     jit_train_step,
@@ -337,7 +337,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     n = len(next(iter(streams.values())))
     total = t.max_steps or paper_num_steps(n, t.epochs, t.batch_size)
     warmup = t.warmup_steps if t.warmup_steps is not None else paper_warmup(n, t.batch_size)
-    schedule = linear_warmup_decay(t.lr, total, warmup)
+    schedule = SCHEDULES[t.schedule](t.lr, total, warmup)
     tx = make_optimizer(schedule, t.weight_decay, t.adam_b1, t.adam_b2, t.adam_eps, t.clip_grad_norm)
     mask = objective.trainable_mask(params, model.config.num_layers)
 

@@ -35,6 +35,22 @@ def linear_warmup_decay(lr: float, total_steps: int, warmup_steps: int):
     return schedule
 
 
+def warmup_constant(lr: float, warmup_steps: int):
+    """HF's constant schedule (with warmup): lr after the warmup steps (MUSE's and WMDP's runs)."""
+
+    def schedule(count):
+        c = jnp.asarray(count, jnp.float32)
+        return jnp.where(c < warmup_steps, lr * c / max(warmup_steps, 1), lr)
+
+    return schedule
+
+
+SCHEDULES = {
+    "linear": lambda lr, total, warmup: linear_warmup_decay(lr, total, warmup),
+    "constant": lambda lr, total, warmup: warmup_constant(lr, warmup),
+}
+
+
 def decay_mask(params):
     """True for parameters that get weight decay (not norms, not biases)."""
 
