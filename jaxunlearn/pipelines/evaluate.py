@@ -127,22 +127,38 @@ def compare(
         check_writable_dir(out, "--out")
     if at_utility is not None:
         return _compare_at_utility(run_dirs, out, labels, at_utility, baseline, utility_metric)
-    if all(_is_robustness(d) for d in run_dirs):
+    if all(_kind(d) == "robustness" for d in run_dirs):
         return _compare_robustness(run_dirs, out, labels)
+    if all(_kind(d) in ("muse", "choice") for d in run_dirs):
+        return _compare_suites(run_dirs, out, labels)
     summaries = None
     if recompute or retain:
         summaries = [aggregate_evaluation(d, retain) for d in run_dirs]
     return compare_runs(run_dirs, out, summaries, labels)
 
 
-def _is_robustness(run_dir) -> bool:
+def _kind(run_dir) -> str | None:
+    """robustness (an attack summary), muse or choice (a benchmark evaluation), else None."""
     import json
 
     path = Path(run_dir) / "summary.json"
     try:
-        return json.loads(path.read_text()).get("kind") == "robustness"
+        summary = json.loads(path.read_text())
+        return summary.get("kind") or summary.get("benchmark")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+
+
+def _compare_suites(run_dirs, out, labels) -> str:
+    """MUSE or multiple-choice evaluations side by side: one table, one plot."""
+    import json
+
+    from ..evaluation.report import run_labels
+    from ..suites.report import compare as compare_suites
+
+    names = labels or run_labels(run_dirs)
+    rows = [(n, json.loads((Path(d) / "summary.json").read_text())) for n, d in zip(names, run_dirs)]
+    return compare_suites(rows, Path(out) if out is not None else None)
 
 
 def _compare_robustness(run_dirs, out, labels) -> str:
