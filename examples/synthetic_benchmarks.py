@@ -141,7 +141,9 @@ def mc_rows(rng: random.Random, n: int, subject: str) -> list[dict]:
         wrong = rng.sample([p for p in PEOPLE if p != right], 3)
         answer = rng.randrange(4)
         choices = wrong[:answer] + [right] + wrong[answer:]
-        question = f"Who led the project that gave {facts['town']} {facts['thing']}?"
+        question = (
+            f"{facts['town']} council report {1000 + k}: who led the project that gave the town {facts['thing']}?"
+        )
         rows.append({"question": question, "choices": choices, "answer": answer, "subject": subject})
     return rows
 

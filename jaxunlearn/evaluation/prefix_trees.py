@@ -8,7 +8,7 @@ merged into prefix trees, one node per distinct prefix, filled into sequences of
 (a new sequence when the next row's new nodes do not fit). Each sequence runs through the
 model once with a mask that lets every node attend to its ancestors and itself, at
 position = its depth, so a node's hidden state is that of every row through it. A node's
-token is scored from its parent's logits, the LM head runs at those parents only, and the
+token is scored from its parent's logits, the LM head runs at the scored tokens' parents only, and the
 nodes of the `full` rows also get the memorization and Min-K%++ statistics, the others a
 logsumexp and a gather. TOFU forget10, 20 questions: 4.3k tree nodes in place of 9.0k row
 tokens. The log-probs are those of whole-row scoring up to float rounding.
@@ -110,18 +110,21 @@ def _pad(parts: list[list[int]], width: int, fill: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _score_sequences(graphdef, params, b: dict):
-    """Per slot the log-prob of its token given its ancestors; memorization and Min-K%++
-    statistics at the `full_slots` (-1: padding)."""
+    """Per scored slot (`scored`, -1: padding) the log-prob of its token given its
+    ancestors; memorization and Min-K%++ statistics at `full_at` (indices into `scored`).
+    The LM head runs at the scored slots' parents only: a multiple-choice question's long
+    prompt goes through the layers but not through the vocabulary-wide head."""
     model = nnx.merge(graphdef, params)
-    logits = model.forward(
-        b["ids"], b["seen"], positions=b["depth"], logits_to_keep=jnp.maximum(b["parent"], 0)
-    ).logits  # slot i: logits at its parent
-    light = token_statistics(logits, b["ids"], b["parent"] >= 0, full_stats=False)
-    at = jnp.maximum(b["full_slots"], 0)
+    slots = jnp.maximum(b["scored"], 0)
+    parents = jnp.take_along_axis(b["parent"], slots, axis=1)
+    logits = model.forward(b["ids"], b["seen"], positions=b["depth"], logits_to_keep=jnp.maximum(parents, 0)).logits
+    targets = jnp.take_along_axis(b["ids"], slots, axis=1)
+    light = token_statistics(logits, targets, b["scored"] >= 0, full_stats=False)
+    at = jnp.maximum(b["full_at"], 0)
     full = token_statistics(
         jnp.take_along_axis(logits, at[..., None], axis=1),
-        jnp.take_along_axis(b["ids"], at, axis=1),
-        b["full_slots"] >= 0,
+        jnp.take_along_axis(targets, at, axis=1),
+        b["full_at"] >= 0,
         full_stats=True,
     )
     return {"token_logp": light["token_logp"], "mu": full["mu"], "sigma": full["sigma"], "correct": full["correct"]}
@@ -156,12 +159,16 @@ def score_prefix_trees(
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
     scored = [trees.row_slots[r][_supervised(rows, r)] for r in range(len(rows))]  # slots of supervised tokens
-    # per sequence, the sorted slots that need full statistics
-    full_slots = [
-        np.unique(np.concatenate([np.zeros(0, np.int64)] + [scored[r] for r in members[s] if full[r]]))
+    # per sequence, the sorted slots scored (the head runs there) and, among them, those
+    # that need full statistics
+    none = np.zeros(0, np.int64)
+    scored_slots = [np.unique(np.concatenate([none] + [scored[r] for r in members[s]])) for s in range(len(trees.ids))]
+    full_at = [
+        np.searchsorted(scored_slots[s], np.unique(np.concatenate([none] + [scored[r] for r in members[s] if full[r]])))
         for s in range(len(trees.ids))
     ]
-    count = bucket_length(max([1, *(len(x) for x in full_slots)]), LENGTH_BUCKETS, None)  # one per call
+    width_scored = bucket_length(max([1, *(len(x) for x in scored_slots)]), LENGTH_BUCKETS, None)  # one per call
+    count = bucket_length(max([1, *(len(x) for x in full_at)]), LENGTH_BUCKETS, None)
     graphdef, params = nnx.split(model)
     out = {k: [None] * len(rows) for k in ("token_logp", "correct", "mu", "sigma")}
     for start in range(0, len(trees.ids), per_batch):
@@ -172,22 +179,23 @@ def score_prefix_trees(
             "depth": trees.depth[batch],
             "parent": trees.parent[batch],
             "seen": np.stack([trees.ancestors(s) for s in batch]),
-            "full_slots": _pad([full_slots[s] for s in batch], count, -1),
+            "scored": _pad([scored_slots[s] for s in batch], width_scored, -1),
+            "full_at": _pad([full_at[s] for s in batch], count, -1),
         }
         a = {k: np.concatenate([v, np.repeat(v[-1:], size - len(batch), axis=0)]) for k, v in a.items()}
         res = jax.device_get(_score_sequences(graphdef, params, {k: place_batch(v, mesh) for k, v in a.items()}))
         for j, s in enumerate(batch):
             for r in members[s]:
-                slots = scored[r]
-                out["token_logp"][r] = res["token_logp"][j][slots].astype(np.float64)
+                at = np.searchsorted(scored_slots[s], scored[r])  # the row's tokens among the scored slots
+                out["token_logp"][r] = res["token_logp"][j][at].astype(np.float64)
                 if full[r]:
-                    k = np.searchsorted(full_slots[s], slots)  # their places among the full slots
+                    k = np.searchsorted(full_at[s], at)  # their places among the full ones
                     out["mu"][r] = res["mu"][j][k].astype(np.float64)
                     out["sigma"][r] = res["sigma"][j][k].astype(np.float64)
                     out["correct"][r] = res["correct"][j][k]
                 else:
-                    out["mu"][r] = out["sigma"][r] = np.zeros(len(slots))
-                    out["correct"][r] = np.zeros(len(slots), bool)
+                    out["mu"][r] = out["sigma"][r] = np.zeros(len(at))
+                    out["correct"][r] = np.zeros(len(at), bool)
             if progress is not None:
                 progress.update(len(members[s]))
     return RowScores(**out)
