@@ -183,3 +183,64 @@ def write_json(path: str | None, result) -> None:
     if path:
         with open(path, "w") as fh:
             json.dump(result, fh, indent=2)
+
+
+XLA_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
+
+
+def environment() -> dict:
+    """What a figure depends on: CPU model and the vector extensions XLA compiles for, cores
+    usable, library versions, thread and XLA settings, the git commit."""
+    import platform
+
+    cpu, flags = platform.processor() or "unknown", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and cpu in ("unknown", "", platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "torch", "transformers", "lm_eval"):
+        try:
+            import importlib.metadata as md
+
+            versions[name] = md.version(name)
+        except Exception:
+            versions[name] = None
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "-uno"], capture_output=True, text=True)
+        git = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        git = None
+    return {
+        "cpu": cpu,
+        "cpu_flags": sorted(f for f in XLA_CPU_FLAGS if f in flags),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **versions,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", ""),
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+        "git": git,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def environment_line(env: dict) -> str:
+    """One line for the docs beside a figure."""
+    versions = ", ".join(f"{k} {env[k]}" for k in ("jax", "jaxlib", "torch", "transformers", "lm_eval") if env.get(k))
+    threads = ", ".join(f"{k}={env[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if env.get(k))
+    return (
+        f"{env['cpu']} ({env['cores']} cores; {' '.join(env['cpu_flags']) or 'no AVX-512/AMX'}); {versions}; "
+        f"{threads or 'no XLA/OMP settings'}; commit {env['git']}; {env['date']}"
+    )
+
+
+def spread(xs) -> dict:
+    """Median, min and max of repeated measurements."""
+    return {"median": median(xs), "min": float(min(xs)), "max": float(max(xs)), "n": len(xs)}

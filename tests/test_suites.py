@@ -139,7 +139,7 @@ def test_muse_prompts_truths_generations_and_mia_match_the_reference(tiny, torch
     import torch
 
     from jaxunlearn.suites.config import MuseSection
-    from jaxunlearn.suites.muse import evaluate_muse, knowmem_inputs, rouge_scores, verbmem_inputs
+    from jaxunlearn.suites.muse import evaluate_muse, knowmem_inputs, muse_data, rouge_scores, verbmem_inputs
 
     model, tokenizer = tiny
     m = MuseSection(num_rows=3, verbmem_max_new_tokens=6, knowmem_max_new_tokens=5)
@@ -155,7 +155,7 @@ def test_muse_prompts_truths_generations_and_mia_match_the_reference(tiny, torch
         vtruths[0] == verbmem[0]["gt"].strip() and vprompts[0].tolist() == tokenizer(verbmem[0]["prompt"])["input_ids"]
     )
 
-    records, summary = evaluate_muse(model, tokenizer, "News", data, m, batch_size=4)
+    records, summary = evaluate_muse(model, tokenizer, muse_data("News", data, m), m, batch_size=4)
     by_set = {}
     for r in records:
         by_set.setdefault(r["set"], []).append(r)
@@ -202,9 +202,7 @@ def test_choice_accuracy_and_the_adapter_equal_lm_evals_hf_backend(tiny, tiny_lm
     import jaxunlearn.suites.lm_eval_model  # noqa: F401 - registers "jaxunlearn"
     from jaxunlearn.suites.choice import evaluate_choice
 
-    data = bench_data / "wmdp"
-    for k, text in enumerate(TASKS.format(mc=data / "wmdp-bio", corpus=bench_data / "wmdp-corpora").split("---")):
-        (tmp_path / f"task{k}.yaml").write_text(text)
+    write_lm_eval_tasks(tmp_path, bench_data)
     tasks = ["syn_wmdp_bio", "syn_rolling", "syn_gen"]
     results = {}
     for name, args in (("hf", f"pretrained={tiny_lm},dtype=float32"), ("jaxunlearn", f"pretrained={tiny_lm}")):
@@ -228,6 +226,13 @@ def test_choice_accuracy_and_the_adapter_equal_lm_evals_hf_backend(tiny, tiny_lm
     np.testing.assert_allclose(rolling[1], rolling[0], rtol=1e-4)
     gen = [[s["filtered_resps"] for s in r["samples"]["syn_gen"]] for r in (hf, ju)]
     assert gen[1] == gen[0]
+
+
+def write_lm_eval_tasks(folder, bench_data) -> None:
+    """lm-eval task YAMLs over the synthetic files (multiple choice, rolling, generation)."""
+    text = TASKS.format(mc=bench_data / "wmdp" / "wmdp-bio", corpus=bench_data / "wmdp-corpora")
+    for k, task in enumerate(text.split("---")):
+        (folder / f"task{k}.yaml").write_text(task)
 
 
 TASKS = """
@@ -278,17 +283,18 @@ metric_list:
 
 def test_choice_command_writes_tables_per_task_and_subject(tiny_lm, bench_data, tmp_path, capsys):
     argv = ["eval", "--config", "wmdp/eval", f"model.path={tiny_lm}", f"choice.data_dir={bench_data}"]
-    argv += [
-        "choice.tasks=[wmdp_cyber,mmlu]",
-        "choice.num_fewshot=0",
-        "choice.num_rows=8",
-        "model.compute_dtype=float32",
-    ]
-    argv += ["data.template=plain", f"output.dir={tmp_path}/c", "--no-progress"]
+    argv += ["choice.tasks=[wmdp_bio,mmlu]", "choice.num_fewshot=0", "choice.num_rows=8"]
+    argv += ["model.compute_dtype=float32", "data.template=plain", f"output.dir={tmp_path}/c", "--no-progress"]
+    if HAS_LM_EVAL:  # the same rows through lm-eval, as general-utility numbers beside them
+        write_lm_eval_tasks(tmp_path, bench_data)
+        argv += ["choice.lm_eval_tasks=[syn_wmdp_bio]", f"choice.lm_eval_include={tmp_path}", "choice.lm_eval_limit=8"]
     assert cli.main(argv) == 0
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
-    assert summary["tasks"]["wmdp_cyber"]["n"] == 8 and 0 <= summary["tasks"]["mmlu"]["acc"] <= 1
-    assert "| wmdp_cyber | 8 |" in capsys.readouterr().out
+    assert summary["tasks"]["wmdp_bio"]["n"] == 8 and 0 <= summary["tasks"]["mmlu"]["acc"] <= 1
+    if HAS_LM_EVAL:
+        assert summary["lm_eval"]["syn_wmdp_bio"]["acc"] == summary["tasks"]["wmdp_bio"]["acc"]
+    printed = capsys.readouterr().out
+    assert "| wmdp_bio | 8 |" in printed and ("syn_wmdp_bio" in printed or not HAS_LM_EVAL)
     records = [json.loads(x) for x in (tmp_path / "c" / "per_example.jsonl").read_text().splitlines()]
     assert len(records) == 16 and all(len(r["loglikelihoods"]) == 4 for r in records)
 
@@ -327,7 +333,7 @@ def test_bad_benchmark_files_are_refused_clearly(bench_data, tmp_path, capsys):
         f"data.forget_file={tmp_path}/empty.jsonl",
     ]
     assert cli.main([*argv, "objective.name=GA", f"output.dir={tmp_path}/o"]) == 2
-    assert "is empty" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert "empty.jsonl has no text" in capsys.readouterr().err and not (tmp_path / "o").exists()  # before loading
     with pytest.raises(DataError, match="unknown multiple-choice task 'wmdp_geo'|unknown WMDP task"):
         load_task("wmdp_geo", bench_data)
 

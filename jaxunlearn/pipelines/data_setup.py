@@ -49,6 +49,9 @@ def forget_and_retain(cfg: RunConfig, task_id: int | None = None, unlearned=None
         )
     else:
         raise ConfigError(f"unknown data.source {d.source!r}")
+    if is_corpus(cfg) and not any(str(r.get("text") or "").strip() for r in forget):
+        where = d.forget_file if d.source == "corpus" else f"MUSE {d.muse_corpus} {d.forget_split}"
+        raise DataError(f"the forget corpus {where} has no text: nothing to unlearn")
     if d.max_forget_rows:
         forget = forget[: d.max_forget_rows]
     if d.max_retain_rows:

@@ -42,11 +42,11 @@ def evaluate(
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir else cfg.output_dir("eval")
     check_writable_dir(out, "output.dir")  # before the evaluation, not after it
+    if cfg.eval.benchmark != "tofu":  # its data read before the model loads
+        return evaluate_suite(cfg, out, model, tokenizer, progress)
     if model is None:
         model, tokenizer = load_for_run(cfg)
         warn_if_config_misfits(cfg, tokenizer)
-    if cfg.eval.benchmark != "tofu":
-        return evaluate_suite(cfg, model, tokenizer, out, progress)
     template = template_for(cfg.data.template, tokenizer)
     embedder = None
     if cfg.eval.cosine and cfg.eval.generate:

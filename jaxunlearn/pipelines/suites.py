@@ -3,6 +3,7 @@ MMLU) with optional lm-eval tasks, on one model, written as summary / per-exampl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -15,22 +16,28 @@ from ..data.muse import muse_dir
 from ..evaluation.evaluate import check_vocab, data_mesh
 from ..suites.choice import evaluate_choice
 from ..suites.lm_eval_tasks import run_lm_eval
-from ..suites.muse import evaluate_muse
+from ..suites.muse import evaluate_muse, muse_data
+from .loading import load_for_run
 from ..suites.report import write_results
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_suite(cfg: RunConfig, model, tokenizer, out: Path, progress: bool = True) -> dict:
+def evaluate_suite(cfg: RunConfig, out: Path, model=None, tokenizer=None, progress: bool = True) -> dict:
+    """Read the benchmark's data (its errors come before any model loads), load the model
+    unless given, evaluate, write."""
     t0 = time.perf_counter()
+    if cfg.eval.benchmark == "muse":
+        data = muse_data(cfg.data.muse_corpus, muse_dir(cfg.data.muse_corpus, cfg.data.data_dir), cfg.muse)
+    else:
+        tasks = choice_tasks(cfg)
+    if model is None:
+        model, tokenizer = load_for_run(cfg)
     check_vocab(model, tokenizer)
     if cfg.eval.benchmark == "muse":
-        data_dir = muse_dir(cfg.data.muse_corpus, cfg.data.data_dir)
-        records, summary = evaluate_muse(
-            model, tokenizer, cfg.data.muse_corpus, data_dir, cfg.muse, cfg.eval.batch_size, progress
-        )
+        records, summary = evaluate_muse(model, tokenizer, data, cfg.muse, cfg.eval.batch_size)
     else:
-        records, summary = choice_results(cfg, model, tokenizer, progress)
+        records, summary = choice_results(cfg, model, tokenizer, tasks, progress)
     if cfg.choice.lm_eval_tasks:
         summary["lm_eval"] = lm_eval_results(cfg, model, tokenizer)
     summary["model"] = str(cfg.model.path)
@@ -44,12 +51,16 @@ def lm_eval_results(cfg: RunConfig, model, tokenizer) -> dict:
     return run_lm_eval(model, tokenizer, c.lm_eval_tasks, cfg.eval.batch_size, c.lm_eval_include, c.lm_eval_limit)
 
 
-def choice_results(cfg: RunConfig, model, tokenizer, progress: bool = True) -> tuple[list, dict]:
+def choice_tasks(cfg: RunConfig) -> list:
     c = cfg.choice
-    data_dir = c.data_dir or cfg.data.data_dir
-    tasks = [load_task(name, data_dir, c.num_fewshot) for name in c.tasks]  # every file read before scoring
+    tasks = [load_task(name, c.data_dir or cfg.data.data_dir, c.num_fewshot) for name in c.tasks]
     if c.num_rows:
-        tasks = [type(t)(t.name, t.rows[: c.num_rows], t.description, t.fewshot) for t in tasks]
+        tasks = [dataclasses.replace(t, rows=t.rows[: c.num_rows]) for t in tasks]
+    return tasks
+
+
+def choice_results(cfg: RunConfig, model, tokenizer, tasks: list, progress: bool = True) -> tuple[list, dict]:
+    c = cfg.choice
     summary: dict = {"benchmark": "choice", "num_fewshot": c.num_fewshot, "tasks": {}}
     records: list[dict] = []
     mesh = data_mesh(cfg.eval.batch_size)

@@ -97,14 +97,16 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     _check_before_loading(cfg)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
+    if cfg.continual.split:
+        forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
+    else:
+        forget, retain = forget_and_retain(cfg)  # data errors before the model loads
     model, tokenizer = load_for_run(cfg)
     warn_if_config_misfits(cfg, tokenizer)
     model = with_adapters(cfg, model)
     if cfg.continual.split:
-        forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
         with run_directory(cfg, "unlearn", resume, overwrite) as out:
             return _continual(cfg, objective, model, tokenizer, out, resume, progress)
-    forget, retain = forget_and_retain(cfg)
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
     reference = None
     if objective.needs_reference and not cfg.lora.enabled:  # LoRA: the base with adapters off

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +91,7 @@ def knowmem_inputs(
             chat = []
             for q, a in zip(questions, answers):
                 chat += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            full = list(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False))
-            prompt = list(tokenizer.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True))
-            full = full["input_ids"] if isinstance(full, dict) else full
-            prompt = prompt["input_ids"] if isinstance(prompt, dict) else prompt
+            full, prompt = _chat_ids(tokenizer, chat, False), _chat_ids(tokenizer, chat[:-1], True)
         else:
             text = "".join(
                 m.user_start + q + m.user_end + m.assistant_start + a + m.assistant_end
@@ -115,6 +111,11 @@ def knowmem_inputs(
     return prompts, truths
 
 
+def _chat_ids(tokenizer, chat: list[dict], generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=generation_prompt)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)  # a BatchEncoding in newer transformers
+
+
 def mia_score(attack: str, token_logp, mu, sigma, text: str, k: float) -> float:
     if attack == "min_k":
         return M.mia_min_k(token_logp, k) if len(token_logp) else 0.0
@@ -123,7 +124,7 @@ def mia_score(attack: str, token_logp, mu, sigma, text: str, k: float) -> float:
     if attack == "loss":
         return M.mia_loss(token_logp)
     if attack == "zlib":
-        return float(-np.sum(token_logp) / len(zlib.compress(text.encode("utf-8"))))
+        return M.mia_zlib(token_logp, text)
     raise DataError(f"unknown MIA attack {attack!r}")
 
 
@@ -162,32 +163,45 @@ def read_reference_auc(path: str, attack: str) -> float:
     return float(value)
 
 
-def evaluate_muse(model, tokenizer, corpus: str, data_dir, m: MuseSection, batch_size: int = 16, progress=True):
-    """(records, summary) of the configured MUSE metrics on one model."""
+def muse_data(corpus: str, data_dir, m: MuseSection) -> dict[str, list[dict]]:
+    """Every split the configured metrics read, checked (file, row, field) before scoring."""
     unknown = [x for x in m.metrics if x not in MUSE_METRICS]
     if unknown:
         raise DataError(f"unknown muse.metrics {unknown}; known: {', '.join(MUSE_METRICS)}")
+    want, data = set(m.metrics), {"corpus": corpus}
     take = (lambda rows: rows[: m.num_rows]) if m.num_rows else (lambda rows: rows)
-    summary: dict = {"benchmark": "muse", "corpus": corpus}
+    if want & {"forget_verbmem_ROUGE", "extraction_strength", "exact_memorization"}:
+        data["verbmem"] = take(load_muse(corpus, "verbmem", "forget", data_dir))
+    for name, split in (("forget_knowmem", m.forget_qa_split), ("retain_knowmem", m.retain_qa_split)):
+        if f"{name}_ROUGE" in want:
+            data[name] = take(load_muse(corpus, "knowmem", split, data_dir))
+            data[f"{name}_icl"] = load_muse(corpus, "knowmem", f"{split}_icl", data_dir)
+    if "privleak" in want:
+        for part in ("forget", "holdout"):
+            data[f"privleak_{part}"] = take(load_muse(corpus, "privleak", part, data_dir))
+        if m.retain_eval:
+            data["reference_auc"] = read_reference_auc(m.retain_eval, m.privleak_attack)
+    return data
+
+
+def evaluate_muse(model, tokenizer, data: dict, m: MuseSection, batch_size: int = 16):
+    """(records, summary) of the configured MUSE metrics on one model (`data`: muse_data)."""
+    summary: dict = {"benchmark": "muse", "corpus": data["corpus"]}
     records: list[dict] = []
     want = set(m.metrics)
-    if want & {"forget_verbmem_ROUGE", "extraction_strength", "exact_memorization"}:
-        verbmem = take(load_muse(corpus, "verbmem", "forget", data_dir))
     if "forget_verbmem_ROUGE" in want:
-        prompts, truths = verbmem_inputs(tokenizer, verbmem, m.verbmem_max_length)
+        prompts, truths = verbmem_inputs(tokenizer, data["verbmem"], m.verbmem_max_length)
         gens = _generate(model, tokenizer, prompts, m.verbmem_max_new_tokens, (), batch_size)
         summary["forget_verbmem_ROUGE"] = _rouge_records(records, "forget_verbmem", gens, truths)
-    for name, split in (("forget_knowmem", m.forget_qa_split), ("retain_knowmem", m.retain_qa_split)):
+    for name in ("forget_knowmem", "retain_knowmem"):
         if f"{name}_ROUGE" not in want:
             continue
-        rows = take(load_muse(corpus, "knowmem", split, data_dir))
-        examples = load_muse(corpus, "knowmem", f"{split}_icl", data_dir)
-        prompts, truths = knowmem_inputs(tokenizer, rows, examples, m)
+        prompts, truths = knowmem_inputs(tokenizer, data[name], data[f"{name}_icl"], m)
         gens = _generate(model, tokenizer, prompts, m.knowmem_max_new_tokens, tuple(m.knowmem_stop), batch_size)
         summary[f"{name}_ROUGE"] = _rouge_records(records, name, gens, truths)
     if want & {"extraction_strength", "exact_memorization"}:
         rows = TokenizedRows([], [])
-        for row in verbmem:
+        for row in data["verbmem"]:
             ids, labels, _ = encode_prefixed_text(tokenizer, row["prompt"], row["gt"], m.verbmem_max_length, True)
             rows.ids.append(ids)
             rows.labels.append(labels)
@@ -204,7 +218,7 @@ def evaluate_muse(model, tokenizer, corpus: str, data_dir, m: MuseSection, batch
             for i, (a, b) in enumerate(zip(es, em))
         ]
     if "privleak" in want:
-        summary.update(_privleak(model, tokenizer, corpus, data_dir, m, batch_size, take, records))
+        summary.update(_privleak(model, tokenizer, data, m, batch_size, records))
     return records, summary
 
 
@@ -233,10 +247,10 @@ def _rouge_records(records: list, name: str, gens: list[str], truths: list[str])
     return float(np.mean([s["rougeL_f1"] for s in scores]))
 
 
-def _privleak(model, tokenizer, corpus, data_dir, m: MuseSection, batch_size: int, take, records: list) -> dict:
+def _privleak(model, tokenizer, data: dict, m: MuseSection, batch_size: int, records: list) -> dict:
     scores = {}
     for part in ("forget", "holdout"):
-        texts = [str(r["text"]) for r in take(load_muse(corpus, "privleak", part, data_dir))]
+        texts = [str(r["text"]) for r in data[f"privleak_{part}"]]
         rows = TokenizedRows([], [])
         for text in texts:
             ids, labels, _ = encode_prefixed_text(tokenizer, "", text, m.privleak_max_length)
@@ -252,8 +266,8 @@ def _privleak(model, tokenizer, corpus, data_dir, m: MuseSection, batch_size: in
         )
         records += [{"set": f"privleak_{part}", "index": i, "mia_score": float(s)} for i, s in enumerate(scores[part])]
     auc = M.auc(scores["forget"], scores["holdout"])
-    if m.retain_eval:
-        reference, source = read_reference_auc(m.retain_eval, m.privleak_attack), m.retain_eval
+    if "reference_auc" in data:
+        reference, source = data["reference_auc"], m.retain_eval
     else:
         reference, source = 0.5, "default 0.5 (no muse.retain_eval)"
         log.warning("PrivLeak without a retrained model's evaluation (muse.retain_eval): reference AUC 0.5")
