@@ -106,6 +106,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-length", type=int, default=200, help="generation: prompt + answer tokens")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of each side, interleaved (medians)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
@@ -134,19 +135,26 @@ def main(argv=None) -> dict:
 
     _, _, cold = jax_side(model, tokenizer, *work)
     runs = {"jaxunlearn": [], "transformers": []}
-    for _ in range(2):  # interleaved: jaxunlearn warm, transformers
+    for _ in range(args.rounds):  # interleaved: jaxunlearn warm, transformers
         nll_j, gens_j, t = jax_side(model, tokenizer, *work)
-        runs["jaxunlearn"].append(t)
+        runs["jaxunlearn"].append({**t, "total": t["score"] + t["generate"]})
         nll_t, gens_t, t = torch_side(hf, tokenizer, *work)
-        runs["transformers"].append(t)
-    best = {k: min(v, key=lambda t: t["score"] + t["generate"]) for k, v in runs.items()}
+        runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
     same = sum(a == b for a, b in zip(gens_j, gens_t))
     rows = []
-    for phase in ("score", "generate"):
-        j, t = best["jaxunlearn"][phase], best["transformers"][phase]
-        rows.append({"phase": phase, "jaxunlearn_s": j, "transformers_s": t, "speedup": t / j})
-    j, t = (sum(best[k].values()) for k in ("jaxunlearn", "transformers"))
-    rows.append({"phase": "total (warm)", "jaxunlearn_s": j, "transformers_s": t, "speedup": t / j})
+    for phase, label in (("score", "score"), ("generate", "generate"), ("total", "total (warm)")):
+        js, ts = ([r[phase] for r in runs[k]] for k in ("jaxunlearn", "transformers"))
+        j, t = common.median(js), common.median(ts)
+        ratios = [b / a for a, b in zip(js, ts)]
+        rows.append(
+            {
+                "phase": label,
+                "jaxunlearn_s": j,
+                "transformers_s": t,
+                "speedup": t / j,
+                "speedup_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+            }
+        )
     c = sum(cold.values())
     rows.append(
         {"phase": "total (jaxunlearn cold, incl. compile)", "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c}
@@ -163,12 +171,17 @@ def main(argv=None) -> dict:
         "phases": rows,
         "max_abs_avg_nll_diff": float(np.abs(nll_j - nll_t).max()),
         "identical_generations": f"{same}/{len(gens_j)}",
+        "rounds": args.rounds,
+        "runs": runs,
+        "environment": common.environment(),
     }
     print(
         f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
         f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})"
     )
-    print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup"]))
+    print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup", "speedup_range"]))
+    print(f"medians of {args.rounds} interleaved rounds; per-round ratios in speedup_range")
+    print("environment:", common.environment_line(result["environment"]))
     print(
         f"outputs: max |avg NLL diff| {result['max_abs_avg_nll_diff']:.2e}; identical greedy answers "
         f"{result['identical_generations']}"

@@ -206,6 +206,7 @@ def main(argv=None) -> dict:
     for name, ts in times.items():
         sec = common.median(ts)
         row = {"framework": name, "s_per_step": sec, "tokens_per_s": tokens / sec, "TFLOP/s": flops / sec / 1e12}
+        row["spread"] = f"{min(ts):.3g}-{max(ts):.3g} (n={len(ts)})"
         peak = next((v for k, v in common.PEAK_FLOPS.items() if k in result["device"]), None)
         if peak:
             row["MFU"] = flops / sec / peak
@@ -240,10 +241,12 @@ def main(argv=None) -> dict:
     print(
         common.table(
             result["rows"],
-            ["framework", "s_per_step", "tokens_per_s", "TFLOP/s", "MFU", "peak_MiB", "compiled_temp_MiB"],
+            ["framework", "s_per_step", "spread", "tokens_per_s", "TFLOP/s", "MFU", "peak_MiB", "compiled_temp_MiB"],
         )
     )
-    print(f"jaxunlearn / pytorch speed: {result['speedup']:.2f}x")
+    print(f"jaxunlearn / pytorch speed: {result['speedup']:.2f}x (medians of {args.rounds} interleaved rounds)")
+    result["environment"] = common.environment()
+    print("environment:", common.environment_line(result["environment"]))
     common.write_json(args.json, result)
     return result
 

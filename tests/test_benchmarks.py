@@ -41,6 +41,8 @@ def test_train_step_benchmark_tiny(tmp_path):
         str(tmp_path / "r.json"),
     )
     assert "jaxunlearn / pytorch speed" in out.stdout
+    env = json.loads((tmp_path / "r.json").read_text())["environment"]
+    assert env["cores"] >= 1 and env["jax"] and env["git"] and "environment: " in out.stdout
     result = json.loads((tmp_path / "r.json").read_text())
     loss = result["first_step_loss"]  # same weights, same batch, same objective
     assert abs(loss["jaxunlearn"] - loss["pytorch"]) <= 1e-4 * abs(loss["pytorch"])
@@ -58,10 +60,12 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
         "4",
         "--max-length",
         "80",
+        "--rounds",
+        "1",
         "--json",
         str(tmp_path / "e.json"),
     )
-    assert "transformers" in out.stdout
+    assert "transformers" in out.stdout and "environment: " in out.stdout
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["identical_generations"] == "3/3"
     assert result["max_abs_avg_nll_diff"] < 1e-3
@@ -93,3 +97,12 @@ def test_memory_benchmark_tiny(tmp_path):
     assert lora["policy"] == "lora r4" and lora["arguments_GiB"] < mixed["arguments_GiB"] / 2
     # FSDP over two devices splits the parameters and optimizer state (norms stay replicated)
     assert 0.4 < two["arguments_GiB"] / mixed["arguments_GiB"] < 0.8
+
+
+def test_choice_benchmark_tiny(tiny_lm, tmp_path):
+    out = run_benchmark(
+        "choice.py", "--model", str(tiny_lm), "--questions", "8", "--rounds", "1", "--json", str(tmp_path / "c.json")
+    )
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["acc_jaxunlearn"] == result["acc_lm_eval"] and result["max_loglik_diff"] < 2e-3
+    assert "lm-eval HF" in out.stdout and result["environment"]["cpu_flags"] is not None
