@@ -100,6 +100,9 @@ def test_memory_benchmark_tiny(tmp_path):
 
 
 def test_choice_benchmark_tiny(tiny_lm, tmp_path):
+    import pytest
+
+    pytest.importorskip("lm_eval")
     out = run_benchmark(
         "choice.py", "--model", str(tiny_lm), "--questions", "8", "--rounds", "1", "--json", str(tmp_path / "c.json")
     )
