@@ -56,7 +56,7 @@ def test_pages_name_only_what_exists(page):
     for link in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", text):
         assert (page.parent / link).exists(), f"{page.name} links to {link}, which does not exist"
     code = "\n".join(re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text))
-    commands = set(re.findall(r"(?:^|[\s(])jaxunlearn ([a-z]+)\b", code, re.M))
+    commands = set(re.findall(r"(?:^|[\s(])jaxunlearn ([a-z][a-z-]*[a-z])\b", code, re.M))
     from jaxunlearn.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
