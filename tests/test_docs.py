@@ -79,3 +79,12 @@ def test_every_config_key_and_term_option_has_help():
                 assert f.metadata.get("help"), f"{prefix}{f.name} has no help text"
 
     walk(RunConfig)
+
+
+def test_benchmark_tables_are_generated_from_the_results_file():
+    """docs/benchmarks.md's generated tables equal what benchmarks/results.json renders."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "docs_benchmarks.py")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,84 @@
+"""Run the benchmark set and write one results file; docs/benchmarks.md's generated tables
+come from it (`python scripts/docs_benchmarks.py --write`), so the docs carry no figure
+this script did not produce.
+
+    python benchmarks/run_all.py                       # the full set (about an hour on 2 CPU cores)
+    python benchmarks/run_all.py --set quick           # smaller sizes (about 10 minutes)
+    python benchmarks/run_all.py --only choice_wmdp    # rerun one entry, keep the others
+
+Each entry is one benchmark command (its arguments are stored with its result); each runs
+in its own process with OMP_WAIT_POLICY=PASSIVE, and each benchmark repeats its
+measurement in interleaved rounds and reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+SETS = {
+    "full": {
+        "train_step_npo": ["train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"],
+        "train_step_me": ["train_step.py", "--shape", "llama-20m", "--objective", "ME+GD", "--rounds", "3"],
+        "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3"],
+        "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "1000", "--rounds", "3"],
+        "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "1000", "--rounds", "1"],
+    },
+    "quick": {
+        "train_step_npo": ["train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"],
+        "eval_tofu": ["eval.py", "--rows", "10", "--rounds", "3"],
+        "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
+        "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],
+    },
+}
+
+
+def run_entry(args: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TQDM_DISABLE="1")
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:], "--json", str(out)], env=env)
+        if proc.returncode:
+            raise SystemExit(f"benchmarks/{' '.join(args)} failed (exit {proc.returncode})")
+        return {
+            "command": "python benchmarks/" + " ".join(args),
+            "seconds": time.perf_counter() - t,
+            "result": json.loads(out.read_text()),
+        }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", choices=sorted(SETS), default="full")
+    p.add_argument("--only", nargs="+", help="entries to (re)run; the others are kept from --out")
+    p.add_argument("--out", default=str(HERE / "results.json"))
+    args = p.parse_args(argv)
+    entries = SETS[args.set]
+    unknown = [n for n in args.only or [] if n not in entries]
+    if unknown:
+        raise SystemExit(f"unknown entries {unknown}; the {args.set} set has {', '.join(entries)}")
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if args.only and out.exists() else {"entries": {}}
+    results["set"] = args.set
+    for name in args.only or entries:
+        print(f"== {name}: python benchmarks/{' '.join(entries[name])}", flush=True)
+        results["entries"][name] = run_entry(entries[name])
+        results["environment"] = common.environment()
+        out.write_text(json.dumps(results, indent=2) + "\n")  # after each entry: a crash keeps the rest
+    print(f"results in {out}; now: python scripts/docs_benchmarks.py --write")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The tables of docs/benchmarks.md, generated from benchmarks/results.json (written by
+benchmarks/run_all.py): each table sits between `<!-- results: NAME -->` and
+`<!-- /results -->` markers and is replaced as a whole.
+
+    python scripts/docs_benchmarks.py           # exit 1 if the docs' tables are stale
+    python scripts/docs_benchmarks.py --write   # rewrite them
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results.json"
+PAGE = REPO / "docs" / "benchmarks.md"
+
+
+def _f(x, digits: int = 3) -> str:
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _ratio_range(a: list[float], b: list[float]) -> str:
+    ratios = [y / x for x, y in zip(a, b)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
+def train_table(entries: dict) -> str:
+    lines = [
+        "| command | jaxunlearn s/step | PyTorch s/step | speed ratio | per-round range | peak RSS jax / torch (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in entries.items():
+        if not name.startswith("train_step"):
+            continue
+        r = e["result"]
+        j, t = r["rows"]
+        peak = f"{j['peak_MiB']:.0f} / {t['peak_MiB']:.0f}" if "peak_MiB" in j else "—"
+        lines.append(
+            f"| `{e['command']}` | {_f(j['s_per_step'])} | {_f(t['s_per_step'])} | **{r['speedup']:.2f}x** | "
+            f"{j.get('spread', '—')} vs {t.get('spread', '—')} | {peak} |"
+        )
+    return "\n".join(lines)
+
+
+def eval_table(entries: dict) -> str:
+    lines = [
+        "| command | phase | jaxunlearn s | transformers s | speed ratio | per-round range |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in entries.items():
+        if not name.startswith("eval"):
+            continue
+        r = e["result"]
+        for row in r["phases"]:
+            lines.append(
+                f"| `{e['command']}` | {row['phase']} | {_f(row['jaxunlearn_s'])} | {_f(row['transformers_s'])} | "
+                f"**{row['speedup']:.2f}x** | {row.get('speedup_range', '—')} |"
+            )
+        lines.append(
+            f"| | outputs | max avg-NLL difference {r['max_abs_avg_nll_diff']:.1e} | identical answers "
+            f"{r['identical_generations']} | | |"
+        )
+    return "\n".join(lines)
+
+
+def choice_table(entries: dict) -> str:
+    lines = [
+        "| command | jaxunlearn s (warm / cold) | lm-eval HF s | speed ratio | per-round range | accuracy (both) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in entries.items():
+        if not name.startswith("choice"):
+            continue
+        r = e["result"]
+        same = "" if r["acc_jaxunlearn"] == r["acc_lm_eval"] else f" vs {r['acc_lm_eval']:.3f} (DIFFERENT)"
+        lines.append(
+            f"| `{e['command']}` | {_f(r['jaxunlearn_s'])} / {_f(r['jaxunlearn_cold_s'])} | {_f(r['lm_eval_hf_s'])} | "
+            f"**{r['speedup']:.2f}x** | {_ratio_range(r['times']['jaxunlearn'], r['times']['lm-eval HF'])} | "
+            f"{r['acc_jaxunlearn']:.3f}{same} |"
+        )
+    return "\n".join(lines)
+
+
+def environment_block(results: dict) -> str:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import common
+
+    return f"Set `{results['set']}`; environment: {common.environment_line(results['environment'])}."
+
+
+RENDERERS = {"environment": environment_block, "train_step": train_table, "eval": eval_table, "choice": choice_table}
+
+
+def render(page: str, results: dict) -> str:
+    def fill(m: re.Match) -> str:
+        name = m.group(1)
+        body = RENDERERS[name](results) if name == "environment" else RENDERERS[name](results["entries"])
+        return f"<!-- results: {name} -->\n{body}\n<!-- /results -->"
+
+    return re.sub(r"<!-- results: (\w+) -->\n.*?<!-- /results -->", fill, page, flags=re.S)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not RESULTS.exists():
+        print(f"{RESULTS} does not exist; run python benchmarks/run_all.py first")
+        return 1
+    results = json.loads(RESULTS.read_text())
+    page = PAGE.read_text()
+    new = render(page, results)
+    if "--write" in argv:
+        PAGE.write_text(new)
+        print(f"wrote {PAGE.relative_to(REPO)}")
+        return 0
+    if new != page:
+        print(f"{PAGE.relative_to(REPO)} is stale: python scripts/docs_benchmarks.py --write")
+        return 1
+    print("up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
