@@ -3,7 +3,7 @@ come from it (`python scripts/docs_benchmarks.py --write`), so the docs carry no
 this script did not produce.
 
     python benchmarks/run_all.py                       # the full set (about an hour on 2 CPU cores)
-    python benchmarks/run_all.py --set quick           # smaller sizes (about 10 minutes)
+    python benchmarks/run_all.py --set quick           # smaller sizes (about 20 minutes)
     python benchmarks/run_all.py --only choice_wmdp    # rerun one entry, keep the others
 
 Each entry is one benchmark command (its arguments are stored with its result); each runs
@@ -36,7 +36,7 @@ SETS = {
     },
     "quick": {
         "train_step_npo": ["train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"],
-        "eval_tofu": ["eval.py", "--rows", "10", "--rounds", "3"],
+        "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],
     },

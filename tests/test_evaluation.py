@@ -21,7 +21,7 @@ from jaxunlearn.evaluation.aggregate import aggregate
 from jaxunlearn.evaluation.evaluate import check_vocab
 from jaxunlearn.evaluation.logs_io import read_evaluation
 from jaxunlearn.evaluation.kernels import generate_texts, score_rows
-from jaxunlearn.evaluation.prefix_trees import PackedTrees, score_prefix_trees
+from jaxunlearn.evaluation.prefix_trees import PackedTrees, choose_trees, score_prefix_trees, slot_cost
 
 
 def test_probability_and_truth_ratio_by_hand():
@@ -207,6 +207,30 @@ def test_prefix_trees_merge_shared_prefixes():
     assert len(narrow.ids) > 1 and narrow.nodes.max() <= 48 and narrow.nodes.sum() > trees.nodes[0]
     with pytest.raises(ValueError, match="does not fit"):
         PackedTrees.build(rows, 16, pad_id=0)
+
+
+def test_tree_width_is_the_one_of_least_estimated_compute(smollm2):
+    config = smollm2[0].config
+    rng = np.random.default_rng(0)
+    shot = rng.integers(5, 1000, 600).astype(np.int32)  # few-shot examples every question shares
+
+    def rows(shared):
+        ids = [np.concatenate([shared, rng.integers(5, 1000, 40)]).astype(np.int32) for _ in range(64)]
+        return TokenizedRows(ids, [x.copy() for x in ids])
+
+    def cost(trees):
+        return len(trees.ids) * trees.ids.shape[1] * slot_cost(config, trees.ids.shape[1])
+
+    # a 600-token prompt shared by every row (tried: its 768 bucket and doublings): wide
+    # sequences compute it once for many rows; unrelated rows: the narrowest, where attention costs least
+    for data, widths, want in (
+        (rows(shot), (768, 1536, 3072), 1536),
+        (rows(np.zeros(0, np.int32)), (256, 512, 1024, 2048), 256),
+    ):
+        chosen = choose_trees(data, 0, config)
+        assert cost(chosen) == min(cost(PackedTrees.build(data, w, 0)) for w in widths)
+        assert chosen.ids.shape[1] == want
+    assert choose_trees(rows(shot), 0, config, width=1024).ids.shape[1] == 1024  # a width given is kept
 
 
 @pytest.mark.parametrize("width", [None, 48])

@@ -39,7 +39,7 @@ def _greedy(
     model = nnx.merge(graphdef, state)
     b, t = input_ids.shape
     cache = model.init_cache(b, t + max_new_tokens)
-    out = model.forward(input_ids, attention_mask, cache=cache)  # the prompt: scanned layers
+    out = model.forward(input_ids, attention_mask, cache=cache, logits_to_keep=1)  # the prompt: scanned layers
     if layer_params is not None:
         out = out.replace(cache=out.cache.split_layers())
     keys = jax.random.split(key if sample else jax.random.key(0), max_new_tokens + 1)

@@ -31,7 +31,12 @@ from .kernels import RowScores, padded_batch, place_batch, round_up, token_stati
 
 # Sequence widths and full-statistics counts pad to these (few compiled shapes).
 LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-MIN_WIDTH = 512  # wide enough that a sequence holds a few TOFU questions' trees
+MIN_WIDTH = 256  # the narrowest width tried: below it a sequence holds too few questions' trees to share much
+MAX_WIDTH = 4096  # the widest tried (a longer row gets its own bucket)
+WIDTHS_TRIED = 4  # MIN_WIDTH-or-the-longest-row's bucket, then doublings
+# On CPU the masked softmax over a sequence's [W, W] scores costs about as much as the two
+# attention matmuls (SmolLM2: widths 128 / 512 / 1024 measured 1.00 / 1.10 / 1.50 per token)
+ATTENTION_WEIGHT = 2.0
 TOKENS_PER_ROW = 64  # `batch_size` counts rows of this many tokens: a batch holds batch_size * 64 tree nodes
 
 
@@ -91,6 +96,37 @@ class PackedTrees:
         return seen
 
 
+def slot_cost(config, width: int) -> float:
+    """Estimated FLOPs of one sequence slot through the layers at `width`: the dense
+    projections (2 per weight) and the attention over `width` keys (QK and PV, weighted by
+    ATTENTION_WEIGHT). Machine-independent: the choice it drives holds on any CPU or chip
+    where matmul FLOPs dominate."""
+    c = config
+    attn_dims = c.num_heads * c.head_dim
+    dense = 2 * (2 * c.hidden_size * attn_dims + 2 * c.hidden_size * c.num_kv_heads * c.head_dim)
+    dense += 2 * (3 if c.arch.mlp == "gated" else 2) * c.hidden_size * c.intermediate_size
+    return c.num_layers * (dense + ATTENTION_WEIGHT * 4 * width * attn_dims)
+
+
+def choose_trees(rows: TokenizedRows, pad_id: int, config, width: int | None = None) -> PackedTrees:
+    """Rows packed at `width`, or at the width of least estimated compute (slots x
+    `slot_cost`): wider sequences share more (a prompt common to many rows, such as few-shot
+    examples, is computed once per sequence) but pay more attention per slot. Widths tried:
+    the bucket of max(longest row, MIN_WIDTH) and its doublings up to MAX_WIDTH."""
+    if width:
+        return PackedTrees.build(rows, width, pad_id)
+    longest = int(rows.lengths().max()) if len(rows) else 1
+    first = bucket_length(max(longest, MIN_WIDTH), LENGTH_BUCKETS, None)
+    widths = [first] + [first << k for k in range(1, WIDTHS_TRIED) if first << k <= MAX_WIDTH]
+    best, best_cost = None, float("inf")
+    for w in widths:
+        trees = PackedTrees.build(rows, w, pad_id)
+        cost = len(trees.ids) * w * slot_cost(config, w)
+        if cost < best_cost:
+            best, best_cost = trees, cost
+    return best
+
+
 def _new_nodes(children: dict, row: list[int]) -> int:
     """Nodes a row would add to a tree: its tokens after the longest prefix already there."""
     up = -1
@@ -148,13 +184,12 @@ def score_prefix_trees(
 ) -> RowScores:
     """Every row's supervised-token log-probs, each shared prefix computed once; the rows
     where `full` is set also get the memorization and Min-K%++ statistics (the others come
-    back with zeros there), as `score_rows` gives them. Sequences are `width` wide (default
-    the longest row's bucket, at least MIN_WIDTH); a batch holds batch_size * TOKENS_PER_ROW
-    slots, rounded up to the mesh's data axis."""
+    back with zeros there), as `score_rows` gives them. Sequences are `width` wide (default:
+    the width of least estimated compute, `choose_trees`); a batch holds batch_size *
+    TOKENS_PER_ROW slots, rounded up to the mesh's data axis."""
     full = np.asarray(full, bool)
-    longest = int(rows.lengths().max()) if len(rows) else 1
-    width = width or bucket_length(max(longest, MIN_WIDTH), LENGTH_BUCKETS, None)
-    trees = PackedTrees.build(rows, width, pad_id)
+    trees = choose_trees(rows, pad_id, model.config, width)
+    width = trees.ids.shape[1]
     multiple = 1 if mesh is None else mesh.shape["data"]
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]

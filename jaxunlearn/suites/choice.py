@@ -18,11 +18,7 @@ import numpy as np
 
 from ..data.choice import ChoiceTask, context, continuations, LETTERS
 from ..data.tokenize import IGNORE, TokenizedRows, pad_token_id
-from ..data.batching import bucket_length
-from ..evaluation.prefix_trees import LENGTH_BUCKETS, MIN_WIDTH, score_prefix_trees
-
-QUESTIONS_PER_SEQUENCE = 4  # width = 4 x the longest row, within [MIN_WIDTH, MAX_WIDTH]
-MAX_WIDTH = 2048  # wider: attention's W^2 starts to cost more than the shared prefix saves
+from ..evaluation.prefix_trees import score_prefix_trees
 
 
 def encode_pair(tokenizer, context_text: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -121,19 +117,10 @@ def evaluate_choice(
     """Score every choice of every question of `task` once (shared contexts computed once)."""
     max_length = max_length or model.config.max_position_embeddings
     rows, question, choice = choice_rows(tokenizer, task, max_length)
-    # few-shot prompts share hundreds of tokens: sequences wide enough to hold several
-    # questions each compute the shared examples once per sequence, not once per question
-    longest = int(rows.lengths().max())
-    width = bucket_length(min(MAX_WIDTH, max(MIN_WIDTH, QUESTIONS_PER_SEQUENCE * longest)), LENGTH_BUCKETS, None)
+    # few-shot prompts share hundreds of tokens: the width is chosen (prefix_trees.choose_trees)
+    # so that a sequence holds several questions and computes their shared examples once
     scores = score_prefix_trees(
-        model,
-        rows,
-        pad_token_id(tokenizer),
-        np.zeros(len(rows), bool),
-        batch_size,
-        mesh,
-        progress,
-        width=max(width, bucket_length(longest, LENGTH_BUCKETS, None)),
+        model, rows, pad_token_id(tokenizer), np.zeros(len(rows), bool), batch_size, mesh, progress
     )
     ll = scores.sum_logp
     per_question = [ll[question == q] for q in range(len(task.rows))]
