@@ -213,7 +213,9 @@ def environment() -> dict:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "-uno"], capture_output=True, text=True)
+        # the results file run_all.py rewrites as it goes does not make the code dirty
+        status = ["git", "-C", root, "status", "--porcelain", "-uno", "--", ".", ":!benchmarks/results.json"]
+        dirty = subprocess.run(status, capture_output=True, text=True)
         git = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
         git = None

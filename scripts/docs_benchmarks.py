@@ -1,6 +1,6 @@
-"""The tables of docs/benchmarks.md, generated from benchmarks/results.json (written by
-benchmarks/run_all.py): each table sits between `<!-- results: NAME -->` and
-`<!-- /results -->` markers and is replaced as a whole.
+"""The tables of docs/benchmarks.md and the README's speed line, generated from
+benchmarks/results.json (written by benchmarks/run_all.py): each sits between
+`<!-- results: NAME -->` and `<!-- /results -->` markers and is replaced as a whole.
 
     python scripts/docs_benchmarks.py           # exit 1 if the docs' tables are stale
     python scripts/docs_benchmarks.py --write   # rewrite them
@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results.json"
-PAGE = REPO / "docs" / "benchmarks.md"
+PAGES = (REPO / "docs" / "benchmarks.md", REPO / "README.md")
 
 
 def _f(x, digits: int = 3) -> str:
@@ -91,13 +91,47 @@ def environment_block(results: dict) -> str:
     return f"Set `{results['set']}`; environment: {common.environment_line(results['environment'])}."
 
 
-RENDERERS = {"environment": environment_block, "train_step": train_table, "eval": eval_table, "choice": choice_table}
+def speed_summary(results: dict) -> str:
+    """One sentence for the README: each comparison's median ratio, the environment in brief."""
+    entries, parts = results["entries"], []
+    for name, e in entries.items():
+        r = e["result"]
+        if name.startswith("eval"):
+            warm = next(x for x in r["phases"] if x["phase"] == "total (warm)")["speedup"]
+            cold = next(x for x in r["phases"] if x["phase"].startswith("total (jaxunlearn cold"))["speedup"]
+            parts.append(
+                f"TOFU evaluation ({r['rows']} rows) {warm:.2f}x the transformers pipeline warm, {cold:.2f}x "
+                f"cold, answers identical ({r['identical_generations']})"
+            )
+        elif name.startswith("choice"):
+            same = "equal" if r["acc_jaxunlearn"] == r["acc_lm_eval"] else "DIFFERENT"
+            parts.append(
+                f"{r['task'].upper()} {r['fewshot']}-shot multiple choice ({r['questions']} questions) "
+                f"{r['speedup']:.2f}x lm-eval's HF backend, {same} accuracy"
+            )
+        elif name.startswith("train_step"):
+            parts.append(f"the {r['objective']} unlearning step {r['speedup']:.2f}x PyTorch")
+    env = results["environment"]
+    return (
+        f"Speed (set `{results['set']}` of `benchmarks/run_all.py`, {env['cores']}-core {env['cpu']}, "
+        f"commit {env['git']}): " + "; ".join(parts) + "."
+    )
+
+
+RENDERERS = {
+    "environment": environment_block,
+    "train_step": train_table,
+    "eval": eval_table,
+    "choice": choice_table,
+    "summary": speed_summary,
+}
+WHOLE = {"environment", "summary"}  # renderers that read the whole results file
 
 
 def render(page: str, results: dict) -> str:
     def fill(m: re.Match) -> str:
         name = m.group(1)
-        body = RENDERERS[name](results) if name == "environment" else RENDERERS[name](results["entries"])
+        body = RENDERERS[name](results) if name in WHOLE else RENDERERS[name](results["entries"])
         return f"<!-- results: {name} -->\n{body}\n<!-- /results -->"
 
     return re.sub(r"<!-- results: (\w+) -->\n.*?<!-- /results -->", fill, page, flags=re.S)
@@ -109,14 +143,17 @@ def main(argv=None) -> int:
         print(f"{RESULTS} does not exist; run python benchmarks/run_all.py first")
         return 1
     results = json.loads(RESULTS.read_text())
-    page = PAGE.read_text()
-    new = render(page, results)
-    if "--write" in argv:
-        PAGE.write_text(new)
-        print(f"wrote {PAGE.relative_to(REPO)}")
-        return 0
-    if new != page:
-        print(f"{PAGE.relative_to(REPO)} is stale: python scripts/docs_benchmarks.py --write")
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        new = render(text, results)
+        if "--write" in argv and new != text:
+            page.write_text(new)
+            print(f"wrote {page.relative_to(REPO)}")
+        elif new != text:
+            stale.append(str(page.relative_to(REPO)))
+    if stale:
+        print(f"stale: {', '.join(stale)}; python scripts/docs_benchmarks.py --write")
         return 1
     print("up to date")
     return 0
