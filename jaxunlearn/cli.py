@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from .compilation_cache import enable as enable_compilation_cache
 from .errors import JaxUnlearnError
 
 
@@ -238,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="-v: jaxunlearn's INFO messages; -vv: every library's too (Orbax, JAX)",
     )
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        default=None,
+        help="persistent XLA compilation cache, so a repeated command skips compiling "
+        "(default $JAXUNLEARN_COMPILATION_CACHE or ~/.cache/jaxunlearn/xla; off: none)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -397,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:  # Orbax logs dozens of INFO lines per checkpoint: only with -vv
         logging.getLogger("jaxunlearn").setLevel(logging.INFO)
     try:
+        enable_compilation_cache(args.compilation_cache)
         args.func(args)
     except JaxUnlearnError as e:
         print(f"error: {e}", file=sys.stderr)

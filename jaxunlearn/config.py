@@ -30,7 +30,7 @@ from .models.lora import LoRASection
 from .objectives.config import ObjectiveSection
 from .parallel import MeshSection
 from .suites.config import ChoiceSection, MuseSection
-from .training.config import ContinualSection, OutputSection, TrainSection
+from .training.config import ContinualSection, OutputSection, TrainSection, parse_window
 
 
 @dataclasses.dataclass
@@ -292,6 +292,7 @@ def validate(cfg: RunConfig) -> None:
             f"train.loss_group_rows={t.loss_group_rows} must divide train.batch_size={t.batch_size} "
             "(e.g. 4 for the paper's 4 rows per device and step), or be null for the global mean"
         )
+    parse_window(t.profile_steps)
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
     if cfg.eval.best_by and not CRITERION.match(cfg.eval.best_by):

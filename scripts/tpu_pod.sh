@@ -10,9 +10,6 @@
 # writes metrics and exports. output.dir must be on storage every host sees.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-  .venv/bin/python -m pip install -q -e . "jax[tpu]==0.10.2"
-fi
+EXTRAS=tpu scripts/setup.sh  # jaxunlearn with the pinned jax's TPU plugin, no torch
 export JAXUNLEARN_DISTRIBUTED=auto
 exec .venv/bin/jaxunlearn "$@"

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# no persistent compilation cache under ~/.cache from in-process CLI calls (tests that want one set it)
+os.environ.setdefault("JAXUNLEARN_COMPILATION_CACHE", "off")
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 101

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parents[1] / "jaxunlearn"
 # lowest first; a module may import its own package and lower layers, never sideways or up
 LAYERS = [
     ("errors", "settings"),
-    ("paths",),  # output paths checked, OS write errors described
+    ("paths", "compilation_cache"),  # output paths checked, OS write errors described; the XLA cache
     ("parallel", "precision"),
     ("models",),
     ("checkpoints", "data", "objectives"),  # checkpoints with tokenizer loading

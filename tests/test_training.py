@@ -145,9 +145,17 @@ def test_me_gd_raises_entropy_and_keeps_retain(tiny_lm, tmp_path):
 
 
 def test_unlearn_api_writes_run_and_export(tiny_lm, tmp_path):
-    cfg = config(tiny_lm, tmp_path, "objective.name=IDK+AP", "train.max_steps=2", "output.export_hf_flax=true")
+    cfg = config(
+        tiny_lm,
+        tmp_path,
+        "objective.name=IDK+AP",
+        "train.max_steps=2",
+        "output.export_hf_flax=true",
+        "train.profile_steps=2..2",
+    )
     summary = unlearn(cfg, progress=False)
     out = tmp_path / "run"
+    assert list((out / "profile").rglob("*.xplane.pb"))  # the trace of step 2
     assert (out / "run.json").exists() and (out / "summary.json").exists()
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
     assert (out / "model-hf-flax" / "flax_model.msgpack").exists()
@@ -319,3 +327,30 @@ def test_training_and_evaluation_run_at_the_configured_matmul_precision(tiny_lm,
     unlearn(config(tiny_lm, tmp_path, *common), progress=False)  # fp32 compute: auto = highest
     unlearn(config(tiny_lm, tmp_path, *common, "model.matmul_precision=high"), overwrite=True, progress=False)
     assert seen == [("train", "highest"), ("eval", "highest"), ("train", "high"), ("eval", "high")]
+
+
+@pytest.mark.parametrize("window", ["3..1", "0..2", "2:2", "two"])
+def test_profile_window_must_be_n_to_m(tiny_lm, tmp_path, window):
+    with pytest.raises(ConfigError, match="write N..M with 1 <= N <= M"):
+        config(tiny_lm, tmp_path, f"train.profile_steps={window}")
+
+
+def test_cli_keeps_compiled_steps_in_the_compilation_cache(tiny_lm, tmp_path):
+    from conftest import run_python
+
+    code = (
+        "import sys, jaxunlearn.compilation_cache as c; c.MIN_COMPILE_SECONDS = 0; "
+        "from jaxunlearn.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["generate", str(tiny_lm), "--prompt", "hi", "--max-new-tokens", "2"]
+    cache = tmp_path / "xla"
+    assert run_python(code, "--compilation-cache", str(cache), *args).returncode == 0
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries  # compiled executables on disk
+    assert run_python(code, "--compilation-cache", str(cache), *args).returncode == 0
+    assert sorted(p.name for p in cache.iterdir()) == entries  # the second run found them: nothing new
+    home = {"XDG_CACHE_HOME": str(tmp_path / "home"), "JAXUNLEARN_COMPILATION_CACHE": ""}
+    assert run_python(code, "--compilation-cache", "off", *args, env_extra=home).returncode == 0
+    assert not (tmp_path / "home").exists()  # off: nothing written
+    assert run_python(code, *args, env_extra=home).returncode == 0
+    assert list((tmp_path / "home" / "jaxunlearn" / "xla").iterdir())  # the default place

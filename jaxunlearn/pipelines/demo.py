@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..compilation_cache import enable as enable_compilation_cache
 from ..config import config_from_dict, read_yaml, resolve_preset
 from ..data import load_tofu
 from ..errors import ConfigError
@@ -27,15 +28,6 @@ def _digest(*parts) -> str:
 def _write_rows(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
-
-
-def _persistent_compilation_cache(path: Path) -> None:
-    """Keep XLA executables on disk so a second demo run skips compiling."""
-    import jax
-
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 def run_demo(
@@ -71,7 +63,7 @@ def run_demo(
 
     cache = out / "cache"
     results: dict = {"stages": {}}
-    _persistent_compilation_cache(cache / "xla")
+    enable_compilation_cache(cache / "xla")  # a second demo run skips compiling
 
     def cached_finetune(name: str, train_file: Path) -> Path:
         cfg = base(*demo["finetune"], f"data.train_file={train_file}")

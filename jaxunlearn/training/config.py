@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
+from ..errors import ConfigError
 from ..settings import setting
 
 
@@ -32,6 +34,9 @@ class TrainSection:
     seed: int = setting(1001, "data order, pairing and PRNG seed")
     precompute_reference: bool = setting(
         False, "compute the reference's sequence NLLs once (NPO, DPO) and drop the reference model from the step"
+    )
+    profile_steps: str | None = setting(
+        None, "N..M: a jax.profiler trace of steps N..M (1-based) in <output dir>/profile, for TensorBoard or XProf"
     )
     low_precision_params: bool = setting(
         False,
@@ -66,3 +71,16 @@ class ContinualSection:
     )
     tasks: list[int] = setting([], "task ids in order (empty: every task)")
     fix_reference: bool = setting(False, "reference = the original model instead of the previous task's result")
+
+
+def parse_window(text: str | None) -> tuple[int, int] | None:
+    """'N..M' -> (N, M), 1-based and inclusive; None when unset. (Not N:M: YAML reads 2:2 as
+    the base-60 integer 122.)"""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*\.\.\s*(\d+)\s*", str(text))
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ConfigError(
+            f"train.profile_steps={text!r}: write N..M with 1 <= N <= M (1-based steps, inclusive), e.g. 3..5"
+        )
+    return int(m.group(1)), int(m.group(2))

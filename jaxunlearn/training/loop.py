@@ -37,6 +37,7 @@ from ..precision import matmul_precision as precision_context
 from .checkpointing import Checkpointer
 from .config import OutputSection, TrainSection
 from .optimizer import SCHEDULES, make_optimizer, paper_num_steps, paper_warmup
+from .profiling import StepProfiler
 from .step import (
     check_batch_divisible,
     jit_train_step,
@@ -422,6 +423,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     )
     tokens_done, t0 = 0, time.perf_counter()
     last = {}
+    profiler = StepProfiler(t.profile_steps, out_dir / "profile")
     try:
         with _stop_on_signals() as stop:
             for step in range(start, total):
@@ -434,8 +436,10 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
                     reference_nll = {s: v[local] for s, v in precomputed.items()}
                 batch = StepBatch.from_arrays(next(iterator), reference_nll)
                 t_step = time.perf_counter()
+                profiler.before(step + 1)
                 with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
                     state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
+                profiler.after(step + 1, state)
                 metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
                 t_step = time.perf_counter() - t_step
                 if step == start:
@@ -470,6 +474,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
                 if on_step is not None:
                     on_step(step + 1, lambda: _merge(graphdef, state.params, base))
     finally:
+        profiler.close()
         bar.close()
         checkpointer.close()
 
