@@ -53,9 +53,13 @@ def jax_side(model, tokenizer, evalset, pad, batch: int, budgets):
 def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
     """transformers: whole rows, longest first, each batch padded to its longest row (shapes
     cost eager PyTorch nothing); generation uses the same batches, prompt widths and
-    new-token budget as jaxunlearn so the answers can be compared."""
+    new-token budget as jaxunlearn so the answers can be compared. Runs on the model's
+    device (a GPU's work is waited for before each time is read)."""
     import torch
     import torch.nn.functional as F
+
+    device = model.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     from jaxunlearn.data.batching import bucket_length, pad_rows
     from jaxunlearn.data.eval_sets import left_pad
@@ -68,13 +72,17 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
         for start in range(0, len(rows), batch):
             index = list(order[start : start + batch])
             length = int(rows.lengths()[index].max())  # eager PyTorch pads to the longest row, no buckets
-            b = {k: torch.tensor(v, dtype=torch.long) for k, v in pad_rows(rows, index, length, pad).items()}
+            b = {
+                k: torch.tensor(v, dtype=torch.long, device=device)
+                for k, v in pad_rows(rows, index, length, pad).items()
+            }
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             ce = F.cross_entropy(
                 logits[:, :-1].transpose(1, 2), b["labels"][:, 1:], ignore_index=-100, reduction="none"
             )
             count = (b["labels"][:, 1:] != -100).sum(-1).clamp(min=1)
-            nll[index] = (ce.sum(-1) / count).numpy()
+            nll[index] = (ce.sum(-1) / count).cpu().numpy()
+        sync()
         scored = time.perf_counter()
         prompts = evalset.prompts
         order = np.argsort([-len(p) for p in prompts], kind="stable")
@@ -84,8 +92,8 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
             width = bucket_length(max(len(prompts[i]) for i in index), (64, 128, 256), None)
             ids, mask = left_pad([prompts[i] for i in index], pad, width)
             out = model.generate(
-                input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask, dtype=torch.long),
+                input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+                attention_mask=torch.tensor(mask, dtype=torch.long, device=device),
                 max_new_tokens=max(1, int(budgets[index].max())),
                 do_sample=False,
                 eos_token_id=tokenizer.eos_token_id,
@@ -95,7 +103,40 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
                 new = out[j, ids.shape[1] : ids.shape[1] + budgets[i]].tolist()  # the row's own budget
                 cut = next((k for k, tok in enumerate(new) if tok == tokenizer.eos_token_id), len(new))
                 gens[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+        sync()
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
+
+
+def child_cold(args) -> dict:
+    """A fresh process: the compilation cache at args.child_cold, then one cold jaxunlearn
+    evaluation; its times as the last line of stdout."""
+    import json
+
+    import jaxunlearn
+    from jaxunlearn.compilation_cache import enable
+    from jaxunlearn.data.eval_sets import build_eval_set
+    from jaxunlearn.data.templates import default_template_name, get_template
+    from jaxunlearn.data.tokenize import pad_token_id
+    from jaxunlearn.evaluation.budgets import generation_budgets
+
+    enable(args.child_cold)
+    model, tokenizer = jaxunlearn.load_pretrained(args.model)
+    template = get_template(default_template_name(tokenizer), tokenizer)
+    evalset = build_eval_set(tokenizer, template, load_rows(args.split, args.rows, args.data_dir), "forget", 512, None)
+    budgets = generation_budgets([len(x) for x in evalset.prompts], "per_row", args.max_length)
+    times = jax_side(model, tokenizer, evalset, pad_token_id(tokenizer), args.batch, budgets)[2]
+    print(json.dumps(times))
+    return times
+
+
+def cached_cold_seconds(args) -> float:
+    """Cold jaxunlearn time of a second fresh process, after a first one filled the cache."""
+    shared = ["--model", args.model, "--split", args.split, "--rows", str(args.rows), "--batch", str(args.batch)]
+    shared += ["--max-length", str(args.max_length)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in range(2):
+            times = common.rss_of_child(__file__, ["--child-cold", cache, *shared])
+    return times["score"] + times["generate"]
 
 
 def main(argv=None) -> dict:
@@ -107,8 +148,18 @@ def main(argv=None) -> dict:
     p.add_argument("--max-length", type=int, default=200, help="generation: prompt + answer tokens")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each side, interleaved (medians)")
+    p.add_argument("--torch-device", default="cpu", help="where the transformers side runs: cpu or cuda")
+    p.add_argument(
+        "--cached-cold",
+        action="store_true",
+        help="also time a fresh process whose compilation cache an earlier process filled (what a repeated "
+        "CLI command gets: jaxunlearn keeps compiled steps in ~/.cache/jaxunlearn/xla)",
+    )
+    p.add_argument("--child-cold", metavar="CACHE_DIR", help=argparse.SUPPRESS)  # one cold jaxunlearn run
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    if args.child_cold:
+        return child_cold(args)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -122,9 +173,11 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # one HF checkpoint that both sides load
         jaxunlearn.save_pretrained(model, tokenizer, Path(tmp) / "model")
         model, tokenizer = jaxunlearn.load_pretrained(Path(tmp) / "model")
-        hf = AutoModelForCausalLM.from_pretrained(
-            Path(tmp) / "model", dtype=torch.float32, attn_implementation="sdpa"
-        ).eval()
+        hf = (
+            AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32, attn_implementation="sdpa")
+            .eval()
+            .to(args.torch_device)
+        )
     template = get_template(default_template_name(tokenizer), tokenizer)
     rows = load_rows(args.split, args.rows, args.data_dir)
     evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
@@ -159,6 +212,10 @@ def main(argv=None) -> dict:
     rows.append(
         {"phase": "total (jaxunlearn cold, incl. compile)", "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c}
     )
+    if args.cached_cold:
+        c = cached_cold_seconds(args)
+        phase = "total (jaxunlearn cold, compilation cache of an earlier process)"
+        rows.append({"phase": phase, "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c})
     result = {
         "model": args.model,
         "split": args.split,
@@ -168,6 +225,7 @@ def main(argv=None) -> dict:
         "max_length": args.max_length,
         "device": common.accelerator_name(),
         "torch_threads": torch.get_num_threads(),
+        "torch_device": args.torch_device,
         "phases": rows,
         "max_abs_avg_nll_diff": float(np.abs(nll_j - nll_t).max()),
         "identical_generations": f"{same}/{len(gens_j)}",

@@ -349,8 +349,14 @@ def test_cli_keeps_compiled_steps_in_the_compilation_cache(tiny_lm, tmp_path):
     assert entries  # compiled executables on disk
     assert run_python(code, "--compilation-cache", str(cache), *args).returncode == 0
     assert sorted(p.name for p in cache.iterdir()) == entries  # the second run found them: nothing new
-    home = {"XDG_CACHE_HOME": str(tmp_path / "home"), "JAXUNLEARN_COMPILATION_CACHE": ""}
-    assert run_python(code, "--compilation-cache", "off", *args, env_extra=home).returncode == 0
-    assert not (tmp_path / "home").exists()  # off: nothing written
-    assert run_python(code, *args, env_extra=home).returncode == 0
-    assert list((tmp_path / "home" / "jaxunlearn" / "xla").iterdir())  # the default place
+
+
+def test_compilation_cache_location_and_off(tmp_path, monkeypatch):
+    from jaxunlearn import compilation_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(compilation_cache.ENV, raising=False)
+    assert compilation_cache.default_location() == str(tmp_path / "home" / "jaxunlearn" / "xla")
+    monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / "mine"))
+    assert compilation_cache.default_location() == str(tmp_path / "mine")
+    assert compilation_cache.enable("off") is None and not (tmp_path / "mine").exists()  # off: nothing made
