@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import types
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +154,15 @@ def test_unlearn_api_writes_run_and_export(tiny_lm, tmp_path):
         "output.export_hf_flax=true",
         "train.profile_steps=2..2",
     )
-    summary = unlearn(cfg, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = unlearn(cfg, progress=False)
+    deprecated = [  # jaxunlearn calls no API that jax, flax or optax deprecate
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, DeprecationWarning) and any(f"/{m}/" in w.filename for m in ("jax", "flax", "optax"))
+    ]
+    assert not deprecated, deprecated
     out = tmp_path / "run"
     assert list((out / "profile").rglob("*.xplane.pb"))  # the trace of step 2
     assert (out / "run.json").exists() and (out / "summary.json").exists()

@@ -106,8 +106,7 @@ def load_model(config: ModelConfig, source: TensorSource, mesh=None, rules=None)
     extra = sorted(n for n in source.names() - used if not n.endswith(IGNORED_SUFFIXES))
     if extra:
         log.warning("ignoring %d tensors of %s not used by the model: %s", len(extra), source.description, extra[:5])
-    pure = nnx.State.from_flat_path(values)
-    state.replace_by_pure_dict(pure.to_pure_dict())
+    nnx.replace_by_pure_dict(state, nnx.to_pure_dict(nnx.from_flat_state(values)))
     return nnx.merge(graphdef, state)
 
 

@@ -207,7 +207,7 @@ def make_train_step(
             )
         if trainable_mask is not None:
             grads = jax.tree.map(lambda g, m: g * m, grads, trainable_mask)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         if trainable_mask is not None:
             updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, trainable_mask)
