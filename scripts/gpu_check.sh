@@ -351,7 +351,7 @@ if e:
 try:
     tail = [l for l in open(os.path.join(out, "parity.txt")).read().splitlines() if " passed" in l or " failed" in l
             or l.startswith("== ")]
-    lines += ["", "parity:"] + [f"  {l}" for l in tail[-4:]]
+    lines += ["", "parity:"] + [f"  {l}" for l in dict.fromkeys(tail[-4:])]  # once each
 except Exception:
     pass
 text = "\n".join(lines)
