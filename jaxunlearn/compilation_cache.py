@@ -21,10 +21,10 @@ def default_location() -> str:
     return os.environ.get(ENV) or os.path.join(base, "jaxunlearn", "xla")
 
 
-def enable(location: str | os.PathLike | None = None) -> Path | None:
-    """Point jax's persistent cache at `location` (default `default_location()`); None when
-    it is off. A remote location (gs://...) is passed through as it is: jax writes there
-    through etils.epath."""
+def enable(location: str | os.PathLike | None = None) -> str | None:
+    """Point jax's persistent cache at `location` (default `default_location()`) and return
+    it; None when it is off. A remote location (gs://...) is passed through as it is: jax
+    writes there through etils.epath."""
     import jax
 
     location = str(location or default_location())
@@ -34,4 +34,4 @@ def enable(location: str | os.PathLike | None = None) -> Path | None:
         Path(location).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", location)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-    return Path(location) if "://" not in location else None
+    return location

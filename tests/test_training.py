@@ -369,3 +369,17 @@ def test_compilation_cache_location_and_off(tmp_path, monkeypatch):
     monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / "mine"))
     assert compilation_cache.default_location() == str(tmp_path / "mine")
     assert compilation_cache.enable("off") is None and not (tmp_path / "mine").exists()  # off: nothing made
+
+
+def test_profiler_traces_the_rest_of_a_window_a_resumed_run_starts_in(tmp_path):
+    from jaxunlearn.training.profiling import StepProfiler
+
+    p = StepProfiler("2..3", tmp_path / "profile")
+    p.before(1)
+    assert not p.active  # before the window
+    p.before(3)  # resumed at step 3
+    assert p.active
+    p.after(3, jnp.ones(2))
+    assert not p.active and list((tmp_path / "profile").rglob("*.xplane.pb"))
+    p.before(3)
+    assert not p.active  # one trace per run

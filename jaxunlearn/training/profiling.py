@@ -19,10 +19,12 @@ class StepProfiler:
     def __init__(self, window: str | None, directory: Path):
         self.window = parse_window(window)
         self.directory = Path(directory)
-        self.active = False
+        self.active = self.done = False
 
     def before(self, step: int) -> None:
-        if self.window and step == self.window[0] and jax.process_index() == 0:
+        # a resumed run that starts inside the window traces the rest of it
+        due = self.window and self.window[0] <= step <= self.window[1] and not (self.active or self.done)
+        if due and jax.process_index() == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             jax.profiler.start_trace(str(self.directory))
             self.active = True
@@ -35,4 +37,4 @@ class StepProfiler:
     def close(self) -> None:
         if self.active:
             jax.profiler.stop_trace()
-            self.active = False
+            self.active, self.done = False, True
