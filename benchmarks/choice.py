@@ -29,32 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
-TASK = """task: bench_{name}
-dataset_path: parquet
-dataset_kwargs:
-  data_files:
-    test: {folder}/test-00000-of-00001.parquet
-    dev: {folder}/dev-00000-of-00001.parquet
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\n\\
-  C. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: answer
-description: "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
-metric_list:
-  - metric: acc
-"""
-
 
 def write_task(folder: Path, questions: int, kind: str) -> Path:
     """wmdp: WMDP-bio's layout, zero-shot; mmlu: one MMLU subject with a dev split (few-shot)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from synthetic_benchmarks import mc_rows
+    from synthetic_benchmarks import lm_eval_choice_task, mc_rows
 
     rng = random.Random(0)
     rows = [{k: r[k] for k in ("answer", "question", "choices")} for r in mc_rows(rng, questions + 5, "bio")]
@@ -64,7 +44,8 @@ def write_task(folder: Path, questions: int, kind: str) -> Path:
     pq.write_table(pa.Table.from_pylist(rows[:5]), where / "dev-00000-of-00001.parquet")
     (folder / "tasks").mkdir()
     subject = "biology" if kind == "wmdp" else "anatomy"
-    (folder / "tasks" / f"bench_{kind}.yaml").write_text(TASK.format(name=kind, folder=where, subject=subject))
+    task = lm_eval_choice_task(f"bench_{kind}", where, subject, fewshot=True)
+    (folder / "tasks" / f"bench_{kind}.yaml").write_text(task)
     return folder
 
 
@@ -134,8 +115,6 @@ def main(argv=None) -> dict:
         "acc_lm_eval": theirs["results"][task_name]["acc,none"],
         "max_loglik_diff": float(np.abs(ll_ref - np.array(ours.loglikelihoods)).max()),
         "threads": torch.get_num_threads(),
-        "jaxunlearn_spread": common.spread(times["jaxunlearn"]),
-        "lm_eval_hf_spread": common.spread(times["lm-eval HF"]),
         "environment": common.environment(),
     }
     result["speedup"] = result["lm_eval_hf_s"] / result["jaxunlearn_s"]

@@ -243,6 +243,12 @@ def environment_line(env: dict) -> str:
     )
 
 
-def spread(xs) -> dict:
-    """Median, min and max of repeated measurements."""
-    return {"median": median(xs), "min": float(min(xs)), "max": float(max(xs)), "n": len(xs)}
+def spread_text(xs) -> str:
+    """The range of repeated measurements: 'min-max (n=N)'."""
+    return f"{min(xs):.3g}-{max(xs):.3g} (n={len(xs)})"
+
+
+def ratio_range(ours, theirs) -> str:
+    """The range of per-round speed ratios theirs / ours (rounds interleaved, paired)."""
+    ratios = [b / a for a, b in zip(ours, theirs)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"

@@ -107,6 +107,17 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
+def evaluation_work(tokenizer, args):
+    """(eval set, generation budgets) of the benchmark's rows, as evaluate_model builds them."""
+    from jaxunlearn.data.eval_sets import build_eval_set
+    from jaxunlearn.data.templates import default_template_name, get_template
+    from jaxunlearn.evaluation.budgets import generation_budgets
+
+    template = get_template(default_template_name(tokenizer), tokenizer)
+    evalset = build_eval_set(tokenizer, template, load_rows(args.split, args.rows, args.data_dir), "forget", 512, None)
+    return evalset, generation_budgets([len(x) for x in evalset.prompts], "per_row", args.max_length)
+
+
 def child_cold(args) -> dict:
     """A fresh process: the compilation cache at args.child_cold, then one cold jaxunlearn
     evaluation; its times as the last line of stdout."""
@@ -114,16 +125,11 @@ def child_cold(args) -> dict:
 
     import jaxunlearn
     from jaxunlearn.compilation_cache import enable
-    from jaxunlearn.data.eval_sets import build_eval_set
-    from jaxunlearn.data.templates import default_template_name, get_template
     from jaxunlearn.data.tokenize import pad_token_id
-    from jaxunlearn.evaluation.budgets import generation_budgets
 
     enable(args.child_cold)
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
-    template = get_template(default_template_name(tokenizer), tokenizer)
-    evalset = build_eval_set(tokenizer, template, load_rows(args.split, args.rows, args.data_dir), "forget", 512, None)
-    budgets = generation_budgets([len(x) for x in evalset.prompts], "per_row", args.max_length)
+    evalset, budgets = evaluation_work(tokenizer, args)
     times = jax_side(model, tokenizer, evalset, pad_token_id(tokenizer), args.batch, budgets)[2]
     print(json.dumps(times))
     return times
@@ -165,8 +171,6 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     import jaxunlearn
-    from jaxunlearn.data.eval_sets import build_eval_set
-    from jaxunlearn.data.templates import default_template_name, get_template
     from jaxunlearn.data.tokenize import pad_token_id
 
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
@@ -178,12 +182,7 @@ def main(argv=None) -> dict:
             .eval()
             .to(args.torch_device)
         )
-    template = get_template(default_template_name(tokenizer), tokenizer)
-    rows = load_rows(args.split, args.rows, args.data_dir)
-    evalset = build_eval_set(tokenizer, template, rows, "forget", 512, None)
-    from jaxunlearn.evaluation.budgets import generation_budgets
-
-    budgets = generation_budgets([len(x) for x in evalset.prompts], "per_row", args.max_length)
+    evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
 
     _, _, cold = jax_side(model, tokenizer, *work)
@@ -198,14 +197,13 @@ def main(argv=None) -> dict:
     for phase, label in (("score", "score"), ("generate", "generate"), ("total", "total (warm)")):
         js, ts = ([r[phase] for r in runs[k]] for k in ("jaxunlearn", "transformers"))
         j, t = common.median(js), common.median(ts)
-        ratios = [b / a for a, b in zip(js, ts)]
         rows.append(
             {
                 "phase": label,
                 "jaxunlearn_s": j,
                 "transformers_s": t,
                 "speedup": t / j,
-                "speedup_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                "speedup_range": common.ratio_range(js, ts),
             }
         )
     c = sum(cold.values())

@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
     for name, ts in times.items():
         sec = common.median(ts)
         row = {"framework": name, "s_per_step": sec, "tokens_per_s": tokens / sec, "TFLOP/s": flops / sec / 1e12}
-        row["spread"] = f"{min(ts):.3g}-{max(ts):.3g} (n={len(ts)})"
+        row["spread"] = common.spread_text(ts)
         peak = next((v for k, v in common.PEAK_FLOPS.items() if k in result["device"]), None)
         if peak:
             row["MFU"] = flops / sec / peak

@@ -148,6 +148,33 @@ def mc_rows(rng: random.Random, n: int, subject: str) -> list[dict]:
     return rows
 
 
+# lm-eval's wmdp / mmlu prompt (its `_default_template_yaml`s) over local parquet files
+_CHOICE_TASK = """task: NAME
+dataset_path: parquet
+dataset_kwargs:
+  data_files:
+    test: FOLDER/test-00000-of-00001.parquet
+DEV_FILEtest_split: test
+FEWSHOToutput_type: multiple_choice
+doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\n\\
+  C. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: answer
+description: "The following are multiple choice questions (with answers) about SUBJECT.\\n\\n"
+metric_list:
+  - metric: acc
+"""
+
+
+def lm_eval_choice_task(name: str, folder: Path, subject: str, fewshot: bool = False) -> str:
+    """An lm-eval task YAML that reads a WMDP / MMLU-layout folder (test, and with `fewshot`
+    the dev split as first_n examples) with lm-eval's own prompt for those benchmarks."""
+    dev = f"    dev: {folder}/dev-00000-of-00001.parquet\n" if fewshot else ""
+    shots = "fewshot_split: dev\nfewshot_config:\n  sampler: first_n\n" if fewshot else ""
+    text = _CHOICE_TASK.replace("NAME", name).replace("FOLDER", str(folder)).replace("SUBJECT", subject)
+    return text.replace("DEV_FILE", dev).replace("FEWSHOT", shots)
+
+
 def write_choice(root: Path, n: int = 16, seed: int = 0) -> Path:
     rng = random.Random(seed)
     for domain in ("bio", "cyber", "chem"):

@@ -16,15 +16,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results.json"
 PAGES = (REPO / "docs" / "benchmarks.md", REPO / "README.md")
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common  # noqa: E402  (environment_line, ratio_range)
 
 
 def _f(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
-
-
-def _ratio_range(a: list[float], b: list[float]) -> str:
-    ratios = [y / x for x, y in zip(a, b)]
-    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def train_table(entries: dict) -> str:
@@ -78,16 +75,13 @@ def choice_table(entries: dict) -> str:
         same = "" if r["acc_jaxunlearn"] == r["acc_lm_eval"] else f" vs {r['acc_lm_eval']:.3f} (DIFFERENT)"
         lines.append(
             f"| `{e['command']}` | {_f(r['jaxunlearn_s'])} / {_f(r['jaxunlearn_cold_s'])} | {_f(r['lm_eval_hf_s'])} | "
-            f"**{r['speedup']:.2f}x** | {_ratio_range(r['times']['jaxunlearn'], r['times']['lm-eval HF'])} | "
+            f"**{r['speedup']:.2f}x** | {common.ratio_range(r['times']['jaxunlearn'], r['times']['lm-eval HF'])} | "
             f"{r['acc_jaxunlearn']:.3f}{same} |"
         )
     return "\n".join(lines)
 
 
 def environment_block(results: dict) -> str:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import common
-
     return f"Set `{results['set']}`; environment: {common.environment_line(results['environment'])}."
 
 

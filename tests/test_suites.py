@@ -230,28 +230,14 @@ def test_choice_accuracy_and_the_adapter_equal_lm_evals_hf_backend(tiny, tiny_lm
 
 def write_lm_eval_tasks(folder, bench_data) -> None:
     """lm-eval task YAMLs over the synthetic files (multiple choice, rolling, generation)."""
-    text = TASKS.format(mc=bench_data / "wmdp" / "wmdp-bio", corpus=bench_data / "wmdp-corpora")
-    for k, task in enumerate(text.split("---")):
+    mc = bench_data / "wmdp" / "wmdp-bio"
+    text = TASKS.format(mc=mc, corpus=bench_data / "wmdp-corpora")
+    tasks = [synthetic_benchmarks.lm_eval_choice_task("syn_wmdp_bio", mc, "biology"), *text.split("---")]
+    for k, task in enumerate(tasks):
         (folder / f"task{k}.yaml").write_text(task)
 
 
-TASKS = """
-task: syn_wmdp_bio
-dataset_path: parquet
-dataset_kwargs:
-  data_files:
-    test: {mc}/test-00000-of-00001.parquet
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\n\\
-  C. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: answer
-description: "The following are multiple choice questions (with answers) about biology.\\n\\n"
-metric_list:
-  - metric: acc
----
-task: syn_rolling
+TASKS = """task: syn_rolling
 dataset_path: json
 dataset_kwargs:
   data_files:

@@ -54,10 +54,11 @@ def encode_corpus(tokenizer, texts: list[str], window: int, chunking: str = "ope
     """Training windows of a corpus (see the module docstring)."""
     if chunking not in CHUNKINGS:
         raise DataError(f"unknown data.chunking {chunking!r}; use one of {', '.join(CHUNKINGS)}")
-    if not any(t and t.strip() for t in texts):
+    documents = [t for t in texts if t and t.strip()]
+    if not documents:
         raise DataError(f"the {what} is empty: no document has any text")
     if chunking == "documents":
-        return encode_text_windows(tokenizer, [t for t in texts if t and t.strip()], window, what=what)
+        return encode_text_windows(tokenizer, documents, window, what=what)
     rows = TokenizedRows([], [])
     for chunk in open_unlearning_chunks(tokenizer, list(texts), window):  # empty documents joined too, as there
         ids, labels, _ = encode_prefixed_text(tokenizer, "", chunk, window)

@@ -12,7 +12,6 @@ import logging
 import time
 from pathlib import Path
 
-from ..compilation_cache import enable as enable_compilation_cache
 from ..config import config_from_dict, read_yaml, resolve_preset
 from ..data import load_tofu
 from ..errors import ConfigError
@@ -63,7 +62,6 @@ def run_demo(
 
     cache = out / "cache"
     results: dict = {"stages": {}}
-    enable_compilation_cache(cache / "xla")  # a second demo run skips compiling
 
     def cached_finetune(name: str, train_file: Path) -> Path:
         cfg = base(*demo["finetune"], f"data.train_file={train_file}")
