@@ -89,7 +89,9 @@ def torch_runner(shape: str, objective: str, dtype: str, device: str, lr: float)
 # --- jaxunlearn ----------------------------------------------------------------------------
 
 
-def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, torch_model=None):
+def jax_runner(
+    shape: str, objective: str, dtype: str, lr: float, remat: str, torch_model=None, vocab_block: int | None = None
+):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -108,7 +110,11 @@ def jax_runner(shape: str, objective: str, dtype: str, lr: float, remat: str, to
     ref_params = jax.tree.map(jnp.copy, params) if obj.needs_reference else None
     tx = make_optimizer(lambda _: lr, weight_decay=0.01)
     state = jax.jit(lambda p: init_state(p, tx, 0))(params)
-    step_fn = make_train_step(graphdef, obj, tx, lambda _: lr)
+    if vocab_block is None:  # the run config's default
+        from jaxunlearn.training.config import TrainSection
+
+        vocab_block = TrainSection().vocab_block
+    step_fn = make_train_step(graphdef, obj, tx, lambda _: lr, vocab_block=vocab_block)
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
     batch = place_batch(
         StepBatch.from_arrays({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}), mesh
@@ -154,7 +160,9 @@ def child(args) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else common.peak_rss_mib()
         print(json.dumps({"peak_mib": peak}))
     else:
-        run, analysis = jax_runner(args.shape, args.objective, args.dtype, args.lr, args.remat)
+        run, analysis = jax_runner(
+            args.shape, args.objective, args.dtype, args.lr, args.remat, vocab_block=args.vocab_block
+        )
         run(args.steps)
         import jax
 
@@ -170,6 +178,11 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
+    p.add_argument(
+        "--vocab-block",
+        type=int,
+        help="train.vocab_block: LM-head block width (0: whole logits; default: the config's)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="steps per timed round")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -185,7 +198,13 @@ def main(argv=None) -> dict:
     device = "cuda" if args.device == "gpu" else "cpu"
     torch_run, torch_model = torch_runner(args.shape, args.objective, args.dtype, device, args.lr)
     jax_run, _ = jax_runner(
-        args.shape, args.objective, args.dtype, args.lr, args.remat, torch_model=common.torch_model(args.shape)
+        args.shape,
+        args.objective,
+        args.dtype,
+        args.lr,
+        args.remat,
+        torch_model=common.torch_model(args.shape),
+        vocab_block=args.vocab_block,
     )
     first = {"jaxunlearn": jax_run(1), "pytorch": torch_run(1)}  # warm-up (compiles), same start
     times = common.interleaved({"jaxunlearn": jax_run, "pytorch": torch_run}, args.rounds, args.steps)
@@ -197,6 +216,7 @@ def main(argv=None) -> dict:
         "objective": args.objective,
         "dtype": args.dtype,
         "remat": args.remat,
+        "vocab_block": args.vocab_block,
         "device": common.accelerator_name(),
         "torch_threads": torch.get_num_threads(),
         "tokens_per_step": tokens,
@@ -226,6 +246,7 @@ def main(argv=None) -> dict:
             args.remat,
             "--steps",
             "2",
+            *(["--vocab-block", str(args.vocab_block)] if args.vocab_block is not None else []),
         ]
         for row, who in zip(result["rows"], ("jax", "torch")):
             mem = common.rss_of_child(script, [*base, "--only", who])

@@ -312,6 +312,7 @@ def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
         ("train.max_steps", t.max_steps, "at least 1 (null: the paper's formula from epochs)", 1),
         ("train.warmup_steps", t.warmup_steps, "0 or more (null: one epoch)", 0),
         ("train.weight_decay", t.weight_decay, "0 or more", 0),
+        ("train.vocab_block", t.vocab_block, "0 (whole logits) or a positive number of vocabulary columns", 0),
         ("train.clip_grad_norm", t.clip_grad_norm, "positive (null: no clipping)", 1e-30),
         ("output.keep_checkpoints", o.keep_checkpoints, "at least 1 (the final checkpoint is always written)", 1),
         ("output.checkpoint_every", o.checkpoint_every, "at least 1 step (null: only at the end)", 1),

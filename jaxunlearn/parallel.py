@@ -15,7 +15,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from .settings import setting
 from .errors import ConfigError
@@ -35,23 +36,63 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None, dcn_data: int = 1) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest).
+
+    Devices are laid out by the platform's topology (jax.make_mesh: neighbouring chips on
+    the axes that talk most), axis types Auto. On a multi-slice TPU pod (devices with
+    several `slice_index` values), or with dcn_data > 1, the mesh is hybrid: the data axis
+    spans the slices over the data-centre network (DCN), dcn_data ways (default: one way
+    per slice), while fsdp and tensor stay inside a slice on the chip interconnect (ICI),
+    where the per-layer weight gathers and reductions run. Without slices (GPU hosts),
+    dcn_data > 1 treats each process as a slice."""
     devices = list(devices if devices is not None else jax.devices())
-    sizes = [data, fsdp, tensor]
+    sizes = _axis_sizes([data, fsdp, tensor], len(devices))
+    slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+    if dcn_data == 1 and len(slices) > 1:
+        dcn_data = len(slices)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if dcn_data > 1:
+        return Mesh(hybrid_device_grid(sizes, dcn_data, devices), MESH_AXES, axis_types=axis_types)
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def hybrid_device_grid(sizes, dcn_data: int, devices) -> np.ndarray:
+    """Devices [data, fsdp, tensor] with the data axis split dcn_data ways across slices (or
+    processes when the devices carry no slice index) and the rest within one."""
+    if dcn_data < 1 or sizes[0] % dcn_data:
+        raise ConfigError(
+            f"mesh.dcn_data={dcn_data} must divide the data axis ({sizes[0]}); the data axis spans the slices, "
+            "fsdp and tensor stay inside one"
+        )
+    by_slice = any(hasattr(d, "slice_index") for d in devices)
+    granules = {getattr(d, "slice_index" if by_slice else "process_index", 0) for d in devices}
+    if len(granules) != dcn_data:
+        unit = "slices" if by_slice else "processes"
+        raise ConfigError(
+            f"mesh.dcn_data={dcn_data}, but the devices form {len(granules)} {unit}; set mesh.dcn_data to "
+            f"{len(granules)} (or 1 for a single-slice mesh)"
+        )
+    ici = (sizes[0] // dcn_data, sizes[1], sizes[2])
+    return mesh_utils.create_hybrid_device_mesh(
+        ici, (dcn_data, 1, 1), devices, process_is_granule=not by_slice, allow_split_physical_axes=True
+    )
+
+
+def _axis_sizes(sizes: list[int], n_devices: int) -> list[int]:
     if sizes.count(-1) > 1:
         raise ConfigError("at most one mesh axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
-            raise ConfigError(f"{len(devices)} devices cannot be split into mesh axes {sizes}")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+        if n_devices % known:
+            raise ConfigError(f"{n_devices} devices cannot be split into mesh axes {sizes}")
+        sizes[sizes.index(-1)] = n_devices // known
+    if math.prod(sizes) != n_devices:
         raise ConfigError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} devices, "
-            f"but {len(devices)} are available"
+            f"but {n_devices} are available"
         )
-    return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
+    return sizes
 
 
 def logical_to_spec(axes, shape, mesh: Mesh, rules=None) -> PartitionSpec:
@@ -104,17 +145,23 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     Only inside `jax.set_mesh(mesh)` (the train step runs there); a no-op otherwise. Without
     it XLA may keep activations with the whole batch on every device when the weights are
     sharded on the same mesh axis along the contracted dimension (FSDP)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
-    ways = 1
-    for a in axes:
-        ways *= mesh.shape[a]
-    if not axes or x.shape[0] % ways:
+    axes = batch_mesh_axes(x.shape[0])
+    if not axes:
         return x
     spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def batch_mesh_axes(rows: int) -> tuple[str, ...]:
+    """The mesh axes (data, fsdp) that split `rows` batch rows inside `jax.set_mesh(mesh)`;
+    () outside a mesh, on one device, or when they do not divide the rows."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return ()
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes or rows % math.prod(mesh.shape[a] for a in axes):
+        return ()
+    return axes
 
 
 @dataclasses.dataclass
@@ -122,3 +169,11 @@ class MeshSection:
     data: int = setting(-1, "data-parallel axis size (-1: the devices left over)")
     fsdp: int = setting(1, "fully sharded data-parallel axis size (parameters and optimizer state sharded)")
     tensor: int = setting(1, "tensor-parallel axis size")
+    dcn_data: int = setting(
+        1,
+        "ways the data axis spans slices over the data-centre network (multi-slice TPU pods; on GPU hosts: "
+        "processes); 1: automatic (one way per TPU slice when there are several)",
+    )
+
+    def build(self, devices=None) -> Mesh:
+        return make_mesh(self.data, self.fsdp, self.tensor, devices, self.dcn_data)

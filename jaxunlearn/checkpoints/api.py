@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
+from ..models.attention_kernels import resolve as resolve_attention
 from ..models.config import to_dtype
 from ..models.lora import merge_lora
 from ..models.stack import REMAT_POLICIES
@@ -41,6 +42,7 @@ def load_pretrained(
     mesh=None,
     rules=None,
     remat: str = "none",
+    attention: str = "auto",
     allow_pickle: bool = False,
     with_tokenizer: bool = True,
     require_tokenizer: bool = False,
@@ -52,6 +54,7 @@ def load_pretrained(
     `dtype` is the parameter dtype, `compute_dtype` the activation dtype (default: dtype).
     With `mesh`, every parameter is placed directly onto its sharding. `require_tokenizer`:
     a checkpoint without tokenizer files is an error (the tokenizer is None otherwise).
+    `attention`: the fused-kernel dispatch of right-padded forwards (models.attention_kernels).
     """
     if remat not in REMAT_POLICIES:
         raise ConfigError(f"remat={remat!r} is not one of {', '.join(REMAT_POLICIES)}")
@@ -59,7 +62,8 @@ def load_pretrained(
     ckpt = resolve(path_or_hub_id)
     if require_tokenizer and ckpt.kind != "gguf" and not any(ckpt.path.glob("tokenizer*")):
         raise _no_tokenizer(ckpt.path)
-    runtime = dict(param_dtype=dtype, compute_dtype=compute_dtype or dtype, remat=remat)
+    resolve_attention(attention)  # a bad name fails here, with the choices
+    runtime = dict(param_dtype=dtype, compute_dtype=compute_dtype or dtype, remat=remat, attention=attention)
     tokenizer = None
     if ckpt.kind == "gguf":
         reader = gguf_io.open_gguf(ckpt.path)

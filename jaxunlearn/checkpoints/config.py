@@ -24,6 +24,11 @@ class ModelSection:
     reference_path: str | None = setting(None, "frozen reference model (null: the policy's start)")
     reference_dtype: str | None = setting(None, "dtype of the frozen reference (null: model.dtype); bfloat16 halves it")
     remat: Literal["none", "full", "dots"] = setting("none", "per-block rematerialization in the backward pass")
+    attention: Literal["auto", "xla", "jax_xla", "cudnn", "splash", "splash_interpret"] = setting(
+        "auto",
+        "attention in right-padded causal forwards (training, scoring): auto = cuDNN flash attention on GPU, "
+        "splash on TPU, xla elsewhere; xla: always the einsum path; prefix-tree masks and decoding always use xla",
+    )
     matmul_precision: Literal["auto", "highest", "high", "default"] = setting(
         "auto", "matmul precision; auto: highest for fp32 compute (no TF32 / bf16 passes), default for bf16"
     )

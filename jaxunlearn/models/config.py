@@ -92,6 +92,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"  # matmuls and activations (param_dtype: the stored weights)
     remat: str = "none"  # "none" | "full" | "dots": per-block rematerialization policy
+    attention: str = "auto"  # attention_kernels.ATTENTION_CHOICES: fused kernel dispatch
     hf_config_json: str = "{}"  # the original config.json, as text so the config stays hashable
     arch: Architecture = Architecture()  # the decoder's switches
     lora: LoRASpec | None = None  # adapters added by models.lora.add_lora (never part of a checkpoint)

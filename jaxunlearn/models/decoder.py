@@ -15,9 +15,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import layers as L
+from .attention_kernels import fused_attention, kernel_for
 from .cache import KVCache
 from .config import ModelConfig, to_dtype
 from .outputs import CausalLMOutput
+from .vocab_head import HeadSpec, VocabHead, block_size
 from .stack import assemble_output, head_inputs, layer_keys_values, layer_params_as, scan_layers, token_positions
 
 
@@ -130,9 +132,10 @@ def _mlp(c: ModelConfig, p: dict, x, key=None):
     return proj(c, p, "down_proj", up, p.get("down_bias"), key)
 
 
-def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=None):
+def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=None, kernel=None):
     """One decoder layer with the configured norm placement and residual wiring (`key`:
-    this layer's LoRA-dropout key, training only)."""
+    this layer's LoRA-dropout key, training only; `kernel`: (fused attention kernel, key
+    lengths [B]) for a right-padded causal forward, else the XLA path)."""
     b, t, _ = h.shape
     x = norm(c, p, "attn_norm", h)
     q, k, v = _qkv(c, p, x, key)
@@ -140,10 +143,14 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=
         cos, sin = rope
         rot = cos.shape[-1]
         q, k = _rope(q, cos, sin, rot), _rope(k, cos, sin, rot)
-    cache_kv, k, v = layer_keys_values(cache_kv, k, v, cache_index)
-    attn = L.dot_product_attention(
-        q, k.astype(q.dtype), v.astype(q.dtype), allowed, scale=c.arch.attn_scale, softcap=c.arch.attn_softcap
-    )
+    if kernel is not None:
+        scale = c.arch.attn_scale if c.arch.attn_scale is not None else c.head_dim**-0.5
+        attn = fused_attention(kernel[0], q, k.astype(q.dtype), v.astype(q.dtype), kernel[1], scale)
+    else:
+        cache_kv, k, v = layer_keys_values(cache_kv, k, v, cache_index)
+        attn = L.dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), allowed, scale=c.arch.attn_scale, softcap=c.arch.attn_softcap
+        )
     attn = proj(c, p, "o_proj", attn.reshape(b, t, -1), p.get("o_bias"), key)
     residual = c.arch.residual
     if residual == "parallel_shared_norm":
@@ -194,11 +201,28 @@ class DecoderForCausalLM(nnx.Module):
         layer_params: list[dict] | None = None,
         logits_to_keep: int | jax.Array = 0,
         dropout_key=None,
+        vocab_chunk: int = 0,
+        right_padded: bool = False,
     ) -> CausalLMOutput:
-        """As LlamaForCausalLM.forward; `dropout_key` turns on LoRA dropout (training)."""
+        """As LlamaForCausalLM.forward; `dropout_key` turns on LoRA dropout (training).
+        vocab_chunk > 0: no logits; `head` (a VocabHead) for blockwise statistics over blocks
+        of about that many vocabulary columns (models.vocab_head). right_padded: the caller
+        vouches that attention_mask [B, T] is ones then zeros in every row, so a fused
+        attention kernel may serve (models.attention_kernels, config.attention)."""
         c = self.config
         dt = to_dtype(c.compute_dtype)
         t = input_ids.shape[1]
+        kernel = None
+        if right_padded and cache is None and positions is None and attention_mask is not None:
+            impl = kernel_for(
+                c.attention,
+                seq_len=t,
+                head_dim=c.head_dim,
+                dtype=dt,
+                softcap=c.arch.attn_softcap,
+                sliding_window=c.sliding_window,
+            )
+            kernel = None if impl is None else (impl, attention_mask.astype(jnp.int32).sum(-1))
         attention_mask, positions, key_valid, key_pos, start = token_positions(
             input_ids, attention_mask, positions, cache
         )
@@ -225,7 +249,7 @@ class DecoderForCausalLM(nnx.Module):
 
         def layer(p, h, layer_cache, x):
             mask = jnp.where(x["local"], local, allowed) if sliding else allowed
-            return block(c, p, h, rope, mask, layer_cache, start, x.get("key"))
+            return block(c, p, h, rope, mask, layer_cache, start, x.get("key"), kernel)
 
         h_emb = h
         h, per_layer, kv_out = scan_layers(c, layer, h, block_params, cache, per_layer_x, output_hidden_states)
@@ -233,13 +257,25 @@ class DecoderForCausalLM(nnx.Module):
         if c.arch.norm == "layer":
             final["final_norm_bias"] = self.final_norm_bias[...].astype(dt)
         h = norm(c, final, "final_norm", h)
-        head = embed.T if c.tie_word_embeddings else self.lm_head[...]
-        logits = jnp.einsum(
-            "btd,dv->btv", head_inputs(h, logits_to_keep), head.astype(dt), preferred_element_type=jnp.float32
+        spec = HeadSpec(
+            c.vocab_size,
+            vocab_axis=0 if c.tie_word_embeddings else 1,
+            softcap=float(c.arch.final_softcap or 0.0),
+            chunk=block_size(c.vocab_size, vocab_chunk or c.vocab_size),
         )
-        if c.arch.lm_head_bias:
-            logits = logits + self.lm_head_bias[...].astype(jnp.float32)
-        if c.arch.final_softcap:
-            cap = c.arch.final_softcap
-            logits = jnp.tanh(logits / cap) * cap
-        return assemble_output(logits, h_emb, per_layer, h, kv_out, key_valid, key_pos, start, t, output_hidden_states)
+        weight = embed if c.tie_word_embeddings else self.lm_head[...]
+        bias = self.lm_head_bias[...] if c.arch.lm_head_bias else None
+        head = VocabHead(head_inputs(h, logits_to_keep), weight.astype(dt), bias, spec)
+        out = assemble_output(
+            None if vocab_chunk else head.logits(),
+            h_emb,
+            per_layer,
+            h,
+            kv_out,
+            key_valid,
+            key_pos,
+            start,
+            t,
+            output_hidden_states,
+        )
+        return out.replace(head=head) if vocab_chunk else out

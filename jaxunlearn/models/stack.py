@@ -154,11 +154,12 @@ def assemble_output(
 ):
     """CausalLMOutput; hidden states follow transformers: embeddings, outputs of layers
     0..L-2, final normed state."""
-    logits = constrain_batch(logits)
+    if logits is not None:
+        logits = constrain_batch(logits).astype(jnp.float32)
     hidden = None
     if output_hidden_states:
         hidden = jnp.concatenate([h_emb[None], per_layer[:-1], h_final[None]], axis=0)
     new_cache = None
     if kv is not None:
         new_cache = KVCache(k=kv[0], v=kv[1], valid=key_valid, positions=key_pos, index=start + t)
-    return CausalLMOutput(logits=logits.astype(jnp.float32), hidden_states=hidden, cache=new_cache)
+    return CausalLMOutput(logits=logits, hidden_states=hidden, cache=new_cache)

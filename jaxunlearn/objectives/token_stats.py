@@ -11,8 +11,12 @@ logits with left-shifted targets, so no sliced copy of the logits is made.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+from ..models.vocab_head import VocabHead, softmax_stats, teacher_expectation
 
 IGNORE = -100
 
@@ -28,9 +32,63 @@ def log_probs(logits: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-@jax.custom_vjp
-def target_logp(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def vocab_size(logits: jax.Array | VocabHead) -> int:
+    return logits.vocab_size if isinstance(logits, VocabHead) else logits.shape[-1]
+
+
+def full_logits(logits: jax.Array | VocabHead) -> jax.Array:
+    """fp32 [B, T, V] logits, materialized from a head when need be (the few statistics
+    that need the whole distribution, e.g. ME's epsilon form)."""
+    return logits.logits() if isinstance(logits, VocabHead) else logits.astype(jnp.float32)
+
+
+def target_logp(logits: jax.Array | VocabHead, targets: jax.Array) -> jax.Array:
     """log softmax(logits)[target], fp32 [B, T], for valid integer targets [B, T]."""
+    if isinstance(logits, VocabHead):
+        return logits.target_logits(targets) - softmax_stats(logits)[0]
+    return _target_logp(logits, targets)
+
+
+def uniform_cross_entropy(logits: jax.Array | VocabHead) -> jax.Array:
+    """KL(U || p) = lse - mean_v z_v - log V per position, [B, T]."""
+    if isinstance(logits, VocabHead):
+        lse, mean, _ = softmax_stats(logits)
+        return lse - mean - math.log(logits.vocab_size)
+    x = logits.astype(jnp.float32)
+    return jax.nn.logsumexp(x, axis=-1) - x.mean(-1) - math.log(x.shape[-1])
+
+
+def negative_entropy(logits: jax.Array | VocabHead) -> jax.Array:
+    """sum_v p_v log p_v = E_p[z] - lse per position, [B, T]."""
+    if isinstance(logits, VocabHead):
+        lse, _, expected = softmax_stats(logits)
+        return expected - lse
+    logp = log_probs(logits)
+    return (jnp.exp(logp) * logp).sum(-1)
+
+
+def distillation_cross_entropy(teacher, student, targets=None, beta: float = 0.0) -> jax.Array:
+    """-sum_v q_v log p_v per position, [B, T], with p the student's softmax and
+    q = softmax(teacher - beta onehot(target)) (beta 0: the teacher's own distribution).
+    The teacher is the frozen reference (no gradient reaches it)."""
+    if isinstance(student, VocabHead):
+        return softmax_stats(student)[0] - teacher_expectation(teacher, student, targets, beta)
+    z_t = teacher.astype(jnp.float32)
+    if beta:
+        z_t = z_t - beta * jax.nn.one_hot(targets, z_t.shape[-1], dtype=z_t.dtype)
+    return -(jax.nn.softmax(z_t, axis=-1) * log_probs(student)).sum(-1)
+
+
+def kl_divergence(teacher, student) -> jax.Array:
+    """KL(teacher || student) per position, [B, T] (teacher: the frozen reference)."""
+    if isinstance(student, VocabHead):
+        return negative_entropy(jax.lax.stop_gradient(teacher)) + distillation_cross_entropy(teacher, student)
+    t_log, s_log = log_probs(teacher), log_probs(student)
+    return (jnp.exp(t_log) * (t_log - s_log)).sum(-1)
+
+
+@jax.custom_vjp
+def _target_logp(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return _target_logp_fwd(logits, targets)[0]
 
 
@@ -49,7 +107,7 @@ def _target_logp_bwd(res, g):
     return grad.astype(logits.dtype), None
 
 
-target_logp.defvjp(_target_logp_fwd, _target_logp_bwd)
+_target_logp.defvjp(_target_logp_fwd, _target_logp_bwd)
 
 
 def next_token_targets(labels: jax.Array):

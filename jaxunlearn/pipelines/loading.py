@@ -23,6 +23,7 @@ def load_for_run(
             dtype=dtype or m.dtype,
             compute_dtype=m.compute_dtype,
             remat=m.remat,
+            attention=m.attention,
             allow_pickle=m.allow_pickle,
             require_tokenizer=require_tokenizer,
             **kwargs,

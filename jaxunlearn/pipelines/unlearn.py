@@ -12,7 +12,7 @@ from ..checkpoints.api import save_pretrained
 from ..config import RunConfig
 from ..data.templates import default_template_name
 from ..objectives import build_objective
-from ..parallel import initialize_distributed_from_env, make_mesh
+from ..parallel import initialize_distributed_from_env
 from ..training.step import check_batch_divisible
 from ..paths import check_writable_dir
 from .loading import load_for_run, warn_if_config_misfits, with_adapters
@@ -26,7 +26,7 @@ def _check_before_loading(cfg: RunConfig) -> None:
     """What fails fast: the precision policy, the mesh against the devices, the batch against the mesh."""
     if not cfg.lora.enabled:  # LoRA trains fp32 adapters: a bf16 base is the point
         check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    mesh = cfg.mesh.build()
     check_batch_divisible(cfg.train.batch_size, cfg.train.micro_batches, mesh)
 
 

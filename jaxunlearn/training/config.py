@@ -38,6 +38,11 @@ class TrainSection:
     profile_steps: str | None = setting(
         None, "N..M: a jax.profiler trace of steps N..M (1-based) in <output dir>/profile, for TensorBoard or XProf"
     )
+    vocab_block: int = setting(
+        16384,
+        "vocabulary columns per block of the LM head's statistics in the train step (forward and backward), "
+        "so no [B, T, V] fp32 logits are held; 0: whole logits",
+    )
     low_precision_params: bool = setting(
         False,
         "allow training bf16 / fp16 parameters (most updates round away at "

@@ -32,7 +32,7 @@ from ..errors import ConfigError, Interrupted, JaxUnlearnError
 from ..models.config import to_dtype
 from ..models.lora import adapters_off, split_adapters
 from ..objectives import Objective, StepBatch
-from ..parallel import MeshSection, make_mesh
+from ..parallel import MeshSection
 from ..precision import matmul_precision as precision_context
 from .checkpointing import Checkpointer
 from .config import OutputSection, TrainSection
@@ -309,7 +309,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     reference, resume, progress, export, on_step = run.reference, run.resume, run.progress, run.export, run.on_step
     t = run.train
     out_dir = Path(out_dir)
-    mesh = make_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
+    mesh = run.mesh.build()
     check_batch_divisible(t.batch_size, t.micro_batches, mesh)
     missing = [s for s in objective.streams if s not in streams]
     if missing:
@@ -407,6 +407,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         param_shardings_tree=jax.tree.map(lambda x: x.sharding, state.params),
         lora=lora,
         dropout=lora and model.config.lora.dropout > 0,
+        vocab_block=t.vocab_block,
     )
     jitted = jit_train_step(step_fn, state, ref_params, mesh)
     is_main = jax.process_index() == 0

@@ -118,10 +118,12 @@ def cast_for_compute(params, dtype, shardings=None):
 
 
 def run_streams(
-    graphdef, params, batch: StepBatch, streams, hidden: bool, dropout_key=None
+    graphdef, params, batch: StepBatch, streams, hidden: bool, dropout_key=None, vocab_block: int = 0
 ) -> dict[str, StreamOutputs]:
     """One forward per stream (params: a state, or a tuple of states merged: LoRA's
-    adapters and frozen base). Separate forwards, not one over the concatenated streams:
+    adapters and frozen base). vocab_block > 0: each stream's `logits` is the model's
+    VocabHead, whose statistics run by vocabulary blocks (models.vocab_head). Separate
+    forwards, not one over the concatenated streams:
     slicing the joint [B, T, V] logits apart costs a copy (and its transpose in the
     backward) that is slower than the smaller matmuls, and raises peak memory."""
     if not streams:
@@ -131,8 +133,15 @@ def run_streams(
     for i, s in enumerate(streams):
         b = batch.streams[s]
         key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-        out = model.forward(b.input_ids, b.attention_mask, output_hidden_states=hidden, dropout_key=key)
-        result[s] = StreamOutputs(out.logits, out.hidden_states if hidden else None)
+        out = model.forward(  # batches are right-padded (data.batching.pad_rows): fused attention may serve
+            b.input_ids,
+            b.attention_mask,
+            output_hidden_states=hidden,
+            dropout_key=key,
+            vocab_chunk=vocab_block,
+            right_padded=True,
+        )
+        result[s] = StreamOutputs(out.head if vocab_block else out.logits, out.hidden_states if hidden else None)
     return result
 
 
@@ -153,6 +162,7 @@ def make_train_step(
     param_shardings_tree=None,
     lora: bool = False,
     dropout: bool = False,
+    vocab_block: int = 0,
 ):
     """The un-jitted step function; `jit_train_step` adds shardings and donation.
     mean_group_rows: None takes each term's mean over the global batch; k takes it per
@@ -162,7 +172,9 @@ def make_train_step(
     lora: the state holds only the adapters and the step's second argument is the frozen
     base; the policy is base + adapters, the reference base + adapters switched off.
     dropout: the policy forwards get a LoRA-dropout key from the state's PRNG key (per step,
-    micro-batch and stream), so a resumed run draws the same masks."""
+    micro-batch and stream), so a resumed run draws the same masks.
+    vocab_block: > 0 computes every per-token statistic by blocks of about that many
+    vocabulary columns, forward and backward, so no [B, T, V] logits exist (0: full logits)."""
     hidden = objective.needs_hidden
     ref_streams = objective.ref_streams if use_reference else ()
 
@@ -173,14 +185,16 @@ def make_train_step(
         policy = cast(params, param_shardings_tree)
         if lora:
             policy = (policy, cast(frozen))
-        pol = run_streams(graphdef, policy, mb, objective.policy_streams, hidden, key if dropout else None)
+        pol = run_streams(graphdef, policy, mb, objective.policy_streams, hidden, key if dropout else None, vocab_block)
         return objective.loss(pol, ref_out, mb, weights)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(params, ref_params, mb, weights, key):
         reference = (cast(adapters_off(params)), cast(ref_params)) if lora and ref_streams else ref_params
-        ref_out = jax.lax.stop_gradient(run_streams(graphdef, reference, mb, ref_streams, hidden))
+        ref_out = jax.lax.stop_gradient(
+            run_streams(graphdef, reference, mb, ref_streams, hidden, vocab_block=vocab_block)
+        )
         (loss, values), grads = grad_fn(params, ref_params, ref_out, mb, weights, key)
         return loss, values, grads
 

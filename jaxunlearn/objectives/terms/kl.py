@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..base import option
 from ..registry import register_term
-from ..token_stats import log_probs
+from ..token_stats import kl_divergence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,5 @@ def _count(batch, options):
     options=KLOptions,
 )
 def kl(pol, ref, batch, options):
-    p_log = log_probs(pol["retain"].logits)
-    r_log = log_probs(ref["retain"].logits)
-    per_pos = (jnp.exp(r_log) * (r_log - p_log)).sum(-1)
+    per_pos = kl_divergence(ref["retain"].logits, pol["retain"].logits)
     return jnp.where(_positions(batch.streams["retain"], options), per_pos, 0.0).sum(-1)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ..base import option
 from ..registry import register_term
-from ..token_stats import log_probs
+from ..token_stats import full_logits, log_probs, negative_entropy, uniform_cross_entropy, vocab_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +42,18 @@ def _count(batch, options):
     "ME", "forget", "mean over positions of KL(U||P_t) (or KL(P_t||U))", ("forget",), _count, options=MEOptions
 )
 def me(pol, ref, batch, options):
-    logits = pol["forget"].logits[:, :-1].astype(jnp.float32)
-    vocab = logits.shape[-1]
-    eps = options.me_epsilon
-    if options.me_direction == "uniform_ce":  # KL(U || P) = -log V - mean_v log P_v = lse - mean_v z_v - log V
-        if eps:  # the paper's code: log(softmax(z) + eps), which caps the terms of tiny P_v
-            per_pos = -jnp.log(jax.nn.softmax(logits, axis=-1) + eps).mean(-1) - math.log(vocab)
+    logits, eps = pol["forget"].logits, options.me_epsilon
+    if not eps:  # per-token statistics only: blockwise when the forward gave a head
+        if options.me_direction == "uniform_ce":  # KL(U || P) = -log V - mean_v log P_v = lse - mean_v z_v - log V
+            per_pos = uniform_cross_entropy(logits)[:, :-1]
+        else:  # KL(P || U) = log V - H(P)
+            per_pos = math.log(vocab_size(logits)) + negative_entropy(logits)[:, :-1]
+    else:  # the paper's code: log(softmax(z) + eps), which caps the terms of tiny P_v
+        z = full_logits(logits)[:, :-1]
+        vocab = z.shape[-1]
+        if options.me_direction == "uniform_ce":
+            per_pos = -jnp.log(jax.nn.softmax(z, axis=-1) + eps).mean(-1) - math.log(vocab)
         else:
-            per_pos = jax.nn.logsumexp(logits, axis=-1) - logits.mean(-1) - math.log(vocab)
-    else:  # KL(P || U) = log V - H(P)
-        logp = log_probs(logits)
-        per_pos = math.log(vocab) + (jnp.exp(logp) * (jnp.log(jnp.exp(logp) + eps) if eps else logp)).sum(-1)
+            p = jnp.exp(log_probs(z))
+            per_pos = math.log(vocab) + (p * jnp.log(p + eps)).sum(-1)
     return jnp.where(_positions(batch.streams["forget"], options), per_pos, 0.0).sum(-1)

@@ -2,12 +2,11 @@
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from ..base import option
 from ..registry import register_term
-from ..token_stats import log_probs, shifted
+from ..token_stats import distillation_cross_entropy, next_token_targets
 from .common import tokens
 
 
@@ -26,8 +25,6 @@ class UNDIALOptions:
     options=UNDIALOptions,
 )
 def undial(pol, ref, batch, options):
-    lg, targets, mask = shifted(pol["forget"].logits, batch.streams["forget"].labels)
-    teacher = ref["forget"].logits[:, :-1].astype(jnp.float32)
-    teacher = teacher - options.undial_beta * jax.nn.one_hot(targets, teacher.shape[-1], dtype=teacher.dtype)
-    ce = -(jax.nn.softmax(teacher, axis=-1) * log_probs(lg)).sum(-1)
-    return jnp.where(mask, ce, 0.0).sum(-1)
+    targets, mask = next_token_targets(batch.streams["forget"].labels)
+    ce = distillation_cross_entropy(ref["forget"].logits, pol["forget"].logits, targets, options.undial_beta)
+    return jnp.where(mask, ce, 0.0)[:, :-1].sum(-1)

@@ -1,0 +1,268 @@
+"""The LM head by vocabulary blocks: per-token softmax statistics without [B, T, V] logits.
+
+A `VocabHead` is what the head would multiply (final-normed hidden states, the head
+matrix, its bias and soft-cap). `softmax_stats` scans the vocabulary in blocks of `chunk`
+columns with an online softmax and returns, per token, the log-partition lse, the mean
+logit and the softmax-expected logit E_p[z] (enough for NLL, ME in both directions and
+entropy); `teacher_expectation` returns E_q[z_student] under a teacher's softmax (KL and
+UNDIAL). Their backward passes are blockwise too (custom VJPs that recompute each block's
+logits), so neither direction holds more than [B*T, chunk] fp32 logits at once: for
+Llama-3 (vocabulary 128,256) at 8 x 512 tokens that is 0.25 GiB instead of 2 GiB per
+stream, and the same again for the gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+DEFAULT_CHUNK = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """The static shape of a blockwise head: weight [D, V] (vocab_axis 1) or the tied
+    embedding [V, D] (vocab_axis 0), cut into `blocks` blocks of `chunk` columns (the last
+    padded when `chunk` does not divide V)."""
+
+    vocab_size: int
+    vocab_axis: int
+    softcap: float
+    chunk: int
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.vocab_size // self.chunk)
+
+
+def block_size(vocab_size: int, target: int) -> int:
+    """A block width near `target` that divides the vocabulary when one is close (no padded
+    copy of the head): 49,152 -> 16,384; 128,256 -> 16,032; else `target`, padded."""
+    if vocab_size <= target:
+        return vocab_size
+    n = -(-vocab_size // target)
+    for blocks in range(n, 2 * n + 1):
+        if vocab_size % blocks == 0:
+            return vocab_size // blocks
+    return target
+
+
+@flax.struct.dataclass
+class VocabHead:
+    """hidden [B, T, D] (compute dtype) and the head that maps it to V logits."""
+
+    hidden: jax.Array
+    weight: jax.Array  # [D, V], or [V, D] when vocab_axis == 0 (tied embeddings)
+    bias: jax.Array | None
+    spec: HeadSpec = flax.struct.field(pytree_node=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab_size
+
+    def logits(self) -> jax.Array:
+        """All fp32 logits [B, T, V] at once (for terms that need the whole distribution)."""
+        b, t, d = self.hidden.shape
+        z = _logits(self.spec, self.hidden.reshape(b * t, d), self.weight, self.bias)
+        return z.reshape(b, t, -1)
+
+    def target_logits(self, targets: jax.Array) -> jax.Array:
+        """z[target] [B, T] for integer targets [B, T]: one gathered column per token."""
+        cols = jnp.take(self.weight, targets, axis=self.spec.vocab_axis)  # [D, B, T] or [B, T, D]
+        if self.spec.vocab_axis == 1:
+            z = jnp.einsum("btd,dbt->bt", self.hidden, cols, preferred_element_type=jnp.float32)
+        else:
+            z = jnp.einsum("btd,btd->bt", self.hidden, cols, preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            z = z + jnp.take(self.bias, targets).astype(jnp.float32)
+        return _cap(self.spec, z)
+
+
+def _cap(spec: HeadSpec, z):
+    return jnp.tanh(z / spec.softcap) * spec.softcap if spec.softcap else z
+
+
+def _logits(spec: HeadSpec, h, w, b):
+    """fp32 logits [N, V'] of rows h [N, D] against a weight block (V' columns)."""
+    eq = "nd,dv->nv" if spec.vocab_axis == 1 else "nd,vd->nv"
+    z = jnp.einsum(eq, h, w, preferred_element_type=jnp.float32)
+    if b is not None:
+        z = z + b.astype(jnp.float32)
+    return _cap(spec, z)
+
+
+def _padded(spec: HeadSpec, w, b):
+    extra = spec.blocks * spec.chunk - spec.vocab_size
+    if not extra:
+        return w, b
+    pad = [(0, 0), (0, 0)]
+    pad[spec.vocab_axis] = (0, extra)
+    return jnp.pad(w, pad), (None if b is None else jnp.pad(b, (0, extra)))
+
+
+def _block(spec: HeadSpec, w, b, i):
+    start = i * spec.chunk
+    w_i = jax.lax.dynamic_slice_in_dim(w, start, spec.chunk, axis=spec.vocab_axis)
+    b_i = None if b is None else jax.lax.dynamic_slice_in_dim(b, start, spec.chunk)
+    valid = start + jnp.arange(spec.chunk) < spec.vocab_size
+    return w_i, b_i, valid
+
+
+def _flat(h):
+    return h.reshape(-1, h.shape[-1])
+
+
+# ---- softmax statistics of one head: lse, mean logit, E_p[z] ---------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _self_stats(spec: HeadSpec, h, w, b):
+    return _self_stats_fwd(spec, h, w, b)[0]
+
+
+def _online_step(carry, z, y, valid):
+    """Fold one block into the running (max, sum of e, sum of e * y) with e = exp(z - max)."""
+    m, s, a = carry
+    m_new = jnp.maximum(m, jnp.max(jnp.where(valid, z, -jnp.inf), axis=-1))
+    scale = jnp.exp(m - m_new)
+    e = jnp.where(valid, jnp.exp(z - m_new[:, None]), 0.0)
+    return m_new, s * scale + e.sum(-1), a * scale + (e * jnp.where(valid, y, 0.0)).sum(-1)
+
+
+def _self_stats_fwd(spec, h, w, b):
+    wp, bp = _padded(spec, w, b)
+    n = h.shape[0]
+
+    def body(carry, i):
+        stats, total = carry
+        w_i, b_i, valid = _block(spec, wp, bp, i)
+        z = _logits(spec, h, w_i, b_i)
+        return (_online_step(stats, z, z, valid), total + jnp.where(valid, z, 0.0).sum(-1)), None
+
+    zero = jnp.zeros((n,), jnp.float32)
+    ((m, s, a), total), _ = jax.lax.scan(body, ((jnp.full((n,), -jnp.inf), zero, zero), zero), jnp.arange(spec.blocks))
+    lse, expected = m + jnp.log(s), a / s
+    out = (lse, total / spec.vocab_size, expected)
+    return out, (h, w, b, lse, expected)
+
+
+def _backward_blocks(spec, h, w, b, dz_of):
+    """Cotangents of (h, w, b) from dz_of(i, z_i, valid) -> d loss / d z_i, block by block."""
+    wp, bp = _padded(spec, w, b)
+
+    def body(carry, i):
+        dh, dw, db = carry
+        w_i, b_i, valid = _block(spec, wp, bp, i)
+        z, vjp = jax.vjp(lambda h_, w_, b_: _logits(spec, h_, w_, b_), h, w_i, b_i)
+        dh_i, dw_i, db_i = vjp(jnp.where(valid, dz_of(i, z, valid), 0.0))
+        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_i.astype(dw.dtype), i * spec.chunk, axis=spec.vocab_axis)
+        if db is not None:
+            db = jax.lax.dynamic_update_slice_in_dim(db, db_i.astype(db.dtype), i * spec.chunk, axis=0)
+        return (dh + dh_i.astype(jnp.float32), dw, db), None
+
+    init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp))
+    (dh, dw, db), _ = jax.lax.scan(body, init, jnp.arange(spec.blocks))
+    dw = jax.lax.slice_in_dim(dw, 0, spec.vocab_size, axis=spec.vocab_axis)
+    db = None if db is None else db[: spec.vocab_size]
+    return dh.astype(h.dtype), dw, db
+
+
+def _self_stats_bwd(spec, res, g):
+    h, w, b, lse, expected = res
+    g_lse, g_mean, g_exp = g
+
+    def dz_of(i, z, valid):
+        p = jnp.exp(z - lse[:, None])
+        # d lse = p; d mean = 1/V; d E_p[z] = p (1 + z - E_p[z])
+        return g_lse[:, None] * p + g_mean[:, None] / spec.vocab_size + g_exp[:, None] * p * (1 + z - expected[:, None])
+
+    return _backward_blocks(spec, h, w, b, dz_of)
+
+
+_self_stats.defvjp(_self_stats_fwd, _self_stats_bwd)
+
+
+def softmax_stats(head: VocabHead):
+    """(lse, mean logit, E_p[z]) per token, each fp32 [B, T]; differentiable blockwise.
+    log p(v) = z_v - lse; entropy = lse - E_p[z]; KL(U || p) = lse - mean - log V."""
+    bt = head.hidden.shape[:2]
+    stats = _self_stats(head.spec, _flat(head.hidden), head.weight, head.bias)
+    return tuple(x.reshape(bt) for x in stats)
+
+
+# ---- a student's logits under a (stopped) teacher's softmax -----------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _teacher_expectation(spec_t, spec_s, beta, teacher, student, targets):
+    return _teacher_fwd(spec_t, spec_s, beta, teacher, student, targets)[0]
+
+
+def _teacher_logits(spec_t, beta, z, i, targets):
+    if not beta:
+        return z
+    cols = i * spec_t.chunk + jnp.arange(spec_t.chunk)
+    return z - beta * (cols[None, :] == targets[:, None])
+
+
+def _teacher_fwd(spec_t, spec_s, beta, teacher, student, targets):
+    (ht, wt, bt), (hs, ws, bs) = teacher, student
+    wt, bt = _padded(spec_t, wt, bt)
+    wsp, bsp = _padded(spec_s, ws, bs)
+    n = ht.shape[0]
+
+    def body(carry, i):
+        wt_i, bt_i, valid = _block(spec_t, wt, bt, i)
+        ws_i, bs_i, _ = _block(spec_s, wsp, bsp, i)
+        z = _teacher_logits(spec_t, beta, _logits(spec_t, ht, wt_i, bt_i), i, targets)
+        return _online_step(carry, z, _logits(spec_s, hs, ws_i, bs_i), valid), None
+
+    zero = jnp.zeros((n,), jnp.float32)
+    (m, s, a), _ = jax.lax.scan(body, (jnp.full((n,), -jnp.inf), zero, zero), jnp.arange(spec_t.blocks))
+    return a / s, (teacher, student, targets, m + jnp.log(s))
+
+
+def _teacher_bwd(spec_t, spec_s, beta, res, g):
+    teacher, (hs, ws, bs), targets, lse_t = res
+    ht, wt, bt = teacher
+    wt, bt = _padded(spec_t, wt, bt)
+
+    def dz_of(i, z_s, valid):  # d E_q[z_s] / d z_s = q
+        wt_i, bt_i, _ = _block(spec_t, wt, bt, i)
+        z_t = _teacher_logits(spec_t, beta, _logits(spec_t, ht, wt_i, bt_i), i, targets)
+        return g[:, None] * jnp.exp(z_t - lse_t[:, None])
+
+    d_student = _backward_blocks(spec_s, hs, ws, bs, dz_of)
+    return jax.tree.map(jnp.zeros_like, teacher), d_student, None
+
+
+_teacher_expectation.defvjp(_teacher_fwd, _teacher_bwd)
+
+
+def teacher_expectation(teacher: VocabHead, student: VocabHead, targets=None, beta: float = 0.0) -> jax.Array:
+    """E_q[z_student] per token, fp32 [B, T], with q = softmax(z_teacher - beta onehot(target))
+    (beta 0: the teacher's own distribution). The teacher gets no gradient (it is the frozen
+    reference); the student's is blockwise. Both heads must share the vocabulary and block
+    width."""
+    if teacher.spec.vocab_size != student.spec.vocab_size or teacher.spec.chunk != student.spec.chunk:
+        raise ValueError("teacher and student heads must share the vocabulary and the block width")
+    bt = student.hidden.shape[:2]
+    tgt = jnp.zeros(bt, jnp.int32) if targets is None else targets
+    out = _teacher_expectation(
+        teacher.spec,
+        student.spec,
+        float(beta),
+        (_flat(teacher.hidden), teacher.weight, teacher.bias),
+        (_flat(student.hidden), student.weight, student.bias),
+        tgt.reshape(-1),
+    )
+    return out.reshape(bt)
+
+
+def log_vocab(head: VocabHead) -> float:
+    return math.log(head.vocab_size)
