@@ -14,7 +14,8 @@ bf16 compute on a cast copy, bf16 reference), fp32 (fp32 parameters and compute)
 bf16 (bf16 parameters, moments, reference and compute: an opt-in, it barely trains at
 small learning rates), lora (`--lora-rank r`: a bf16 base, fp32 adapters of rank r on every
 projection with their AdamW moments, the reference = the base with adapters off, no second
-copy); remat none or full (per block). The CPU compiler's buffer plan
+copy); remat none or full (per block); `--vocab-blocks 0 16384` compares whole [B, T, V]
+logits with the blockwise LM head (train.vocab_block, the default). The CPU compiler's buffer plan
 approximates the GPU/TPU ones (fusion differs), so treat the fit table as a plan with
 about 10% slack, not as a promise.
 """
@@ -71,7 +72,16 @@ MODELS = {  # HF config fields
 CHIPS = {"80 GB GPU (H100/A100)": 80e9, "TPU v4 (32 GiB)": 32 * 2**30, "TPU v5e (16 GiB)": 16 * 2**30}
 
 
-def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: int, seq: int, rank: int = 16) -> dict:
+def plan(
+    model: str,
+    devices: int,
+    policy: str,
+    remat: str,
+    batch_per_device: int,
+    seq: int,
+    rank: int = 16,
+    vocab_block: int = 16384,
+) -> dict:
     import dataclasses
 
     import jax
@@ -144,7 +154,8 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
     )
     cast = dict(compute_dtype=jnp.bfloat16, param_shardings_tree=shardings) if policy == "mixed" else {}
     cast = dict(lora=True) if policy == "lora" else cast
-    step = jit_train_step(make_train_step(graphdef, objective, tx, lambda _: 1e-5, **cast), state, reference, mesh)
+    step_fn = make_train_step(graphdef, objective, tx, lambda _: 1e-5, vocab_block=vocab_block, **cast)
+    step = jit_train_step(step_fn, state, reference, mesh)
     t = time.perf_counter()
     with jax.set_mesh(mesh):  # as the training loop runs it
         m = step.lower(state, reference, batch).compile().memory_analysis()
@@ -156,6 +167,7 @@ def plan(model: str, devices: int, policy: str, remat: str, batch_per_device: in
         "devices": devices,
         "policy": f"lora r{rank}" if policy == "lora" else policy,
         "remat": remat,
+        "vocab_block": vocab_block,
         "batch_per_device": batch_per_device,
         "seq": seq,
         "arguments_GiB": m.argument_size_in_bytes / 2**30,
@@ -178,6 +190,12 @@ def main(argv=None) -> list[dict]:
     )
     p.add_argument("--lora-rank", type=int, default=16, help="adapter rank of the lora policy")
     p.add_argument("--remat", nargs="+", default=["none", "full"], choices=["none", "full", "dots"])
+    p.add_argument(
+        "--vocab-blocks",
+        nargs="+",
+        type=int,
+        help="train.vocab_block values to plan (0: whole [B, T, V] logits; default: the config's)",
+    )
     p.add_argument("--batch-per-device", type=int, default=1, help="rows per stream per device")
     p.add_argument("--seq", type=int, default=512, help="padded length (TOFU's max_length is 500)")
     p.add_argument("--json", help="also write the rows here")
@@ -189,15 +207,30 @@ def main(argv=None) -> list[dict]:
     import common
     from tqdm.auto import tqdm
 
-    grid = [(m, d, pol, r) for m in args.models for d in args.devices for pol in args.policies for r in args.remat]
+    from jaxunlearn.training.config import TrainSection
+
+    blocks = args.vocab_blocks or [TrainSection().vocab_block]
+    grid = [
+        (m, d, pol, r, vb)
+        for m in args.models
+        for d in args.devices
+        for pol in args.policies
+        for r in args.remat
+        for vb in blocks
+    ]
     rows = []
-    for m, d, pol, r in tqdm(grid, desc="compile", unit="plan"):
-        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq, args.lora_rank))
+    for m, d, pol, r, vb in tqdm(grid, desc="compile", unit="plan"):
+        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq, args.lora_rank, vb))
     print(
         f"\nNPO+GD step, {args.batch_per_device} row(s) per stream per device x {args.seq} tokens, "
         "FSDP over all devices; bytes per device"
     )
-    print(common.table(rows, ["model", "devices", "policy", "remat", "arguments_GiB", "temp_GiB", "total_GiB", *CHIPS]))
+    print(
+        common.table(
+            rows,
+            ["model", "devices", "policy", "remat", "vocab_block", "arguments_GiB", "temp_GiB", "total_GiB", *CHIPS],
+        )
+    )
     common.write_json(args.json, rows)
     return rows
 

@@ -19,10 +19,11 @@ from conftest import REPO, TINY_TRAIN
 pytestmark = pytest.mark.subprocess
 
 
-def cli(*args, env_extra=None):
+def cli(*args, env_extra=None, probe: str | None = None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    start = ["-c", probe] if probe else ["-m", "jaxunlearn"]
     return subprocess.Popen(
-        [sys.executable, "-m", "jaxunlearn", "unlearn", *args, "--no-progress"],
+        [sys.executable, *start, "unlearn", *args, "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -53,8 +54,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The CLI in a process that records every jax.device_put of a >= 2-D array: its shape and
+# whether the target sharding splits it (written to $PLACEMENTS at exit).
+PLACEMENT_PROBE = """
+import atexit, json, os, runpy, sys
+import jax
+records, original = [], jax.device_put
+
+def device_put(x, device=None, *args, **kwargs):
+    shape = getattr(x, "shape", ())
+    if len(shape) >= 2:
+        split = device is not None and hasattr(device, "shard_shape") and device.shard_shape(shape) != tuple(shape)
+        records.append([list(shape), bool(split)])
+    return original(x, device, *args, **kwargs)
+
+jax.device_put = device_put
+atexit.register(lambda: open(os.environ["PLACEMENTS"], "w").write(json.dumps(records)))
+sys.argv = ["jaxunlearn", *sys.argv[1:]]
+runpy.run_module("jaxunlearn", run_name="__main__")
+"""
+
+
 def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
-    single = cli(*common(tiny_lm, tmp_path / "one", "mesh.data=1"))
+    """Same losses on 1 device, 8 devices and 2 processes with FSDP across the processes;
+    the 2-process run loads every split parameter straight onto its shards (no device ever
+    holds one whole) and exports, tensor by tensor, the one-process run's model."""
+    single = cli(*common(tiny_lm, tmp_path / "one", "mesh.data=1", "output.export=true"))
     eight = cli(
         *common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
@@ -65,13 +90,15 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
     port = free_port()
     procs = [
         cli(
-            *common(tiny_lm, tmp_path / "two", "mesh.data=2"),
+            *common(tiny_lm, tmp_path / "two", "mesh.data=1", "mesh.fsdp=2", "output.export=true"),
             env_extra={
                 "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
                 "JAXUNLEARN_NUM_PROCESSES": "2",
                 "JAXUNLEARN_PROCESS_ID": str(i),
                 "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
+                "PLACEMENTS": str(tmp_path / f"placements{i}.json"),
             },
+            probe=PLACEMENT_PROBE,
         )
         for i in range(2)
     ]
@@ -85,6 +112,27 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
         for a, b in zip(ref, got):
             for key in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
                 assert b[key] == pytest.approx(a[key], rel=2e-5), (name, key, a[key], b[key])
+
+    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)  # Adam: 3 steps
+
+    # shapes of the parameters FSDP splits (the matrices: an even embed dimension; norms stay
+    # replicated): the HF tensors' shapes, stacked per layer as the model holds them, either way round
+    layers = 1 + max(int(k.split(".")[2]) for k in one if k.startswith("model.layers."))
+    split_shapes = set()
+    for key, value in one.items():
+        if value.ndim < 2:
+            continue
+        for shape in (value.shape, value.shape[::-1]):
+            split_shapes |= {tuple(shape), (layers, *shape)}
+    for i in range(2):
+        records = json.loads((tmp_path / f"placements{i}.json").read_text())
+        assert records, "the probe saw no placement"
+        whole = {tuple(shape) for shape, split in records if not split and tuple(shape) in split_shapes}
+        assert not whole, f"process {i} placed parameters whole on a device: {sorted(whole)}"
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):

@@ -19,6 +19,7 @@ from .tokenizer import load_hf_tokenizer, tokenizer_from_gguf
 from . import gguf_io
 from .convert import iter_hf_tensors, load_model
 from .hf_flax import FILENAME as FLAX_FILE
+from .host_copy import exporting_process
 from .hf_flax import FlaxMsgpackSource, write_flax_msgpack
 from .safetensors_io import SafetensorsSource, write_safetensors
 from .sources import resolve
@@ -135,24 +136,32 @@ def save_pretrained(
 ) -> Path:
     """Write the model (and tokenizer) so transformers loads it.
 
-    format "hf": config.json + model.safetensors (sharded past `max_shard_size`);
+    format "hf": config.json + model.safetensors (sharded past `max_shard_size`), written
+    tensor by tensor from the (possibly sharded) parameters: the host holds at most one
+    shard, no device the whole model;
     format "hf-flax": config.json + flax_model.msgpack (transformers 4.x Flax layout).
     The directory appears atomically; an existing one is refused unless `overwrite`.
+    With several JAX processes this is collective: every process calls it, process 0 writes.
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     out = Path(out_dir)
-    if out.exists() and not overwrite:
+    writer = exporting_process()
+    if writer and out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; choose another destination or pass overwrite=True (--overwrite)")
     model = merge_lora(model)  # adapters folded into the kernels: a plain checkpoint
     config = model.config
     family = family_for(config.model_type)
+    if not writer:  # join the per-tensor fetches process 0 makes, write nothing
+        for _ in iter_hf_tensors(model):
+            pass
+        return out
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(family.config_to_hf(config), indent=2, sort_keys=True) + "\n")
-        tensors = list(iter_hf_tensors(model))
         if format == "hf":
-            write_safetensors([(n, a) for n, a, _ in tensors], tmp, parse_size(max_shard_size))
+            write_safetensors(((n, a) for n, a, _ in iter_hf_tensors(model)), tmp, parse_size(max_shard_size))
         else:
+            tensors = list(iter_hf_tensors(model))
             write_flax_msgpack([(n, a) for n, a, _ in tensors], {n: k for n, _, k in tensors}, tmp / FLAX_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

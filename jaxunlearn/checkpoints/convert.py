@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 from ..models.config import ModelConfig, to_dtype
 from ..models.registry import family_for
 from ..parallel import logical_sharding
+from .host_copy import host_array
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +112,20 @@ def load_model(config: ModelConfig, source: TensorSource, mesh=None, rules=None)
 
 
 def iter_hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray, str]]:
-    """(HF name, array in HF layout, kind) for every parameter of the model, layers unstacked."""
+    """(HF name, array in HF layout, kind) for every parameter of the model, layers unstacked,
+    each fetched to the host only when it is reached (a collective with several processes:
+    checkpoints.host_copy)."""
     config: ModelConfig = model.config
     table = {path: (hf, kind) for path, hf, kind in _rows(config)}
     _, state = nnx.split(model)
     for path, variable in nnx.to_flat_state(state):
         hf, kind = table["/".join(str(p) for p in path)]
-        array = np.asarray(jax.device_get(variable.get_value()))
-        if "{i}" in hf:
-            for i in range(array.shape[0]):
-                yield hf.format(i=i), to_hf_layout(array[i], kind), kind
+        value = variable.get_value()
+        if "{i}" in hf:  # one layer on the host at a time
+            for i in range(value.shape[0]):
+                yield hf.format(i=i), to_hf_layout(host_array(value[i]), kind), kind
         else:
-            yield hf, to_hf_layout(array, kind), kind
+            yield hf, to_hf_layout(host_array(value), kind), kind
 
 
 class DictSource:

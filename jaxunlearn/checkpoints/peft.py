@@ -13,6 +13,7 @@ from ..errors import CheckpointError
 from ..models.lora import add_lora
 from ..models.registry import family_for
 from .api import atomic_directory
+from .host_copy import exporting_process, host_array
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # PEFT's wrapper around the transformers model
@@ -28,7 +29,8 @@ def _module_names(model) -> dict[str, str]:
 
 
 def save_peft_adapters(model, out_dir, base_model: str | None = None) -> Path:
-    """Write the model's adapters alone in PEFT's layout (lora_A [r, in], lora_B [out, r] per layer)."""
+    """Write the model's adapters alone in PEFT's layout (lora_A [r, in], lora_B [out, r] per layer).
+    Collective with several JAX processes (each adapter is fetched by all; process 0 writes)."""
     from safetensors.numpy import save_file
 
     spec = model.config.lora
@@ -40,8 +42,8 @@ def save_peft_adapters(model, out_dir, base_model: str | None = None) -> Path:
         raise CheckpointError(f"PEFT export: {missing} of {model.config.model_type} are not nn.Linear modules in HF")
     tensors = {}
     for name in spec.targets:
-        a = np.asarray(getattr(model.layers, f"{name}_lora_a")[...], np.float32)
-        b = np.asarray(getattr(model.layers, f"{name}_lora_b")[...], np.float32)
+        a = host_array(getattr(model.layers, f"{name}_lora_a")[...]).astype(np.float32)
+        b = host_array(getattr(model.layers, f"{name}_lora_b")[...]).astype(np.float32)
         for i in range(a.shape[0]):
             module = PREFIX + modules[name].format(i=i)
             tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(a[i].T)
@@ -62,6 +64,8 @@ def save_peft_adapters(model, out_dir, base_model: str | None = None) -> Path:
         "modules_to_save": None,
     }
     out = Path(out_dir)
+    if not exporting_process():
+        return out
     with atomic_directory(out) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from safetensors import safe_open
@@ -66,26 +67,39 @@ class SafetensorsSource:
             ) from None
 
 
-def write_safetensors(tensors: list[tuple[str, np.ndarray]], directory: Path, max_shard_bytes: int) -> None:
-    """Write one file, or shards plus `model.safetensors.index.json` past `max_shard_bytes`."""
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, array in tensors:
-        if shards[-1] and size + array.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = np.ascontiguousarray(array)
-        size += array.nbytes
+def write_safetensors(tensors: Iterable[tuple[str, np.ndarray]], directory: Path, max_shard_bytes: int) -> None:
+    """Write one file, or shards plus `model.safetensors.index.json` past `max_shard_bytes`.
+
+    `tensors` is consumed lazily and at most one shard is held in memory: each shard is
+    written (under a provisional name) as soon as the next tensor would overflow it, and
+    the files get their final `-of-N` names once N is known."""
     metadata = {"format": "pt"}  # transformers expects this marker
-    if len(shards) == 1:
-        save_file(shards[0], str(directory / SINGLE), metadata=metadata)
+    written: list[tuple[Path, list[str]]] = []
+    weight_sizes: dict[str, int] = {}
+    shard: dict[str, np.ndarray] = {}
+    size = 0
+
+    def flush():
+        path = directory / f".shard-{len(written) + 1:05d}.safetensors"
+        save_file(shard, str(path), metadata=metadata)
+        written.append((path, list(shard)))
+
+    for name, array in tensors:
+        if shard and size + array.nbytes > max_shard_bytes:
+            flush()
+            shard, size = {}, 0
+        shard[name] = np.ascontiguousarray(array)
+        size += array.nbytes
+        weight_sizes[name] = array.nbytes
+    if shard or not written:
+        flush()
+    if len(written) == 1:
+        os.rename(written[0][0], directory / SINGLE)
         return
-    weight_map, total = {}, 0
-    for k, shard in enumerate(shards, start=1):
-        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / fname), metadata=metadata)
-        for name, array in shard.items():
-            weight_map[name] = fname
-            total += array.nbytes
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    weight_map = {}
+    for k, (path, names) in enumerate(written, start=1):
+        fname = f"model-{k:05d}-of-{len(written):05d}.safetensors"
+        os.rename(path, directory / fname)
+        weight_map.update({name: fname for name in names})
+    index = {"metadata": {"total_size": sum(weight_sizes.values())}, "weight_map": weight_map}
     (directory / INDEX).write_text(json.dumps(index, indent=2) + os.linesep)

@@ -6,6 +6,7 @@ All functions take and return arrays; numerics follow transformers' PyTorch mode
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -93,20 +94,65 @@ def dot_product_attention(
     key cache 4x slower than the same-size value cache). Scores (times `scale`, default
     D^-1/2, then Gemma-2's tanh soft-capping if given) and softmax in fp32. A fully masked
     row (a padding query) gets uniform weights rather than NaN, like transformers' SDPA.
+
+    The backward recomputes the probabilities from the saved max and normalizer (a custom VJP,
+    as flash attention does), so training keeps [B, KV, groups, T] per layer instead of the
+    fp32 [B, H, T, S] scores and probabilities.
     """
     b, t, h, d = q.shape
     kv = k.shape[1]
     groups = h // kv
     qg = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, d)
-    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, kv, groups, t, -1) * (scale if scale is not None else 1.0 / math.sqrt(d))
+    out = _attention(qg, k, v, allowed, scale if scale is not None else 1.0 / math.sqrt(d), softcap)
+    return out.reshape(b, kv, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _scores(qg, k, allowed, scale, softcap):
+    """Masked fp32 scores [B, KV, groups, T, S] and the pre-cap ones (for the backward)."""
+    b, kv, _, _ = qg.shape
+    t = allowed.shape[1]
+    raw = jnp.einsum("bkqd,bkds->bkqs", qg, k, preferred_element_type=jnp.float32)
+    raw = raw.reshape(b, kv, -1, t, raw.shape[-1]) * scale
+    capped = jnp.tanh(raw / softcap) * softcap if softcap is not None else raw
+    return jnp.where(allowed[:, None, None, :, :], capped, jnp.finfo(jnp.float32).min), raw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(qg, k, v, allowed, scale, softcap):
+    return _attention_fwd(qg, k, v, allowed, scale, softcap)[0]
+
+
+def _attention_fwd(qg, k, v, allowed, scale, softcap):
+    b, kv, rows, _ = qg.shape
+    scores, _ = _scores(qg, k, allowed, scale, softcap)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, rows, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    # the softmax's max and normalizer, kept apart: a fully masked row's max + log(S) rounds
+    # back to the max in fp32, so one log-partition would give it weights of 1, not 1/S
+    top = jnp.max(scores, axis=-1)
+    norm = jnp.sum(jnp.exp(scores - top[..., None]), axis=-1)
+    return out, (qg, k, v, allowed, out, top, norm)
+
+
+def _attention_bwd(scale, softcap, res, d_out):
+    qg, k, v, allowed, out, top, norm = res
+    b, kv, rows, _ = qg.shape
+    scores, raw = _scores(qg, k, allowed, scale, softcap)
+    p = jnp.exp(scores - top[..., None]) / norm[..., None]  # [B, KV, groups, T, S] fp32, recomputed
+    p_flat = p.reshape(b, kv, rows, -1)
+    dv = jnp.einsum("bkqs,bkqd->bksd", p_flat.astype(v.dtype), d_out)
+    dp = jnp.einsum("bkqd,bksd->bkqs", d_out, v, preferred_element_type=jnp.float32).reshape(p.shape)
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).reshape(top.shape)
+    ds = jnp.where(allowed[:, None, None, :, :], p * (dp - delta[..., None]), 0.0)
     if softcap is not None:
-        scores = jnp.tanh(scores / softcap) * softcap
-    big_negative = jnp.finfo(jnp.float32).min
-    scores = jnp.where(allowed[:, None, None, :, :], scores, big_negative)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, groups * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kv, groups, t, d)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+        ds = ds * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+    ds = (ds * scale).reshape(b, kv, rows, -1)
+    dq = jnp.einsum("bkqs,bkds->bkqd", ds, k.astype(jnp.float32)).astype(qg.dtype)
+    dk = jnp.einsum("bkqs,bkqd->bkds", ds, qg.astype(jnp.float32)).astype(k.dtype)
+    return dq, dk, dv.astype(v.dtype), None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array | None, eps: float) -> jax.Array:

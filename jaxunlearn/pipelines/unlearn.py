@@ -22,12 +22,15 @@ from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, 
 log = logging.getLogger(__name__)
 
 
-def _check_before_loading(cfg: RunConfig) -> None:
-    """What fails fast: the precision policy, the mesh against the devices, the batch against the mesh."""
+def _check_before_loading(cfg: RunConfig):
+    """What fails fast: the precision policy, the mesh against the devices, the batch against
+    the mesh. Returns the mesh, which the models are then loaded onto: each parameter is
+    created on its sharding, never whole on one device (a Llama-3-8B would not fit there)."""
     if not cfg.lora.enabled:  # LoRA trains fp32 adapters: a bf16 base is the point
         check_param_precision(cfg.model.dtype, cfg.train.low_precision_params, warn=False)
     mesh = cfg.mesh.build()
     check_batch_divisible(cfg.train.batch_size, cfg.train.micro_batches, mesh)
+    return mesh
 
 
 def train_with_config(model, tokenizer, streams, objective, cfg: RunConfig, out_dir, **kwargs) -> dict:
@@ -94,24 +97,28 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
     objective, the model and tokenizer and the data are checked before the run directory
     is made."""
     initialize_distributed_from_env()  # before anything touches a JAX backend
-    _check_before_loading(cfg)
+    mesh = _check_before_loading(cfg)
     o = cfg.objective
     objective = build_objective(o.name, o.forget_weight, o.retain_weight, o.options)
     if cfg.continual.split:
         forget_and_retain(cfg, task_id=(cfg.continual.tasks or [1])[0])  # the pool exists and reads
     else:
         forget, retain = forget_and_retain(cfg)  # data errors before the model loads
-    model, tokenizer = load_for_run(cfg)
+    model, tokenizer = load_for_run(cfg, mesh=mesh)
     warn_if_config_misfits(cfg, tokenizer)
     model = with_adapters(cfg, model)
     if cfg.continual.split:
         with run_directory(cfg, "unlearn", resume, overwrite) as out:
-            return _continual(cfg, objective, model, tokenizer, out, resume, progress)
+            return _continual(cfg, objective, model, tokenizer, out, resume, progress, mesh)
     streams = unlearning_streams(cfg, tokenizer, objective, forget, retain)
     reference = None
     if objective.needs_reference and not cfg.lora.enabled:  # LoRA: the base with adapters off
         reference, _ = load_for_run(
-            cfg, cfg.model.reference_path, cfg.model.reference_dtype or cfg.model.dtype, require_tokenizer=False
+            cfg,
+            cfg.model.reference_path,
+            cfg.model.reference_dtype or cfg.model.dtype,
+            require_tokenizer=False,
+            mesh=mesh,
         )
     with run_directory(cfg, "unlearn", resume, overwrite) as out:
         summary = train_with_config(
@@ -165,7 +172,7 @@ def _select_best(cfg: RunConfig, out: Path) -> dict | None:
     return best
 
 
-def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progress: bool) -> dict:
+def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progress: bool, mesh) -> dict:
     """Tasks one after another, each starting from the previous result; the reference is
     the previous result, or the original model with continual.fix_reference."""
     from ..data.sources import continual_task_ids
@@ -178,7 +185,7 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
         done = task_dir / "summary.json"
         if resume and done.exists():
             log.info("task %s already done; loading its result", task)
-            model, _ = load_for_run(cfg, str(task_dir / "model"))
+            model, _ = load_for_run(cfg, str(task_dir / "model"), mesh=mesh)
             results.append(json.loads(done.read_text()))
             continue
         task_dir.mkdir(parents=True, exist_ok=True)
@@ -213,9 +220,9 @@ def _continual(cfg, objective, model, tokenizer, out: Path, resume: bool, progre
 def finetune(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Plain answer NLL on data.train_split / data.train_file (TOFU target or retain model)."""
     initialize_distributed_from_env()  # before anything touches a JAX backend
-    _check_before_loading(cfg)
+    mesh = _check_before_loading(cfg)
     objective = build_objective("GD", retain_weight=1.0)
-    model, tokenizer = load_for_run(cfg)
+    model, tokenizer = load_for_run(cfg, mesh=mesh)
     warn_if_config_misfits(cfg, tokenizer)
     streams = finetune_streams(cfg, tokenizer, finetune_rows(cfg))
     with run_directory(cfg, "finetune", resume, overwrite) as out:

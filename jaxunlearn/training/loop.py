@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ..checkpoints.api import remove_orphan_temporaries, save_pretrained
@@ -37,6 +38,7 @@ from ..precision import matmul_precision as precision_context
 from .checkpointing import Checkpointer
 from .config import OutputSection, TrainSection
 from .optimizer import SCHEDULES, make_optimizer, paper_num_steps, paper_warmup
+from .prefetch import Prefetcher
 from .profiling import StepProfiler
 from .step import (
     check_batch_divisible,
@@ -409,7 +411,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         dropout=lora and model.config.lora.dropout > 0,
         vocab_block=t.vocab_block,
     )
-    jitted = jit_train_step(step_fn, state, ref_params, mesh)
+    jitted = jit_train_step(step_fn, state, ref_params, mesh, gated=True)
     is_main = jax.process_index() == 0
     if run.progress and is_main:
         print("\n".join(_startup_lines(model, objective, streams, run, total, warmup, mesh)), file=sys.stderr)
@@ -425,44 +427,63 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     tokens_done, t0 = 0, time.perf_counter()
     last = {}
     profiler = StepProfiler(t.profile_steps, out_dir / "profile")
+    prefetch = Prefetcher(iterator, total)
+    halted = jax.device_put(jnp.zeros((), bool), NamedSharding(mesh, PartitionSpec()))
+    pending = None  # the step dispatched last whose metrics are not read yet
+    t_read = time.perf_counter()
+
+    def read(p):
+        """The host reads a step's metrics: log line, bar, non-finite stop. Runs one step late
+        (after the next step was dispatched) unless that step must be decided on now."""
+        nonlocal tokens_done, last, t_read
+        metrics = {k: v.item() for k, v in jax.device_get(p["metrics"]).items()}
+        now = time.perf_counter()
+        t_step, t_read = now - t_read, now
+        if p["step"] == start:
+            bar.set_description(objective.name)
+        if not metrics["finite"]:  # the state is the last finite one: the gated next step changed nothing
+            _stop_non_finite(checkpointer, state, p["data_before"], p["step"], metrics, out_dir)
+        tokens_done += metrics.pop("tokens")
+        elapsed = now - t0
+        last = {
+            "step": p["step"] + 1,
+            **{k: v for k, v in metrics.items() if k not in ("finite", "halted")},
+            "step_seconds": t_step,
+            "tokens_per_s": tokens_done / max(elapsed, 1e-9),
+            "epoch": iterator.epoch_of(p["step"] + 1),
+        }
+        if is_main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(last) + "\n")
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        bar.update(1)
+
     try:
         with _stop_on_signals() as stop:
             for step in range(start, total):
                 data_before = iterator.state_dict()
-                index = iterator.global_indices(iterator.step)
+                index, arrays = prefetch.get(step)
+                iterator.step = step + 1
                 reference_nll = {}
                 if precomputed is not None:
                     per = t.batch_size // jax.process_count()
                     local = index[jax.process_index() * per : (jax.process_index() + 1) * per]
                     reference_nll = {s: v[local] for s, v in precomputed.items()}
-                batch = StepBatch.from_arrays(next(iterator), reference_nll)
-                t_step = time.perf_counter()
+                batch = StepBatch.from_arrays(arrays, reference_nll)
                 profiler.before(step + 1)
                 with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
-                    state, metrics = jitted(state, ref_params, place_batch(batch, mesh))
+                    state, metrics = jitted(state, ref_params, place_batch(batch, mesh), halted)
+                halted = metrics["halted"]  # a device value: a non-finite step turns the next ones into no-ops
                 profiler.after(step + 1, state)
-                metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
-                t_step = time.perf_counter() - t_step
-                if step == start:
-                    bar.set_description(objective.name)
-                if not metrics["finite"]:
-                    _stop_non_finite(checkpointer, state, data_before, step, metrics, out_dir)
-                tokens_done += metrics.pop("tokens")
-                elapsed = time.perf_counter() - t0
-                last = {
-                    "step": step + 1,
-                    **{k: v for k, v in metrics.items() if k != "finite"},
-                    "step_seconds": t_step,
-                    "tokens_per_s": tokens_done / max(elapsed, 1e-9),
-                    "epoch": iterator.epoch_of(step + 1),
-                }
-                if is_main:
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(last) + "\n")
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                bar.update(1)
+                if pending is not None:
+                    read(pending)
+                pending = {"step": step, "metrics": metrics, "data_before": data_before}
                 stopping, time_due = _agree(stop.signal_number is not None, checkpointer.time_due())
-                if checkpointer.should_save(step + 1, last=step + 1 == total) or time_due or stopping:
+                saving = checkpointer.should_save(step + 1, last=step + 1 == total) or time_due or stopping
+                if saving or on_step is not None or step + 1 == total:
+                    read(pending)  # decisions on this step's state need its metrics first
+                    pending = None
+                if saving:
                     checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
                 if stopping:
                     checkpointer.wait()
@@ -475,18 +496,16 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
                 if on_step is not None:
                     on_step(step + 1, lambda: _merge(graphdef, state.params, base))
     finally:
+        prefetch.close()
         profiler.close()
         bar.close()
         checkpointer.close()
 
-    params = state.params
-    if jax.process_count() > 1:  # every process gets the full arrays; process 0 writes them
-        from jax.experimental import multihost_utils
-
-        params, base = multihost_utils.process_allgather((params, base), tiled=True)
-    final = _merge(graphdef, params, base)
+    # the result stays sharded; the exports fetch one tensor at a time (collectives with
+    # several processes, so every process runs them and process 0 writes)
+    final = _merge(graphdef, state.params, base)
     summary = {"steps": total, "warmup_steps": warmup, "rows": n, "final": last, "out_dir": str(out_dir)}
-    if (run.output.export if export is None else export) and is_main:
+    if run.output.export if export is None else export:
         summary["export"] = str(save_pretrained(final, tokenizer, out_dir / "model", overwrite=True))
         if lora and run.output.export_peft:
             summary["export_peft"] = str(save_peft_adapters(final, out_dir / "adapter", run.header.get("model path")))

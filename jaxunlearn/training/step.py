@@ -198,7 +198,10 @@ def make_train_step(
         (loss, values), grads = grad_fn(params, ref_params, ref_out, mb, weights, key)
         return loss, values, grads
 
-    def step(state: TrainState, ref_params, batch: StepBatch):
+    def step(state: TrainState, ref_params, batch: StepBatch, halted=None):
+        """halted (a bool scalar, the previous step's metrics["halted"]): a step after a
+        non-finite one changes nothing, so the loop may read metrics one step late and still
+        stop on the last finite state."""
         weights = objective.row_weights(batch, mean_group_rows)  # from the global batch
         keys = jax.random.split(jax.random.fold_in(state.rng, 1), micro_batches)  # LoRA dropout
         if micro_batches == 1:
@@ -227,6 +230,8 @@ def make_train_step(
             updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, trainable_mask)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if halted is not None:
+            finite = finite & ~halted
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.split(state.rng)[0])
         kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         tokens = sum(batch.streams[s].attention_mask.sum() for s in objective.policy_streams)
@@ -235,6 +240,7 @@ def make_train_step(
             "grad_norm": grad_norm,
             "lr": schedule(state.step),
             "finite": finite,
+            "halted": ~finite,
             "tokens": tokens,
             **{f"loss/{k}": v for k, v in values.items()},
         }
@@ -243,15 +249,17 @@ def make_train_step(
     return step
 
 
-def jit_train_step(step_fn, state: TrainState, ref_params, mesh):
+def jit_train_step(step_fn, state: TrainState, ref_params, mesh, gated: bool = False):
     """jax.jit with explicit shardings: the state keeps its own, the batch splits over
-    (data, fsdp), the reference keeps its own and is never donated."""
+    (data, fsdp), the reference keeps its own and is never donated. gated: the step takes
+    a fourth argument, the previous step's metrics["halted"] (see make_train_step)."""
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     ref_sh = jax.tree.map(lambda x: x.sharding, ref_params) if ref_params is not None else None
     replicated = NamedSharding(mesh, PartitionSpec())
+    gate = (replicated,) if gated else ()
     return jax.jit(
         step_fn,
-        in_shardings=(state_sh, ref_sh, batch_sharding(mesh)),
+        in_shardings=(state_sh, ref_sh, batch_sharding(mesh), *gate),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
