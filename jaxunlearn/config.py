@@ -10,6 +10,7 @@ scalars (`train.lr=5e-6`, `data.buckets=[64,128]`, `output.export_hf_flax=true`)
 from __future__ import annotations
 
 import dataclasses
+import re
 import difflib
 import os
 import types
@@ -293,6 +294,12 @@ def validate(cfg: RunConfig) -> None:
             "(e.g. 4 for the paper's 4 rows per device and step), or be null for the global mean"
         )
     parse_window(t.profile_steps)
+    if cfg.output.dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", cfg.output.dir):
+        raise ConfigError(
+            f"output.dir={cfg.output.dir}: run directories on object stores are not written directly (a path "
+            "library would turn the URL into a local folder named after the scheme); write to a local or "
+            "mounted directory (gcsfuse, a network file system) and copy it afterwards (gsutil -m rsync -r DIR URL)"
+        )
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
     if cfg.eval.best_by and not CRITERION.match(cfg.eval.best_by):

@@ -28,6 +28,9 @@ NONSENSE = [  # (override, what the error must say)
     ("data.buckets=[0,64]", "data.buckets=0"),
     ("model.remat=some", "model.remat='some' is not one of none, full, dots"),
     ("train.loss_group_rows=5", "must divide train.batch_size=32"),
+    ("train.vocab_block=-1", "train.vocab_block=-1 makes no sense"),
+    ("model.attention=flash", "model.attention='flash' is not one of auto, xla"),
+    ("output.dir=gs://bucket/run", "output.dir=gs://bucket/run: run directories on object stores.*gsutil"),
 ]
 
 
