@@ -30,12 +30,21 @@ SETS = {
     "full": {
         "train_step_npo": ["train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"],
         "train_step_me": ["train_step.py", "--shape", "llama-20m", "--objective", "ME+GD", "--rounds", "3"],
+        "train_step_whole_logits": [
+            *("train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"),
+            *("--vocab-block", "0"),
+        ],
+        "train_step_smollm2": ["train_step.py", "--shape", "smollm2-135m", "--objective", "NPO+GD", "--rounds", "3"],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "1000", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "1000", "--rounds", "1"],
     },
     "quick": {
         "train_step_npo": ["train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"],
+        "train_step_whole_logits": [
+            *("train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"),
+            *("--vocab-block", "0"),
+        ],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],

@@ -177,7 +177,9 @@ def main(argv=None) -> dict:
     p.add_argument("--objective", choices=["NPO+GD", "ME+GD"], default="NPO+GD")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--remat", choices=["none", "full", "dots"], default="none")
+    p.add_argument(
+        "--remat", choices=["none", "full", "dots"], default=None, help="model.remat (default: the config's)"
+    )
     p.add_argument(
         "--vocab-block",
         type=int,
@@ -190,6 +192,10 @@ def main(argv=None) -> dict:
     p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    if args.remat is None:
+        from jaxunlearn.checkpoints.config import ModelSection
+
+        args.remat = ModelSection().remat
     if args.only:
         return child(args)
 

@@ -106,7 +106,8 @@ def speed_summary(results: dict) -> str:
                 f"{r['speedup']:.2f}x lm-eval's HF backend, {same} accuracy"
             )
         elif name.startswith("train_step"):
-            parts.append(f"the {r['objective']} unlearning step {r['speedup']:.2f}x PyTorch")
+            logits = ", whole logits" if r.get("vocab_block") == 0 else ""
+            parts.append(f"the {r['objective']} unlearning step ({r['shape']}{logits}) {r['speedup']:.2f}x PyTorch")
     env = results["environment"]
     return (
         f"Speed (set `{results['set']}` of `benchmarks/run_all.py`, {env['cores']}-core {env['cpu']}, "

@@ -23,7 +23,11 @@ class ModelSection:
     )
     reference_path: str | None = setting(None, "frozen reference model (null: the policy's start)")
     reference_dtype: str | None = setting(None, "dtype of the frozen reference (null: model.dtype); bfloat16 halves it")
-    remat: Literal["none", "full", "dots"] = setting("none", "per-block rematerialization in the backward pass")
+    remat: Literal["none", "full", "dots"] = setting(
+        "dots",
+        "per-block rematerialization in the backward pass: dots keeps the matmul outputs and recomputes the rest "
+        "(less memory and, on CPU, faster than none: see docs/benchmarks.md); full keeps only each block's input",
+    )
     attention: Literal["auto", "xla", "jax_xla", "cudnn", "splash", "splash_interpret"] = setting(
         "auto",
         "attention in right-padded causal forwards (training, scoring): auto = cuDNN flash attention on GPU, "
