@@ -117,10 +117,14 @@ def _add_train_parser(sub, kind: str, help_text: str) -> None:
 
 def _eval(args) -> None:
     from .config import load_config
-    from .pipelines.evaluate import evaluate
+    from .pipelines.evaluate import evaluate, not_the_evaluating_process
     from .evaluation.report import markdown_table
 
     cfg = load_config(args.config, args.overrides)
+    skipped = not_the_evaluating_process()  # a multi-host launch: process 0 evaluates
+    if skipped:
+        print(skipped)
+        return
     out = cfg.output_dir("eval")
     _refuse_existing(out, "an evaluation", args.overwrite)
     summary = evaluate(cfg, out_dir=out, progress=not args.no_progress)

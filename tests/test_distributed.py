@@ -183,3 +183,52 @@ def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):
     for a, b in zip(ref, got):
         for key in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=2e-5), (key, a[key], b[key])
+
+
+def _eval_cli(*args, env_extra=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxunlearn", "eval", *args, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def test_a_two_process_eval_launch_evaluates_once(tiny_lm, tmp_path):
+    """Launched on 2 processes (jax.distributed from the environment), process 0 evaluates
+    with its host's devices and writes the 1-process numbers; process 1 says so and writes
+    nothing (before, each process evaluated alone into the same files)."""
+    common = [
+        f"model.path={tiny_lm}",
+        *TINY_TRAIN,
+        "eval.num_rows=4",
+        "eval.batch_size=4",
+        "eval.max_length=48",
+        "data.buckets=[64,128]",
+        "eval.sets=[forget]",
+        "eval.generate=false",
+    ]
+    one = _eval_cli(*common, f"output.dir={tmp_path / 'one'}")
+    assert one.wait(600) == 0, one.stderr.read()[-3000:]
+    port = free_port()
+    env = {
+        "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
+        "JAXUNLEARN_NUM_PROCESSES": "2",
+        "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
+    }
+    procs = [
+        _eval_cli(*common, f"output.dir={tmp_path / 'two'}", env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)})
+        for i in range(2)
+    ]
+    outputs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        outputs.append(stdout)
+    assert "process 1: the evaluation runs on process 0" in outputs[1]
+    a = json.loads((tmp_path / "one" / "summary.json").read_text())
+    b = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert a["sets"]["forget"] == pytest.approx(b["sets"]["forget"], rel=1e-6)

@@ -34,14 +34,20 @@ def check_vocab(model, tokenizer) -> None:
         )
 
 
-def data_mesh(batch_size: int):
-    """Spread scoring batches over every device when there are several (data axis)."""
+def data_mesh(batch_size: int, model=None):
+    """Spread scoring batches over the devices when there are several (data axis): every
+    device of the run when the model's parameters span processes, else this process's own
+    (a model loaded by one process of a multi-host launch lives on its host)."""
     import jax
+    from flax import nnx
 
     from ..parallel import make_mesh
 
-    n = jax.device_count()
-    return make_mesh(data=n) if n > 1 and batch_size % n == 0 else None
+    leaves = jax.tree.leaves(nnx.state(model)) if model is not None else []
+    local = all(getattr(x, "is_fully_addressable", True) for x in leaves)
+    devices = jax.local_devices() if local else jax.devices()
+    n = len(devices)
+    return make_mesh(data=n, devices=devices) if n > 1 and batch_size % n == 0 else None
 
 
 def _per_candidate(evalset, avg_nll):
@@ -107,7 +113,7 @@ def evaluate_model(
 def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, embedder, judge, reference, progress):
     check_vocab(model, tokenizer)
     pad = pad_token_id(tokenizer)
-    mesh = data_mesh(e.batch_size)
+    mesh = data_mesh(e.batch_size, model)
     records, summary = [], {"sets": {}}
     for spec in sets:
         evalset = build_eval_set(

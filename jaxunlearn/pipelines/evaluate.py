@@ -6,10 +6,13 @@ import logging
 import time
 from pathlib import Path
 
+import jax
+
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
 from .loading import load_for_run, warn_if_config_misfits
 from .suites import evaluate_suite, lm_eval_results
+from ..parallel import initialize_distributed_from_env
 from ..paths import check_writable_dir
 from ..data.templates import template_for
 from ..evaluation.aggregate import check_same_forget_rows, forget_quality, summarize
@@ -35,11 +38,28 @@ def make_judge(cfg: RunConfig, model=None, tokenizer=None):
     return HubNLIJudge(PAPER_NLI_MODEL if name == "hub" else name)
 
 
+def not_the_evaluating_process() -> str | None:
+    """In a multi-host launch, a sentence for every process but 0 (which evaluates with its
+    host's devices); None for process 0 and single-process runs."""
+    initialize_distributed_from_env()
+    if jax.process_index() == 0:
+        return None
+    log.info("evaluation runs on process 0 with its host's devices; process %d has nothing to do", jax.process_index())
+    return f"process {jax.process_index()}: the evaluation runs on process 0"
+
+
 def evaluate(
     cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
-    """Evaluate `model` (default: cfg.model.path) and write per-example, summary, report, plots."""
+    """Evaluate `model` (default: cfg.model.path) and write per-example, summary, report, plots.
+
+    Launched on several hosts (jax.distributed from the environment), the evaluation of a
+    model it loads runs on process 0 with that host's devices; the other processes return
+    at once instead of each evaluating everything into the same files."""
     t0 = time.perf_counter()
+    skipped = model is None and not_the_evaluating_process()
+    if skipped:
+        return {"skipped": skipped}
     out = Path(out_dir) if out_dir else cfg.output_dir("eval")
     check_writable_dir(out, "output.dir")  # before the evaluation, not after it
     if cfg.eval.benchmark != "tofu":  # its data read before the model loads

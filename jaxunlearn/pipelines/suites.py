@@ -63,7 +63,7 @@ def choice_results(cfg: RunConfig, model, tokenizer, tasks: list, progress: bool
     c = cfg.choice
     summary: dict = {"benchmark": "choice", "num_fewshot": c.num_fewshot, "tasks": {}}
     records: list[dict] = []
-    mesh = data_mesh(cfg.eval.batch_size)
+    mesh = data_mesh(cfg.eval.batch_size, model)
     total = sum(len(t.rows) * len(t.rows[0]["choices"]) for t in tasks)
     with tqdm(total=total, desc="multiple choice (choices)", unit="row", disable=not progress) as bar:
         for task in tasks:

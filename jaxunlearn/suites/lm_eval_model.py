@@ -56,7 +56,7 @@ class JaxUnlearnLM(TemplateLM):
         self.batch_size = 16 if str(batch_size) == "auto" else int(str(batch_size).split(":")[0])
         self._max_length = int(max_length) if max_length else int(model.config.max_position_embeddings)
         self.max_gen_toks = int(max_gen_toks)
-        self.mesh = data_mesh(self.batch_size)
+        self.mesh = data_mesh(self.batch_size, model)
 
     # --- tokens ------------------------------------------------------------------------
     @property
