@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-
-DEFAULT_CHUNK = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +259,3 @@ def teacher_expectation(teacher: VocabHead, student: VocabHead, targets=None, be
         tgt.reshape(-1),
     )
     return out.reshape(bt)
-
-
-def log_vocab(head: VocabHead) -> float:
-    return math.log(head.vocab_size)
