@@ -133,3 +133,45 @@ def test_recomputing_backward_equals_autodiff(softcap):
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b_ in zip(g1, g2):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
+
+
+SPLASH_ON_A_MESH = """
+import sys
+sys.path.insert(0, "tests")
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from conftest import tiny_llama_config
+from jaxunlearn.models.registry import create_model
+from jaxunlearn.parallel import make_mesh
+from jaxunlearn.training.step import place_params
+
+mesh = make_mesh(data=2, fsdp=2)
+rng = np.random.RandomState(0)
+ids = jnp.asarray(rng.randint(0, 64, (4, 128)), jnp.int32)
+mask = np.ones((4, 128), np.int32)
+mask[0, 90:] = 0
+results = []
+for impl in ("xla", "splash_interpret"):
+    graphdef, params = nnx.split(create_model(tiny_llama_config(attention=impl, head_dim=8), seed=0))
+    params = place_params(params, mesh)
+
+    def loss(p, i, m, g=graphdef):
+        return nnx.merge(g, p).forward(i, m, right_padded=True).logits.mean()
+
+    with jax.set_mesh(mesh):
+        results.append(jax.jit(jax.value_and_grad(loss))(params, ids, jnp.asarray(mask)))
+np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+for a, b in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[0][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("same")
+"""
+
+
+@pytest.mark.subprocess
+def test_splash_on_a_sharded_mesh_equals_the_xla_path():
+    """On a data 2 x fsdp 2 mesh the splash kernel runs per device (shard_map over the batch
+    axes) and gives the einsum path's loss and gradients."""
+    from conftest import run_python
+
+    out = run_python(SPLASH_ON_A_MESH, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert out.returncode == 0 and "same" in out.stdout, out.stderr[-3000:]
