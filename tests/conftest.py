@@ -209,3 +209,5 @@ TINY_TRAIN = [
     "train.epochs=1",
     "train.lr=1e-3",
 ]
+# a small evaluation of the tiny model (after TINY_TRAIN, whose data.buckets it overrides)
+TINY_EVAL = ["eval.num_rows=4", "eval.batch_size=4", "eval.max_length=48", "data.buckets=[64,128]"]

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import REPO, TINY_TRAIN
+from conftest import REPO, TINY_EVAL, TINY_TRAIN
 
 pytestmark = pytest.mark.subprocess
 
 
-def cli(*args, env_extra=None, probe: str | None = None):
+def cli(*args, env_extra=None, probe: str | None = None, command: str = "unlearn"):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
     start = ["-c", probe] if probe else ["-m", "jaxunlearn"]
     return subprocess.Popen(
-        [sys.executable, *start, "unlearn", *args, "--no-progress"],
+        [sys.executable, *start, command, *args, "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -185,33 +185,12 @@ def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=2e-5), (key, a[key], b[key])
 
 
-def _eval_cli(*args, env_extra=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.Popen(
-        [sys.executable, "-m", "jaxunlearn", "eval", *args, "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-
-
 def test_a_two_process_eval_launch_evaluates_once(tiny_lm, tmp_path):
     """Launched on 2 processes (jax.distributed from the environment), process 0 evaluates
     with its host's devices and writes the 1-process numbers; process 1 says so and writes
     nothing (before, each process evaluated alone into the same files)."""
-    common = [
-        f"model.path={tiny_lm}",
-        *TINY_TRAIN,
-        "eval.num_rows=4",
-        "eval.batch_size=4",
-        "eval.max_length=48",
-        "data.buckets=[64,128]",
-        "eval.sets=[forget]",
-        "eval.generate=false",
-    ]
-    one = _eval_cli(*common, f"output.dir={tmp_path / 'one'}")
+    common = [f"model.path={tiny_lm}", *TINY_TRAIN, *TINY_EVAL, "eval.sets=[forget]", "eval.generate=false"]
+    one = cli(*common, f"output.dir={tmp_path / 'one'}", command="eval")
     assert one.wait(600) == 0, one.stderr.read()[-3000:]
     port = free_port()
     env = {
@@ -220,7 +199,12 @@ def test_a_two_process_eval_launch_evaluates_once(tiny_lm, tmp_path):
         "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
     }
     procs = [
-        _eval_cli(*common, f"output.dir={tmp_path / 'two'}", env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)})
+        cli(
+            *common,
+            f"output.dir={tmp_path / 'two'}",
+            env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)},
+            command="eval",
+        )
         for i in range(2)
     ]
     outputs = []

@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import ks_2samp, mannwhitneyu
 
 import jaxunlearn
-from conftest import TINY_TRAIN
+from conftest import TINY_EVAL, TINY_TRAIN
 from jaxunlearn.config import load_config
 from jaxunlearn.data.tokenize import TokenizedRows
 from jaxunlearn.errors import DataError
@@ -318,14 +318,7 @@ def test_empty_split(tmp_path):
 def test_eval_and_report_cli_end_to_end(tiny_lm, tmp_path):
     from conftest import run_cli
 
-    common = [
-        f"model.path={tiny_lm}",
-        *TINY_TRAIN,
-        "eval.num_rows=4",
-        "eval.batch_size=4",
-        "eval.max_length=48",
-        "data.buckets=[64,128]",
-    ]
+    common = [f"model.path={tiny_lm}", *TINY_TRAIN, *TINY_EVAL]
     a = run_cli("eval", *common, f"output.dir={tmp_path / 'a'}", "--no-progress")
     assert a.returncode == 0, a.stderr[-3000:]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())

@@ -49,8 +49,13 @@ def test_statistics_and_gradients_equal_whole_logits(layout):
     def blockwise(h, w):
         x = head.replace(hidden=h, weight=w)
         lse, mean, expected = softmax_stats(x)
-        cross = teacher_expectation(teacher, x, targets, beta=2.0)
-        return (g[0] * lse + g[1] * mean + g[2] * expected + g[3] * cross).sum() + x.target_logits(targets).sum()
+        cross, student_lse, teacher_negent = teacher_expectation(teacher, x, targets, beta=2.0)
+        return (
+            (g[0] * lse + g[1] * mean + g[2] * expected + g[3] * cross).sum()
+            + x.target_logits(targets).sum()
+            + (student_lse * g[1]).sum()
+            + jax.lax.stop_gradient(teacher_negent).sum()
+        )
 
     def whole(h, w):
         z = head.replace(hidden=h, weight=w).logits()
@@ -59,7 +64,13 @@ def test_statistics_and_gradients_equal_whole_logits(layout):
         lse, mean, expected = jax.nn.logsumexp(z, -1), z.mean(-1), (p * z).sum(-1)
         cross = (q * z).sum(-1)
         tok = jnp.take_along_axis(z, targets[..., None], -1)[..., 0]
-        return (g[0] * lse + g[1] * mean + g[2] * expected + g[3] * cross).sum() + tok.sum()
+        teacher_negent = (q * jax.nn.log_softmax(zt)).sum(-1)
+        return (
+            (g[0] * lse + g[1] * mean + g[2] * expected + g[3] * cross).sum()
+            + tok.sum()
+            + (lse * g[1]).sum()
+            + teacher_negent.sum()
+        )
 
     v1, g1 = jax.value_and_grad(blockwise, argnums=(0, 1))(head.hidden, head.weight)
     v2, g2 = jax.value_and_grad(whole, argnums=(0, 1))(head.hidden, head.weight)

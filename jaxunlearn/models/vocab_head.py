@@ -4,11 +4,12 @@ A `VocabHead` is what the head would multiply (final-normed hidden states, the h
 matrix, its bias and soft-cap). `softmax_stats` scans the vocabulary in blocks of `chunk`
 columns with an online softmax and returns, per token, the log-partition lse, the mean
 logit and the softmax-expected logit E_p[z] (enough for NLL, ME in both directions and
-entropy); `teacher_expectation` returns E_q[z_student] under a teacher's softmax (KL and
-UNDIAL). Their backward passes are blockwise too (custom VJPs that recompute each block's
-logits), so neither direction holds more than [B*T, chunk] fp32 logits at once: for
-Llama-3 (vocabulary 128,256) at 8 x 512 tokens that is 0.25 GiB instead of 2 GiB per
-stream, and the same again for the gradient.
+entropy); `teacher_expectation` returns E_q[z_student] under a teacher's softmax, with the
+student's logsumexp and the teacher's entropy from the same pass (KL and UNDIAL). Their
+backward passes are blockwise too (custom VJPs that recompute each block's logits), so
+neither direction holds more than [B*T, chunk] fp32 logits at once: for Llama-3
+(vocabulary 128,256) at 8 x 512 tokens that is 0.25 GiB instead of 2 GiB per stream, and
+the same again for the gradient.
 """
 
 from __future__ import annotations
@@ -122,13 +123,15 @@ def _self_stats(spec: HeadSpec, h, w, b):
     return _self_stats_fwd(spec, h, w, b)[0]
 
 
-def _online_step(carry, z, y, valid):
-    """Fold one block into the running (max, sum of e, sum of e * y) with e = exp(z - max)."""
-    m, s, a = carry
+def _online_step(carry, z, ys, valid):
+    """Fold one block into the running (max, sum of e, (sum of e * y for y in ys)) with
+    e = exp(z - max)."""
+    m, s, accs = carry
     m_new = jnp.maximum(m, jnp.max(jnp.where(valid, z, -jnp.inf), axis=-1))
     scale = jnp.exp(m - m_new)
     e = jnp.where(valid, jnp.exp(z - m_new[:, None]), 0.0)
-    return m_new, s * scale + e.sum(-1), a * scale + (e * jnp.where(valid, y, 0.0)).sum(-1)
+    accs = tuple(a * scale + (e * jnp.where(valid, y, 0.0)).sum(-1) for a, y in zip(accs, ys))
+    return m_new, s * scale + e.sum(-1), accs
 
 
 def _self_stats_fwd(spec, h, w, b):
@@ -139,10 +142,11 @@ def _self_stats_fwd(spec, h, w, b):
         stats, total = carry
         w_i, b_i, valid = _block(spec, wp, bp, i)
         z = _logits(spec, h, w_i, b_i)
-        return (_online_step(stats, z, z, valid), total + jnp.where(valid, z, 0.0).sum(-1)), None
+        return (_online_step(stats, z, (z,), valid), total + jnp.where(valid, z, 0.0).sum(-1)), None
 
     zero = jnp.zeros((n,), jnp.float32)
-    ((m, s, a), total), _ = jax.lax.scan(body, ((jnp.full((n,), -jnp.inf), zero, zero), zero), jnp.arange(spec.blocks))
+    start = ((jnp.full((n,), -jnp.inf), zero, (zero,)), zero)
+    ((m, s, (a,)), total), _ = jax.lax.scan(body, start, jnp.arange(spec.blocks))
     lse, expected = m + jnp.log(s), a / s
     out = (lse, total / spec.vocab_size, expected)
     return out, (h, w, b, lse, expected)
@@ -208,31 +212,42 @@ def _teacher_logits(spec_t, beta, z, i, targets):
 
 
 def _teacher_fwd(spec_t, spec_s, beta, teacher, student, targets):
+    """One pass over the blocks: the teacher's running softmax weighs the student's logits
+    and its own; the student's logsumexp rides along, so KL and UNDIAL read each block's
+    logits once."""
     (ht, wt, bt), (hs, ws, bs) = teacher, student
     wt, bt = _padded(spec_t, wt, bt)
     wsp, bsp = _padded(spec_s, ws, bs)
     n = ht.shape[0]
 
     def body(carry, i):
+        teacher_stats, student_stats = carry
         wt_i, bt_i, valid = _block(spec_t, wt, bt, i)
         ws_i, bs_i, _ = _block(spec_s, wsp, bsp, i)
-        z = _teacher_logits(spec_t, beta, _logits(spec_t, ht, wt_i, bt_i), i, targets)
-        return _online_step(carry, z, _logits(spec_s, hs, ws_i, bs_i), valid), None
+        z_t = _teacher_logits(spec_t, beta, _logits(spec_t, ht, wt_i, bt_i), i, targets)
+        z_s = _logits(spec_s, hs, ws_i, bs_i)
+        return (_online_step(teacher_stats, z_t, (z_s, z_t), valid), _online_step(student_stats, z_s, (), valid)), None
 
     zero = jnp.zeros((n,), jnp.float32)
-    (m, s, a), _ = jax.lax.scan(body, (jnp.full((n,), -jnp.inf), zero, zero), jnp.arange(spec_t.blocks))
-    return a / s, (teacher, student, targets, m + jnp.log(s))
+    start = (jnp.full((n,), -jnp.inf), zero)
+    ((m, s, (a_s, a_t)), (m_s, s_s, _)), _ = jax.lax.scan(
+        body, ((*start, (zero, zero)), (*start, ())), jnp.arange(spec_t.blocks)
+    )
+    lse_t, lse_s = m + jnp.log(s), m_s + jnp.log(s_s)
+    out = (a_s / s, lse_s, a_t / s - lse_t)
+    return out, (teacher, student, targets, lse_t, lse_s)
 
 
 def _teacher_bwd(spec_t, spec_s, beta, res, g):
-    teacher, (hs, ws, bs), targets, lse_t = res
+    teacher, (hs, ws, bs), targets, lse_t, lse_s = res
+    g_expected, g_lse, _ = g  # the teacher's own entropy gets no gradient
     ht, wt, bt = teacher
     wt, bt = _padded(spec_t, wt, bt)
 
-    def dz_of(i, z_s, valid):  # d E_q[z_s] / d z_s = q
+    def dz_of(i, z_s, valid):  # d E_q[z_s] / d z_s = q; d lse_s / d z_s = p_s
         wt_i, bt_i, _ = _block(spec_t, wt, bt, i)
         z_t = _teacher_logits(spec_t, beta, _logits(spec_t, ht, wt_i, bt_i), i, targets)
-        return g[:, None] * jnp.exp(z_t - lse_t[:, None])
+        return g_expected[:, None] * jnp.exp(z_t - lse_t[:, None]) + g_lse[:, None] * jnp.exp(z_s - lse_s[:, None])
 
     d_student = _backward_blocks(spec_s, hs, ws, bs, dz_of)
     return jax.tree.map(jnp.zeros_like, teacher), d_student, None
@@ -241,11 +256,12 @@ def _teacher_bwd(spec_t, spec_s, beta, res, g):
 _teacher_expectation.defvjp(_teacher_fwd, _teacher_bwd)
 
 
-def teacher_expectation(teacher: VocabHead, student: VocabHead, targets=None, beta: float = 0.0) -> jax.Array:
-    """E_q[z_student] per token, fp32 [B, T], with q = softmax(z_teacher - beta onehot(target))
-    (beta 0: the teacher's own distribution). The teacher gets no gradient (it is the frozen
-    reference); the student's is blockwise. Both heads must share the vocabulary and block
-    width."""
+def teacher_expectation(teacher: VocabHead, student: VocabHead, targets=None, beta: float = 0.0):
+    """Per token, fp32 [B, T] each: (E_q[z_student], the student's logsumexp, the teacher's
+    sum_v q_v log q_v), with q = softmax(z_teacher - beta onehot(target)) (beta 0: the
+    teacher's own distribution), all from one pass over the vocabulary blocks. The teacher
+    gets no gradient (it is the frozen reference); the student's is blockwise. Both heads
+    must share the vocabulary and block width."""
     if teacher.spec.vocab_size != student.spec.vocab_size or teacher.spec.chunk != student.spec.chunk:
         raise ValueError("teacher and student heads must share the vocabulary and the block width")
     bt = student.hidden.shape[:2]
@@ -258,4 +274,4 @@ def teacher_expectation(teacher: VocabHead, student: VocabHead, targets=None, be
         (_flat(student.hidden), student.weight, student.bias),
         tgt.reshape(-1),
     )
-    return out.reshape(bt)
+    return tuple(x.reshape(bt) for x in out)

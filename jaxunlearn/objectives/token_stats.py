@@ -72,7 +72,8 @@ def distillation_cross_entropy(teacher, student, targets=None, beta: float = 0.0
     q = softmax(teacher - beta onehot(target)) (beta 0: the teacher's own distribution).
     The teacher is the frozen reference (no gradient reaches it)."""
     if isinstance(student, VocabHead):
-        return softmax_stats(student)[0] - teacher_expectation(teacher, student, targets, beta)
+        expected, lse, _ = teacher_expectation(teacher, student, targets, beta)
+        return lse - expected
     z_t = teacher.astype(jnp.float32)
     if beta:
         z_t = z_t - beta * jax.nn.one_hot(targets, z_t.shape[-1], dtype=z_t.dtype)
@@ -82,7 +83,8 @@ def distillation_cross_entropy(teacher, student, targets=None, beta: float = 0.0
 def kl_divergence(teacher, student) -> jax.Array:
     """KL(teacher || student) per position, [B, T] (teacher: the frozen reference)."""
     if isinstance(student, VocabHead):
-        return negative_entropy(jax.lax.stop_gradient(teacher)) + distillation_cross_entropy(teacher, student)
+        expected, lse, teacher_negative_entropy = teacher_expectation(jax.lax.stop_gradient(teacher), student)
+        return teacher_negative_entropy - expected + lse
     t_log, s_log = log_probs(teacher), log_probs(student)
     return (jnp.exp(t_log) * (t_log - s_log)).sum(-1)
 
