@@ -117,17 +117,20 @@ def _add_train_parser(sub, kind: str, help_text: str) -> None:
 
 def _eval(args) -> None:
     from .config import load_config
-    from .pipelines.evaluate import evaluate, not_the_evaluating_process
+    import jax
+
+    from .parallel import initialize_distributed_from_env
+    from .pipelines.evaluate import evaluate
     from .evaluation.report import markdown_table
 
     cfg = load_config(args.config, args.overrides)
-    skipped = not_the_evaluating_process()  # a multi-host launch: process 0 evaluates
-    if skipped:
-        print(skipped)
-        return
     out = cfg.output_dir("eval")
     _refuse_existing(out, "an evaluation", args.overwrite)
-    summary = evaluate(cfg, out_dir=out, progress=not args.no_progress)
+    initialize_distributed_from_env()  # a multi-host launch: every process evaluates, process 0 writes
+    summary = evaluate(cfg, out_dir=out, progress=not args.no_progress and jax.process_index() == 0)
+    if jax.process_index() > 0:
+        print(f"process {jax.process_index()}: evaluated with the others; process 0 wrote {out}")
+        return
     if cfg.eval.benchmark == "tofu":
         print(markdown_table(summary, f"Evaluation of {cfg.model.path}"))
     else:

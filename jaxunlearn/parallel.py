@@ -156,12 +156,53 @@ def batch_mesh_axes(rows: int) -> tuple[str, ...]:
     """The mesh axes (data, fsdp) that split `rows` batch rows inside `jax.set_mesh(mesh)`;
     () outside a mesh, on one device, or when they do not divide the rows."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return ()
+    return () if mesh.empty else batch_axes(mesh, rows)
+
+
+def batch_axes(mesh, rows: int | None = None) -> tuple[str, ...]:
+    """The axes of `mesh` (data, fsdp) a batch is split over: those longer than 1, () when
+    their product does not divide `rows` (then every device gets the whole batch)."""
     axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
-    if not axes or rows % math.prod(mesh.shape[a] for a in axes):
+    if not axes or (rows is not None and rows % batch_ways(mesh, axes)):
         return ()
     return axes
+
+
+def batch_ways(mesh, axes: tuple[str, ...] | None = None) -> int:
+    """Into how many parts a batch is split on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in (batch_axes(mesh) if axes is None else axes))
+
+
+def place_rows(array, mesh):
+    """A host batch [rows, ...] split over the mesh's batch axes (data, fsdp), or on the
+    default device without a mesh. With several processes every one passes the same whole
+    batch and each places its own devices' rows."""
+    if mesh is None:
+        return jax.numpy.asarray(array)
+    return jax.device_put(array, NamedSharding(mesh, PartitionSpec(batch_axes(mesh, len(array)) or None)))
+
+
+def params_mesh(tree) -> Mesh | None:
+    """The mesh that the arrays of `tree` are laid out on, when it has several devices
+    (evaluation then puts its batches there, split over the batch axes); else None."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        if isinstance(mesh, Mesh) and mesh.size > 1:
+            return mesh
+    return None
+
+
+def host_get(tree):
+    """`tree`'s arrays as numpy on this host: jax.device_get when this process holds them
+    whole, else gathered from every process (a collective: every process must call it)."""
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree)):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 @dataclasses.dataclass

@@ -185,11 +185,12 @@ def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=2e-5), (key, a[key], b[key])
 
 
-def test_a_two_process_eval_launch_evaluates_once(tiny_lm, tmp_path):
-    """Launched on 2 processes (jax.distributed from the environment), process 0 evaluates
-    with its host's devices and writes the 1-process numbers; process 1 says so and writes
-    nothing (before, each process evaluated alone into the same files)."""
-    common = [f"model.path={tiny_lm}", *TINY_TRAIN, *TINY_EVAL, "eval.sets=[forget]", "eval.generate=false"]
+def test_a_two_process_evaluation_equals_one_process(tiny_lm, tmp_path):
+    """Launched on 2 processes with the model split across them (FSDP), every process runs
+    the evaluation on the one mesh; scoring and decoding results are gathered and process 0
+    writes what one process writes: the same answers, the same numbers. Process 1 writes
+    nothing."""
+    common = [f"model.path={tiny_lm}", *TINY_TRAIN, *TINY_EVAL, "eval.sets=[forget]", "eval.cosine=false"]
     one = cli(*common, f"output.dir={tmp_path / 'one'}", command="eval")
     assert one.wait(600) == 0, one.stderr.read()[-3000:]
     port = free_port()
@@ -201,6 +202,8 @@ def test_a_two_process_eval_launch_evaluates_once(tiny_lm, tmp_path):
     procs = [
         cli(
             *common,
+            "mesh.data=1",
+            "mesh.fsdp=2",
             f"output.dir={tmp_path / 'two'}",
             env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)},
             command="eval",
@@ -212,7 +215,18 @@ def test_a_two_process_eval_launch_evaluates_once(tiny_lm, tmp_path):
         stdout, stderr = p.communicate(timeout=600)
         assert p.returncode == 0, stderr[-3000:]
         outputs.append(stdout)
-    assert "process 1: the evaluation runs on process 0" in outputs[1]
-    a = json.loads((tmp_path / "one" / "summary.json").read_text())
-    b = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert a["sets"]["forget"] == pytest.approx(b["sets"]["forget"], rel=1e-6)
+    assert "process 1: evaluated with the others" in outputs[1]
+    assert "| forget" in outputs[0]  # process 0 prints the table
+    a = [json.loads(x) for x in (tmp_path / "one" / "per_example.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "two" / "per_example.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) > 0
+    assert sum("generation" in x for x in a) == 4  # forget answered; holdout (MIA) scored only
+    for x, y in zip(a, b):
+        assert y.keys() == x.keys()
+        assert y.get("generation") == x.get("generation")
+        for key in ("avg_nll", "probability", "truth_ratio", "rougeL_recall", "token_entropy", "exact_memorization"):
+            if x.get(key) is not None:
+                assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), key
+    sa = json.loads((tmp_path / "one" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert sb["sets"]["forget"] == pytest.approx(sa["sets"]["forget"], rel=1e-5)

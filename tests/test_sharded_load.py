@@ -98,11 +98,37 @@ four = score_prefix_trees(model, rows, 0, full, batch_size=4, mesh=make_mesh(dat
 for k in ("token_logp", "mu", "sigma"):
     for a, b in zip(getattr(one, k), getattr(four, k)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+# the model on a data 2 x fsdp 2 mesh (parameters split): scoring and decoding find the mesh
+# from the parameters and split the batch over data and fsdp
+from flax import nnx
+from jaxunlearn.evaluation.kernels import batch_mesh, generate_texts, score_rows
+from jaxunlearn.training.step import place_params
+one_device = nnx.clone(model)
+mesh = make_mesh(data=2, fsdp=2)
+nnx.update(model, place_params(nnx.state(model), mesh))
+assert batch_mesh(model) is mesh
+sharded = score_prefix_trees(model, rows, 0, full, batch_size=4, width=48)
+for k in ("token_logp", "mu", "sigma"):
+    for a, b in zip(getattr(one, k), getattr(sharded, k)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+by_rows = [score_rows(m, rows, 0, batch_size=4, buckets=(64,)) for m in (one_device, model)]
+for a, b in zip(by_rows[0].token_logp, by_rows[1].token_logp):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+class Tok:  # ids as text
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+prompts = [np.arange(1, 4 + i % 5, dtype=np.int32) for i in range(6)]  # 6 rows: 4 + a last batch of 2
+texts = [generate_texts(m, Tok(), prompts, 0, [63], batch_size=4, budgets=[7] * 6) for m in (one_device, model)]
+assert texts[0] == texts[1] and all(len(t.split()) for t in texts[0]), texts
 print("OK", len(rows))
 """
 
 
-def test_prefix_tree_scoring_on_a_data_mesh_equals_one_device():
-    """Evaluation batches split over 4 devices (sequence counts rounded up) score as on one."""
+def test_evaluation_on_a_mesh_equals_one_device():
+    """Evaluation batches split over 4 devices (sequence counts rounded up) score as on one,
+    and a model whose parameters are split (data 2 x fsdp 2) scores and decodes as on one."""
     proc = run_python(EVAL_CHILD, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

@@ -35,19 +35,18 @@ def check_vocab(model, tokenizer) -> None:
 
 
 def data_mesh(batch_size: int, model=None):
-    """Spread scoring batches over the devices when there are several (data axis): every
-    device of the run when the model's parameters span processes, else this process's own
-    (a model loaded by one process of a multi-host launch lives on its host)."""
+    """Where scoring batches go: the mesh the model's parameters span when it was loaded
+    onto one (a multi-host launch: every process runs the same evaluation there), else a
+    data axis over this process's devices when there are several, else None."""
     import jax
-    from flax import nnx
 
     from ..parallel import make_mesh
+    from .kernels import batch_mesh
 
-    leaves = jax.tree.leaves(nnx.state(model)) if model is not None else []
-    local = all(getattr(x, "is_fully_addressable", True) for x in leaves)
-    devices = jax.local_devices() if local else jax.devices()
-    n = len(devices)
-    return make_mesh(data=n, devices=devices) if n > 1 and batch_size % n == 0 else None
+    if model is not None and (mesh := batch_mesh(model)) is not None:
+        return mesh
+    n = jax.local_device_count()
+    return make_mesh(data=n, devices=jax.local_devices()) if n > 1 and batch_size % n == 0 else None
 
 
 def _per_candidate(evalset, avg_nll):

@@ -12,6 +12,7 @@ from flax import nnx
 
 from ..models.config import to_dtype
 from ..models.stack import unstack_layers
+from ..parallel import host_get, place_rows
 
 
 def _pick(logits, key, temperature, sample: bool):
@@ -92,6 +93,7 @@ def greedy_generate(
     budgets=None,
     temperature: float = 0.0,
     seed: int = 0,
+    mesh=None,
 ):
     """Greedy continuation of left-padded prompts: int32 [B, max_new_tokens]; with
     `temperature` > 0, tokens are drawn from softmax(logits / temperature) (PRNG `seed`).
@@ -100,7 +102,10 @@ def greedy_generate(
     (`budgets` [B], default max_new_tokens for every row); later slots hold `pad_token_id`.
     max_new_tokens only sizes the buffers (one compile per value), so callers may round it
     up. layer_params: a `LAYER_LOOPS` name, or what `decoding_layers` returned (reused).
+    With a `mesh` the rows are split over its batch axes; every process of a multi-host
+    launch passes the same prompts and gets every row back.
     """
+
     if isinstance(layer_params, str):
         layer_params = decoding_layers(model, layer_params)
     graphdef, state = nnx.split(model)
@@ -112,17 +117,17 @@ def greedy_generate(
         graphdef,
         state,
         layer_params,
-        jnp.asarray(input_ids, jnp.int32),
-        jnp.asarray(attention_mask, jnp.int32),
+        place_rows(np.asarray(input_ids, np.int32), mesh),
+        place_rows(np.asarray(attention_mask, np.int32), mesh),
         eos,
         jnp.int32(pad_token_id),
-        jnp.asarray(budgets),
+        place_rows(budgets, mesh),
         int(max_new_tokens),
         jax.random.key(seed),
         jnp.float32(max(temperature, 1e-6)),
         sample=temperature > 0,
     )
-    return np.asarray(out)
+    return np.asarray(host_get(out))
 
 
 def strip_after_eos(tokens: np.ndarray, eos_token_ids) -> list[list[int]]:

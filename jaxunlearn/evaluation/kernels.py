@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from ..data.batching import bucket_length, pad_rows
 from ..data.eval_sets import left_pad
 from ..data.tokenize import TokenizedRows
+from ..parallel import batch_ways, host_get, params_mesh, place_rows
 from .budgets import generation_budgets
 from .generation import decoding_layers, greedy_generate
 from ..objectives.token_stats import log_probs, shifted
@@ -94,11 +94,10 @@ def padded_batch(real: int, batch_size: int, multiple: int = 1) -> int:
     return round_up(min(batch_size, 1 << max(real - 1, 0).bit_length()), multiple)
 
 
-def place_batch(array, mesh):
-    """On the mesh's data axis when there is a mesh, else on the default device."""
-    if mesh is None:
-        return jnp.asarray(array)
-    return jax.device_put(array, NamedSharding(mesh, PartitionSpec("data")))
+def batch_mesh(model, mesh=None):
+    """The mesh batches go on: `mesh`, else the one the model's parameters span (a model
+    loaded onto a mesh, e.g. across processes), else None (the default device)."""
+    return mesh if mesh is not None else params_mesh(nnx.state(model))
 
 
 def score_rows(
@@ -115,6 +114,7 @@ def score_rows(
 
     full_stats=False computes only the token log-probs (mu, sigma, correct come back 0)."""
     graphdef, params = nnx.split(model)
+    mesh = batch_mesh(model, mesh)
     n = len(rows)
     order = np.argsort(-rows.lengths(), kind="stable")
     out = {k: [None] * n for k in ("token_logp", "correct", "mu", "sigma")}
@@ -124,8 +124,8 @@ def score_rows(
         index += [index[-1]] * (batch_size - real)  # a full batch keeps one compiled shape
         length = bucket_length(int(rows.lengths()[index].max()), buckets, None)
         b = pad_rows(rows, index, length, pad_id)
-        arrays = (place_batch(b[k], mesh) for k in ("input_ids", "attention_mask", "labels"))
-        res = jax.device_get(_score(graphdef, params, *arrays, full_stats=full_stats))
+        arrays = (place_rows(b[k], mesh) for k in ("input_ids", "attention_mask", "labels"))
+        res = host_get(_score(graphdef, params, *arrays, full_stats=full_stats))
         for j in range(real):
             m = res["mask"][j]
             i = index[j]
@@ -152,6 +152,7 @@ def generate_texts(
     seed: int = 0,
     stop_strings: tuple[str, ...] = (),
     strip: bool = True,
+    mesh=None,
 ) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
     (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
@@ -159,7 +160,9 @@ def generate_texts(
     multiple of 32 (few compiles), and every row stops at its own. `temperature` > 0
     samples instead (each batch its own PRNG stream from `seed`). Each text is cut at the
     first of `stop_strings` found in it (open-unlearning's stopwords), then stripped (unless
-    `strip` is False: lm-eval keeps the spaces)."""
+    `strip` is False: lm-eval keeps the spaces). Batches go on `mesh`, by default the mesh
+    the parameters span (none: the default device)."""
+    mesh = batch_mesh(model, mesh)
     n = len(prompts)
     if budgets is None:
         budgets = generation_budgets([len(p) for p in prompts], "per_row", 200)
@@ -171,7 +174,7 @@ def generate_texts(
     for start in range(0, n, batch_size):
         index = list(order[start : start + batch_size])
         real = len(index)
-        index += [index[-1]] * (padded_batch(real, batch_size) - real)
+        index += [index[-1]] * (padded_batch(real, batch_size, batch_ways(mesh)) - real)
         longest = max(len(prompts[i]) for i in index)
         width = longest if longest > max(buckets) else bucket_length(longest, buckets, None)
         ids, mask = left_pad([prompts[i] for i in index], pad_id, width)
@@ -187,6 +190,7 @@ def generate_texts(
             budgets=budgets[index],
             temperature=temperature,
             seed=seed + start,
+            mesh=mesh,
         )
         for j in range(real):
             row = tokens[j].tolist()

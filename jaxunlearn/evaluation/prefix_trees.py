@@ -27,7 +27,8 @@ from flax import nnx
 from ..data.batching import bucket_length
 from ..data.tokenize import TokenizedRows
 from ..objectives.token_stats import IGNORE
-from .kernels import RowScores, padded_batch, place_batch, round_up, token_statistics
+from ..parallel import batch_ways, host_get, place_rows
+from .kernels import RowScores, batch_mesh, padded_batch, round_up, token_statistics
 
 # Sequence widths and full-statistics counts pad to these (few compiled shapes).
 LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -186,11 +187,13 @@ def score_prefix_trees(
     where `full` is set also get the memorization and Min-K%++ statistics (the others come
     back with zeros there), as `score_rows` gives them. Sequences are `width` wide (default:
     the width of least estimated compute, `choose_trees`); a batch holds batch_size *
-    TOKENS_PER_ROW slots, rounded up to the mesh's data axis."""
+    TOKENS_PER_ROW slots, rounded up to the ways the mesh splits a batch (`mesh`, by default
+    the one the parameters span)."""
     full = np.asarray(full, bool)
     trees = choose_trees(rows, pad_id, model.config, width)
     width = trees.ids.shape[1]
-    multiple = 1 if mesh is None else mesh.shape["data"]
+    mesh = batch_mesh(model, mesh)
+    multiple = batch_ways(mesh)
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
     scored = [trees.row_slots[r][_supervised(rows, r)] for r in range(len(rows))]  # slots of supervised tokens
@@ -218,7 +221,7 @@ def score_prefix_trees(
             "full_at": _pad([full_at[s] for s in batch], count, -1),
         }
         a = {k: np.concatenate([v, np.repeat(v[-1:], size - len(batch), axis=0)]) for k, v in a.items()}
-        res = jax.device_get(_score_sequences(graphdef, params, {k: place_batch(v, mesh) for k, v in a.items()}))
+        res = host_get(_score_sequences(graphdef, params, {k: place_rows(v, mesh) for k, v in a.items()}))
         for j, s in enumerate(batch):
             for r in members[s]:
                 at = np.searchsorted(scored_slots[s], scored[r])  # the row's tokens among the scored slots

@@ -10,7 +10,7 @@ import jax
 
 from ..checkpoints.api import load_pretrained
 from ..config import RunConfig
-from .loading import load_for_run, warn_if_config_misfits
+from .loading import evaluation_mesh, load_for_run, warn_if_config_misfits
 from .suites import evaluate_suite, lm_eval_results
 from ..parallel import initialize_distributed_from_env
 from ..paths import check_writable_dir
@@ -38,34 +38,26 @@ def make_judge(cfg: RunConfig, model=None, tokenizer=None):
     return HubNLIJudge(PAPER_NLI_MODEL if name == "hub" else name)
 
 
-def not_the_evaluating_process() -> str | None:
-    """In a multi-host launch, a sentence for every process but 0 (which evaluates with its
-    host's devices); None for process 0 and single-process runs."""
-    initialize_distributed_from_env()
-    if jax.process_index() == 0:
-        return None
-    log.info("evaluation runs on process 0 with its host's devices; process %d has nothing to do", jax.process_index())
-    return f"process {jax.process_index()}: the evaluation runs on process 0"
-
-
 def evaluate(
     cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
     """Evaluate `model` (default: cfg.model.path) and write per-example, summary, report, plots.
 
-    Launched on several hosts (jax.distributed from the environment), the evaluation of a
-    model it loads runs on process 0 with that host's devices; the other processes return
-    at once instead of each evaluating everything into the same files."""
+    On several devices the model is loaded onto `cfg.mesh` and batches are split over its
+    batch axes. Launched on several hosts (jax.distributed from the environment), every
+    process runs this same evaluation on one mesh over all their devices, gets every result
+    back (scoring and decoding outputs are gathered), and process 0 writes the files."""
     t0 = time.perf_counter()
-    skipped = model is None and not_the_evaluating_process()
-    if skipped:
-        return {"skipped": skipped}
+    initialize_distributed_from_env()
+    writes = jax.process_index() == 0
     out = Path(out_dir) if out_dir else cfg.output_dir("eval")
-    check_writable_dir(out, "output.dir")  # before the evaluation, not after it
+    if writes:
+        check_writable_dir(out, "output.dir")  # before the evaluation, not after it
     if cfg.eval.benchmark != "tofu":  # its data read before the model loads
         return evaluate_suite(cfg, out, model, tokenizer, progress)
+    mesh = evaluation_mesh(cfg)
     if model is None:
-        model, tokenizer = load_for_run(cfg)
+        model, tokenizer = load_for_run(cfg, mesh=mesh)
         warn_if_config_misfits(cfg, tokenizer)
     template = template_for(cfg.data.template, tokenizer)
     embedder = None
@@ -75,7 +67,9 @@ def evaluate(
         embedder = SentenceEmbedder()
     judge = make_judge(cfg) if cfg.eval.generate else None
     reference = (
-        load_for_run(cfg, cfg.eval.reference_model, require_tokenizer=False)[0] if cfg.eval.reference_model else None
+        load_for_run(cfg, cfg.eval.reference_model, require_tokenizer=False, mesh=mesh)[0]
+        if cfg.eval.reference_model
+        else None
     )
     retain_records, retain_summary, _ = read_evaluation(cfg.eval.retain_eval) if cfg.eval.retain_eval else (None,) * 3
     sets = load_sets(cfg.data, cfg.eval, cfg.continual.split)
@@ -104,7 +98,8 @@ def evaluate(
     summary["model"] = str(cfg.model.path)
     summary["seconds"] = time.perf_counter() - t0
     log.info("evaluation took %.1f s", summary["seconds"])
-    write_eval(out, records, summary, retain_records)
+    if writes:
+        write_eval(out, records, summary, retain_records)
     return summary
 
 

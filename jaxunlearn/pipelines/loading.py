@@ -32,6 +32,17 @@ def load_for_run(
         raise e.naming("model.allow_pickle=true (a key=value override or in the YAML)") from None
 
 
+def evaluation_mesh(cfg: RunConfig):
+    """The mesh an evaluation loads its model onto: `cfg.mesh` over every device when there
+    are several (all the processes' devices in a multi-host launch), None on one device."""
+    import jax
+
+    from ..parallel import initialize_distributed_from_env
+
+    initialize_distributed_from_env()
+    return cfg.mesh.build() if jax.device_count() > 1 else None
+
+
 def warn_if_config_misfits(cfg: RunConfig, tokenizer) -> list[str]:
     """A preset written for one model family applied to another: say so when its prompt
     template or dtypes do not fit the model (a warning each; the run goes on)."""

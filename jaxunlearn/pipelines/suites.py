@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+import jax
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
@@ -17,7 +18,7 @@ from ..evaluation.evaluate import check_vocab, data_mesh
 from ..suites.choice import evaluate_choice
 from ..suites.lm_eval_tasks import run_lm_eval
 from ..suites.muse import evaluate_muse, muse_data
-from .loading import load_for_run
+from .loading import evaluation_mesh, load_for_run
 from ..suites.report import write_results
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,14 @@ log = logging.getLogger(__name__)
 
 def evaluate_suite(cfg: RunConfig, out: Path, model=None, tokenizer=None, progress: bool = True) -> dict:
     """Read the benchmark's data (its errors come before any model loads), load the model
-    unless given, evaluate, write."""
+    unless given (onto the evaluation mesh, as `evaluate`), evaluate, write."""
     t0 = time.perf_counter()
     if cfg.eval.benchmark == "muse":
         data = muse_data(cfg.data.muse_corpus, muse_dir(cfg.data.muse_corpus, cfg.data.data_dir), cfg.muse)
     else:
         tasks = choice_tasks(cfg)
     if model is None:
-        model, tokenizer = load_for_run(cfg)
+        model, tokenizer = load_for_run(cfg, mesh=evaluation_mesh(cfg))
     check_vocab(model, tokenizer)
     if cfg.eval.benchmark == "muse":
         records, summary = evaluate_muse(model, tokenizer, data, cfg.muse, cfg.eval.batch_size)
@@ -42,7 +43,8 @@ def evaluate_suite(cfg: RunConfig, out: Path, model=None, tokenizer=None, progre
         summary["lm_eval"] = lm_eval_results(cfg, model, tokenizer)
     summary["model"] = str(cfg.model.path)
     summary["seconds"] = time.perf_counter() - t0
-    write_results(out, records, summary)
+    if jax.process_index() == 0:  # every process evaluated alike (multi-host); one writes
+        write_results(out, records, summary)
     return summary
 
 

@@ -138,11 +138,10 @@ def unlearn(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progr
 
 
 def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
-    """Evaluate every eval.every_steps steps into out/eval/step_K (single-process runs)."""
-    import jax
-
+    """Evaluate every eval.every_steps steps into out/eval/step_K: on the training mesh, by
+    every process of a multi-host run alike (process 0 writes)."""
     every = cfg.eval.every_steps
-    if not every or jax.process_count() > 1:
+    if not every:
         return None
 
     def on_step(step: int, get_model) -> None:
@@ -160,7 +159,9 @@ def _periodic_eval(cfg: RunConfig, tokenizer, out: Path):
 
 def _select_best(cfg: RunConfig, out: Path) -> dict | None:
     """best.json: the evaluated step best by eval.best_by (and its model, if kept)."""
-    if not cfg.eval.best_by or not cfg.eval.every_steps:
+    import jax
+
+    if not cfg.eval.best_by or not cfg.eval.every_steps or jax.process_index() > 0:  # process 0 wrote them
         return None
     from ..evaluation.selection import pick_best, step_evaluations
 

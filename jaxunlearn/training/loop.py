@@ -41,6 +41,7 @@ from .optimizer import SCHEDULES, make_optimizer, paper_num_steps, paper_warmup
 from .prefetch import Prefetcher
 from .profiling import StepProfiler
 from .step import (
+    batch_sharding,
     check_batch_divisible,
     jit_train_step,
     make_train_step,
@@ -281,14 +282,29 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
-def _agree(*flags: bool) -> list[bool]:
-    """Each flag true on any process (saves are collective, so every process must decide alike)."""
-    if jax.process_count() == 1:
-        return list(flags)
-    from jax.experimental import multihost_utils
+class _Ballot:
+    """Stop and timed-save decisions every process takes alike (saves are collective) with
+    no host collective per step: each step carries this process's flags (a signal came, a
+    timed checkpoint is due) in its rows of a votes array, and the step's metrics hold the
+    maximum over all rows. Whatever step's metrics the loop has read last decides, and every
+    process reads the same steps' metrics at the same point."""
 
-    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
-    return [bool(x) for x in np.asarray(gathered).reshape(-1, len(flags)).max(axis=0)]
+    def __init__(self, mesh, global_rows: int):
+        self.sharding = batch_sharding(mesh)
+        self.rows = global_rows // jax.process_count()
+        self.stop = self.time_due = False
+        self.voted_at = self.saved_at = -1
+
+    def cast(self, signalled: bool, time_due: bool):
+        flags = np.asarray([signalled, time_due], np.int32)
+        return jax.make_array_from_process_local_data(self.sharding, np.tile(flags, (self.rows, 1)))
+
+    def count(self, step: int, votes) -> None:
+        self.voted_at, self.stop, self.time_due = step, bool(votes[0]), bool(votes[1])
+
+    def decide(self) -> tuple[bool, bool]:
+        """(stop, timed save); a timed vote cast before the last save is spent."""
+        return self.stop, self.time_due and self.voted_at > self.saved_at
 
 
 def _startup_lines(model, objective, streams, run, total: int, warmup: int, mesh) -> list[str]:
@@ -429,6 +445,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     profiler = StepProfiler(t.profile_steps, out_dir / "profile")
     prefetch = Prefetcher(iterator, total)
     halted = jax.device_put(jnp.zeros((), bool), NamedSharding(mesh, PartitionSpec()))
+    ballot = _Ballot(mesh, t.batch_size)
     pending = None  # the step dispatched last whose metrics are not read yet
     t_read = time.perf_counter()
 
@@ -436,7 +453,9 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         """The host reads a step's metrics: log line, bar, non-finite stop. Runs one step late
         (after the next step was dispatched) unless that step must be decided on now."""
         nonlocal tokens_done, last, t_read
-        metrics = {k: v.item() for k, v in jax.device_get(p["metrics"]).items()}
+        metrics = jax.device_get(p["metrics"])
+        ballot.count(p["step"], metrics.pop("votes"))
+        metrics = {k: v.item() for k, v in metrics.items()}
         now = time.perf_counter()
         t_step, t_read = now - t_read, now
         if p["step"] == start:
@@ -471,20 +490,26 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
                     reference_nll = {s: v[local] for s, v in precomputed.items()}
                 batch = StepBatch.from_arrays(arrays, reference_nll)
                 profiler.before(step + 1)
+                votes = ballot.cast(stop.signal_number is not None, checkpointer.time_due())
                 with jax.set_mesh(mesh):  # activation sharding constraints (parallel.constrain_batch)
-                    state, metrics = jitted(state, ref_params, place_batch(batch, mesh), halted)
+                    state, metrics = jitted(state, ref_params, place_batch(batch, mesh), halted, votes)
                 halted = metrics["halted"]  # a device value: a non-finite step turns the next ones into no-ops
                 profiler.after(step + 1, state)
                 if pending is not None:
                     read(pending)
                 pending = {"step": step, "metrics": metrics, "data_before": data_before}
-                stopping, time_due = _agree(stop.signal_number is not None, checkpointer.time_due())
-                saving = checkpointer.should_save(step + 1, last=step + 1 == total) or time_due or stopping
-                if saving or on_step is not None or step + 1 == total:
+                scheduled = checkpointer.should_save(step + 1, last=step + 1 == total)
+                if scheduled or on_step is not None or step + 1 == total:
                     read(pending)  # decisions on this step's state need its metrics first
+                    pending = None
+                stopping, time_due = ballot.decide()  # the votes of the last step read
+                saving = scheduled or time_due or stopping
+                if saving and pending is not None:
+                    read(pending)
                     pending = None
                 if saving:
                     checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
+                    ballot.saved_at = step
                 if stopping:
                     checkpointer.wait()
                     signum = stop.signal_number or signal.SIGTERM  # another process got the signal

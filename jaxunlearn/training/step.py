@@ -198,10 +198,12 @@ def make_train_step(
         (loss, values), grads = grad_fn(params, ref_params, ref_out, mb, weights, key)
         return loss, values, grads
 
-    def step(state: TrainState, ref_params, batch: StepBatch, halted=None):
+    def step(state: TrainState, ref_params, batch: StepBatch, halted=None, votes=None):
         """halted (a bool scalar, the previous step's metrics["halted"]): a step after a
         non-finite one changes nothing, so the loop may read metrics one step late and still
-        stop on the last finite state."""
+        stop on the last finite state. votes [batch rows, k] int (each process fills its own
+        rows): metrics["votes"] is their maximum per column, what every process decides on
+        (stop, save) when it reads the metrics, with no collective of its own."""
         weights = objective.row_weights(batch, mean_group_rows)  # from the global batch
         keys = jax.random.split(jax.random.fold_in(state.rng, 1), micro_batches)  # LoRA dropout
         if micro_batches == 1:
@@ -244,6 +246,8 @@ def make_train_step(
             "tokens": tokens,
             **{f"loss/{k}": v for k, v in values.items()},
         }
+        if votes is not None:
+            metrics["votes"] = jnp.max(votes, axis=0)
         return kept, metrics
 
     return step
@@ -252,11 +256,12 @@ def make_train_step(
 def jit_train_step(step_fn, state: TrainState, ref_params, mesh, gated: bool = False):
     """jax.jit with explicit shardings: the state keeps its own, the batch splits over
     (data, fsdp), the reference keeps its own and is never donated. gated: the step takes
-    a fourth argument, the previous step's metrics["halted"] (see make_train_step)."""
+    two more arguments, the previous step's metrics["halted"] and the votes, split like the
+    batch (see make_train_step)."""
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     ref_sh = jax.tree.map(lambda x: x.sharding, ref_params) if ref_params is not None else None
     replicated = NamedSharding(mesh, PartitionSpec())
-    gate = (replicated,) if gated else ()
+    gate = (replicated, batch_sharding(mesh)) if gated else ()
     return jax.jit(
         step_fn,
         in_shardings=(state_sh, ref_sh, batch_sharding(mesh), *gate),
