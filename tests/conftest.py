@@ -15,8 +15,20 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# no persistent compilation cache under ~/.cache from in-process CLI calls (tests that want one set it)
-os.environ.setdefault("JAXUNLEARN_COMPILATION_CACHE", "off")
+# One persistent compilation cache for this test session, never ~/.cache: the CLI runs in
+# child processes (and in this one) compile the same tiny-model steps again and again; with
+# the cache each shape compiles once per session. Tests of the cache itself set their own.
+if "JAXUNLEARN_COMPILATION_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="jaxunlearn-tests-xla-")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+    os.environ["JAXUNLEARN_COMPILATION_CACHE"] = _SESSION_CACHE
+    from jaxunlearn.compilation_cache import enable as _enable_compilation_cache
+
+    _enable_compilation_cache(_SESSION_CACHE)
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 101

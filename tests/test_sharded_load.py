@@ -123,6 +123,13 @@ class Tok:  # ids as text
 prompts = [np.arange(1, 4 + i % 5, dtype=np.int32) for i in range(6)]  # 6 rows: 4 + a last batch of 2
 texts = [generate_texts(m, Tok(), prompts, 0, [63], batch_size=4, budgets=[7] * 6) for m in (one_device, model)]
 assert texts[0] == texts[1] and all(len(t.split()) for t in texts[0]), texts
+
+# a model on one device: replicated over a data axis once, the caller's model left alone
+from jaxunlearn.evaluation.evaluate import place_for_evaluation
+placed, data4 = place_for_evaluation(one_device, 4)
+assert data4.shape["data"] == 4 and batch_mesh(placed) is data4 and batch_mesh(one_device) is None
+assert place_for_evaluation(one_device, 6) == (one_device, None)  # 6 rows do not split over 4 devices
+assert generate_texts(placed, Tok(), prompts, 0, [63], batch_size=4, budgets=[7] * 6) == texts[0]
 print("OK", len(rows))
 """
 

@@ -34,19 +34,27 @@ def check_vocab(model, tokenizer) -> None:
         )
 
 
-def data_mesh(batch_size: int, model=None):
-    """Where scoring batches go: the mesh the model's parameters span when it was loaded
-    onto one (a multi-host launch: every process runs the same evaluation there), else a
-    data axis over this process's devices when there are several, else None."""
+def place_for_evaluation(model, batch_size: int):
+    """(model, mesh): where scoring and decoding run. A model loaded onto a mesh (several
+    devices, or a multi-host launch where every process runs the same evaluation) stays
+    there. A model on one device, with several local devices that split batch_size, gets
+    its parameters replicated over a data axis once, here, rather than copied at every
+    batch; the caller's model is left as it is. Else (model, None)."""
     import jax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from ..parallel import make_mesh
     from .kernels import batch_mesh
 
-    if model is not None and (mesh := batch_mesh(model)) is not None:
-        return mesh
+    if (mesh := batch_mesh(model)) is not None:
+        return model, mesh
     n = jax.local_device_count()
-    return make_mesh(data=n, devices=jax.local_devices()) if n > 1 and batch_size % n == 0 else None
+    if n == 1 or batch_size % n:
+        return model, None
+    mesh = make_mesh(data=n, devices=jax.local_devices())
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(state, NamedSharding(mesh, PartitionSpec()))), mesh
 
 
 def _per_candidate(evalset, avg_nll):
@@ -112,7 +120,7 @@ def evaluate_model(
 def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, embedder, judge, reference, progress):
     check_vocab(model, tokenizer)
     pad = pad_token_id(tokenizer)
-    mesh = data_mesh(e.batch_size, model)
+    model, mesh = place_for_evaluation(model, e.batch_size)
     records, summary = [], {"sets": {}}
     for spec in sets:
         evalset = build_eval_set(

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data.choice import load_task
 from ..data.muse import muse_dir
-from ..evaluation.evaluate import check_vocab, data_mesh
+from ..evaluation.evaluate import check_vocab, place_for_evaluation
 from ..suites.choice import evaluate_choice
 from ..suites.lm_eval_tasks import run_lm_eval
 from ..suites.muse import evaluate_muse, muse_data
@@ -65,7 +65,7 @@ def choice_results(cfg: RunConfig, model, tokenizer, tasks: list, progress: bool
     c = cfg.choice
     summary: dict = {"benchmark": "choice", "num_fewshot": c.num_fewshot, "tasks": {}}
     records: list[dict] = []
-    mesh = data_mesh(cfg.eval.batch_size, model)
+    model, mesh = place_for_evaluation(model, cfg.eval.batch_size)
     total = sum(len(t.rows) * len(t.rows[0]["choices"]) for t in tasks)
     with tqdm(total=total, desc="multiple choice (choices)", unit="row", disable=not progress) as bar:
         for task in tasks:

@@ -23,7 +23,7 @@ except ImportError as e:  # pragma: no cover - the extra is not installed
 
 from ..checkpoints.api import load_pretrained
 from ..data.tokenize import IGNORE, TokenizedRows, pad_token_id
-from ..evaluation.evaluate import data_mesh
+from ..evaluation.evaluate import place_for_evaluation
 from ..evaluation.kernels import generate_texts
 from ..evaluation.prefix_trees import score_prefix_trees
 from .choice import _encode
@@ -56,7 +56,7 @@ class JaxUnlearnLM(TemplateLM):
         self.batch_size = 16 if str(batch_size) == "auto" else int(str(batch_size).split(":")[0])
         self._max_length = int(max_length) if max_length else int(model.config.max_position_embeddings)
         self.max_gen_toks = int(max_gen_toks)
-        self.mesh = data_mesh(self.batch_size, model)
+        self.model, self.mesh = place_for_evaluation(model, self.batch_size)
 
     # --- tokens ------------------------------------------------------------------------
     @property
