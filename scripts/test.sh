@@ -9,4 +9,6 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 # style first (seconds): formatting and lint of everything the repository ships
 .venv/bin/ruff format --check --quiet jaxunlearn tests scripts benchmarks
 .venv/bin/ruff check --quiet jaxunlearn tests scripts benchmarks
-exec .venv/bin/python -m pytest "$@"
+# two workers (pytest-xdist): compiling is single-threaded, so one pytest process leaves a
+# core idle much of the time; JAXUNLEARN_TEST_WORKERS=0 runs in this process (pdb, -s)
+exec .venv/bin/python -m pytest -n "${JAXUNLEARN_TEST_WORKERS:-2}" --dist worksteal "$@"
