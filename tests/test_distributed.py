@@ -230,3 +230,34 @@ def test_a_two_process_evaluation_equals_one_process(tiny_lm, tmp_path):
     sa = json.loads((tmp_path / "one" / "summary.json").read_text())
     sb = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert sb["sets"]["forget"] == pytest.approx(sa["sets"]["forget"], rel=1e-5)
+
+
+def _lines(path) -> int:
+    """Complete lines in a file another process appends to (0 before it exists)."""
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tiny_lm, tmp_path):
+    """SIGTERM to process 1 alone: the flag rides with the next step's votes, so both
+    processes decide at the same step, save it together and exit 143 with the same message
+    (no per-step collective of their own)."""
+    out = tmp_path / "run"
+    port = free_port()
+    env = {
+        "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
+        "JAXUNLEARN_NUM_PROCESSES": "2",
+        "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
+    }
+    args = [*common(tiny_lm, out, "mesh.data=2"), "train.max_steps=200"]
+    procs = [cli(*args, env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)}) for i in range(2)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not _lines(out / "metrics.jsonl") >= 2:
+        assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], errors[0][-3000:]
+    stops = [line for e in errors for line in e.splitlines() if "SIGTERM after step" in line]
+    assert len(stops) == 2 and stops[0].split("after step")[1] == stops[1].split("after step")[1], stops
+    step = int(stops[0].split("after step ")[1].split()[0])
+    assert 2 <= step < 200 and (out / "checkpoints" / str(step)).exists()

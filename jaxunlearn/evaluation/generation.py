@@ -105,7 +105,6 @@ def greedy_generate(
     With a `mesh` the rows are split over its batch axes; every process of a multi-host
     launch passes the same prompts and gets every row back.
     """
-
     if isinstance(layer_params, str):
         layer_params = decoding_layers(model, layer_params)
     graphdef, state = nnx.split(model)
