@@ -223,26 +223,3 @@ TINY_TRAIN = [
 ]
 # a small evaluation of the tiny model (after TINY_TRAIN, whose data.buckets it overrides)
 TINY_EVAL = ["eval.num_rows=4", "eval.batch_size=4", "eval.max_length=48", "data.buckets=[64,128]"]
-
-
-# The longest tests (30-80 s on two xdist workers, from `--durations`), started first so
-# that the workers end on short tests instead of one worker finishing a long one alone.
-LONGEST_FIRST = (
-    "test_distributed.py::",
-    "test_doc_commands.py::test_the_offline_first_hour_runs",
-    "test_evaluation.py::test_eval_and_report_cli_end_to_end",
-    "test_benchmarks.py::",
-    "test_attacks.py::test_attack_command_end_to_end",
-    "test_demo.py::",
-    "test_lora.py::test_lora_resumes_exactly",
-    "test_failing_cleanly.py::test_feedback",
-    "test_suites.py::test_choice_accuracy_and_the_adapter",
-    "test_notebook.py::",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        return next((i for i, key in enumerate(LONGEST_FIRST) if key in item.nodeid), len(LONGEST_FIRST))
-
-    items.sort(key=rank)  # stable: the rest keep their order
