@@ -12,14 +12,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from ..parallel import host_get
+
 
 def host_array(x) -> np.ndarray:
     """The whole value of `x` as a numpy array on this host."""
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(host_get(x))
 
 
 def exporting_process() -> bool:

@@ -17,6 +17,7 @@ from ..paths import check_writable_dir
 from ..data.templates import template_for
 from ..evaluation.aggregate import check_same_forget_rows, forget_quality, summarize
 from ..evaluation.evaluate import evaluate_model
+from ..evaluation.kernels import batch_mesh
 from ..evaluation.logs_io import read_evaluation
 from ..evaluation.report import compare_runs, write_eval
 from ..evaluation.sets import load_sets
@@ -55,9 +56,8 @@ def evaluate(
         check_writable_dir(out, "output.dir")  # before the evaluation, not after it
     if cfg.eval.benchmark != "tofu":  # its data read before the model loads
         return evaluate_suite(cfg, out, model, tokenizer, progress)
-    mesh = evaluation_mesh(cfg)
     if model is None:
-        model, tokenizer = load_for_run(cfg, mesh=mesh)
+        model, tokenizer = load_for_run(cfg, mesh=evaluation_mesh(cfg))
         warn_if_config_misfits(cfg, tokenizer)
     template = template_for(cfg.data.template, tokenizer)
     embedder = None
@@ -67,7 +67,7 @@ def evaluate(
         embedder = SentenceEmbedder()
     judge = make_judge(cfg) if cfg.eval.generate else None
     reference = (
-        load_for_run(cfg, cfg.eval.reference_model, require_tokenizer=False, mesh=mesh)[0]
+        load_for_run(cfg, cfg.eval.reference_model, require_tokenizer=False, mesh=batch_mesh(model))[0]
         if cfg.eval.reference_model
         else None
     )
