@@ -18,6 +18,13 @@ copy); remat none or full (per block); `--vocab-blocks 0 16384` compares whole [
 logits with the blockwise LM head (train.vocab_block, the default). The CPU compiler's buffer plan
 approximates the GPU/TPU ones (fusion differs), so treat the fit table as a plan with
 about 10% slack, not as a promise.
+
+    python benchmarks/memory.py --target tpu-v5e-8 --devices 8 --models llama3-8b --policies bfloat16 lora
+
+compiles for a TPU topology instead (deviceless, ahead of time: needs `pip install
+libtpu` at the version the installed jax[tpu] pins, no TPU): the TPU compiler's own buffer
+assignment, with splash attention, and its own fit check, which refuses a step larger
+than the chip's HBM (the row then says so under `refused`).
 """
 
 from __future__ import annotations
@@ -72,6 +79,46 @@ MODELS = {  # HF config fields
 CHIPS = {"80 GB GPU (H100/A100)": 80e9, "TPU v4 (32 GiB)": 32 * 2**30, "TPU v5e (16 GiB)": 16 * 2**30}
 
 
+# TPU topologies a plan may be compiled for without the chips (deviceless AOT through libtpu):
+# name -> (chips, jax.experimental.topologies.get_topology_desc arguments); hosts of 2 x 2 chips
+TPU_TOPOLOGIES = {
+    "tpu-v5e-8": (8, dict(topology_name="v5e:2x4", chip_config_name="default", chips_per_host_bounds=(2, 2, 1))),
+    "tpu-v5e-16": (16, dict(topology_name="v5e:4x4", chip_config_name="default", chips_per_host_bounds=(2, 2, 1))),
+    "tpu-v4-8": (4, dict(topology_name="v4:2x2x1", chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1))),
+    "tpu-v6e-8": (8, dict(topology_name="v6e:2x4", chip_config_name="default", chips_per_host_bounds=(2, 2, 1))),
+}
+
+
+def libtpu_requirement() -> str:
+    """The libtpu the installed jax's `tpu` extra pins (e.g. libtpu==0.0.42.*)."""
+    from importlib.metadata import requires
+
+    pins = [r.split(";")[0].strip() for r in requires("jax") or [] if r.startswith("libtpu") and "tpu" in r]
+    return pins[0].replace(" ", "") if pins else "libtpu"
+
+
+def target_devices(target: str, count: int) -> list:
+    """`count` devices to plan on: fake CPU devices, or the chips of a TPU topology, for
+    which XLA's TPU compiler (libtpu, the version jax[tpu] pins) compiles here without a
+    TPU, so the plan is the chip's own buffer assignment and fit check."""
+    import jax
+
+    if target == "cpu":
+        return jax.devices()[:count]
+    chips, topology = TPU_TOPOLOGIES[target]
+    if count != chips:
+        raise SystemExit(f"--target {target} has {chips} devices; pass --devices {chips}")
+    try:
+        from jax.experimental.topologies import get_topology_desc
+
+        return list(get_topology_desc(platform="tpu", num_slices=1, **topology).devices)
+    except Exception as e:  # no libtpu, or one that does not match the pinned jax
+        raise SystemExit(
+            f"--target {target} needs the TPU compiler: pip install '{libtpu_requirement()}' (the version the "
+            f"installed jax's tpu extra pins; it compiles without a TPU). {type(e).__name__}: {e}"
+        ) from None
+
+
 def plan(
     model: str,
     devices: int,
@@ -81,6 +128,7 @@ def plan(
     seq: int,
     rank: int = 16,
     vocab_block: int = 16384,
+    target: str = "cpu",
 ) -> dict:
     import dataclasses
 
@@ -116,8 +164,11 @@ def plan(
     param_dtype, compute_dtype = {"mixed": ("float32", "bfloat16"), "lora": ("bfloat16", "bfloat16")}.get(
         policy, (policy, policy)
     )
-    config = dataclasses.replace(config, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
-    mesh = make_mesh(data=1, fsdp=devices, tensor=1, devices=jax.devices()[:devices])
+    attention = "splash" if target.startswith("tpu") else config.attention  # the kernel a TPU run dispatches to
+    config = dataclasses.replace(
+        config, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat, attention=attention
+    )
+    mesh = make_mesh(data=1, fsdp=devices, tensor=1, devices=target_devices(target, devices))
 
     def abstract(tree):
         return jax.tree.map(
@@ -148,20 +199,16 @@ def plan(
         )
     objective = build_objective("NPO+GD")
     b = batch_per_device * devices
-    row = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
+    tokens = jax.ShapeDtypeStruct((b, seq), jax.numpy.int32, sharding=batch_sharding(mesh))
     batch = StepBatch.from_arrays(
-        {s: {"input_ids": row, "attention_mask": row, "labels": row} for s in ("forget", "retain")}
+        {s: {"input_ids": tokens, "attention_mask": tokens, "labels": tokens} for s in ("forget", "retain")}
     )
     cast = dict(compute_dtype=jnp.bfloat16, param_shardings_tree=shardings) if policy == "mixed" else {}
     cast = dict(lora=True) if policy == "lora" else cast
     step_fn = make_train_step(graphdef, objective, tx, lambda _: 1e-5, vocab_block=vocab_block, **cast)
     step = jit_train_step(step_fn, state, reference, mesh)
-    t = time.perf_counter()
-    with jax.set_mesh(mesh):  # as the training loop runs it
-        m = step.lower(state, reference, batch).compile().memory_analysis()
     n_params = sum(x.size for x in jax.tree.leaves(params)) + n_frozen
-    total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    return {
+    row = {
         "model": model,
         "params_B": n_params / 1e9,
         "devices": devices,
@@ -170,6 +217,21 @@ def plan(
         "vocab_block": vocab_block,
         "batch_per_device": batch_per_device,
         "seq": seq,
+        "target": target,
+    }
+    t = time.perf_counter()
+    try:
+        with jax.set_mesh(mesh):  # as the training loop runs it
+            m = step.lower(state, reference, batch).compile().memory_analysis()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        # a TPU compiler refuses a step larger than the chip's HBM: that is the answer
+        refused = str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0]
+        return {**row, "refused": refused, "compile_s": time.perf_counter() - t}
+    total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return {
+        **row,
         "arguments_GiB": m.argument_size_in_bytes / 2**30,
         "temp_GiB": m.temp_size_in_bytes / 2**30,
         "total_GiB": total / 2**30,
@@ -198,8 +260,16 @@ def main(argv=None) -> list[dict]:
     )
     p.add_argument("--batch-per-device", type=int, default=1, help="rows per stream per device")
     p.add_argument("--seq", type=int, default=512, help="padded length (TOFU's max_length is 500)")
+    p.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", *TPU_TOPOLOGIES],
+        help="compile for fake CPU devices (default) or for a TPU topology without the chips (needs libtpu)",
+    )
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
+    if args.target != "cpu":
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server: a deviceless compile
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:  # must precede the first jax import
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(args.devices)}".strip()
@@ -220,15 +290,16 @@ def main(argv=None) -> list[dict]:
     ]
     rows = []
     for m, d, pol, r, vb in tqdm(grid, desc="compile", unit="plan"):
-        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq, args.lora_rank, vb))
+        rows.append(plan(m, d, pol, r, args.batch_per_device, args.seq, args.lora_rank, vb, args.target))
     print(
         f"\nNPO+GD step, {args.batch_per_device} row(s) per stream per device x {args.seq} tokens, "
-        "FSDP over all devices; bytes per device"
+        f"FSDP over all devices; bytes per device, compiled for {args.target}"
     )
     print(
         common.table(
             rows,
-            ["model", "devices", "policy", "remat", "vocab_block", "arguments_GiB", "temp_GiB", "total_GiB", *CHIPS],
+            ["model", "devices", "policy", "remat", "vocab_block", "arguments_GiB", "temp_GiB", "total_GiB", *CHIPS]
+            + (["refused"] if any("refused" in r for r in rows) else []),
         )
     )
     common.write_json(args.json, rows)

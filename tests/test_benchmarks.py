@@ -109,3 +109,21 @@ def test_choice_benchmark_tiny(tiny_lm, tmp_path):
     result = json.loads((tmp_path / "c.json").read_text())
     assert result["acc_jaxunlearn"] == result["acc_lm_eval"] and result["max_loglik_diff"] < 2e-3
     assert "lm-eval HF" in out.stdout and result["environment"]["cpu_flags"] is not None
+
+
+def test_memory_benchmark_tpu_target_needs_libtpu(monkeypatch):
+    """A TPU plan compiles through libtpu without the chip; without it (or with a device
+    count the topology lacks) the benchmark stops with the fix."""
+    import importlib.util
+
+    import pytest
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import memory
+
+    with pytest.raises(SystemExit, match="has 8 devices; pass --devices 8"):
+        memory.target_devices("tpu-v5e-8", 2)
+    if importlib.util.find_spec("libtpu") is not None:
+        pytest.skip("libtpu is installed: the topology builds")
+    with pytest.raises(SystemExit, match=r"pip install 'libtpu==[0-9.]+\*?'"):
+        memory.target_devices("tpu-v5e-8", 8)
