@@ -14,6 +14,7 @@ measurement in interleaved rounds and reports medians.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
+
+# the 8B step compiled for TPU chips (deviceless: needs libtpu, no TPU)
+TPU_PLANS = {
+    "memory_tpu_v5e8": [
+        *("memory.py", "--target", "tpu-v5e-8", "--devices", "8", "--models", "llama3-8b"),
+        *("--policies", "bfloat16", "lora", "mixed", "--remat", "full"),
+    ],
+    "memory_tpu_v5e16": [
+        *("memory.py", "--target", "tpu-v5e-16", "--devices", "16", "--models", "llama3-8b"),
+        *("--policies", "mixed", "--remat", "full"),
+    ],
+}
+NEEDS = {name: "libtpu" for name in TPU_PLANS}  # entries skipped (their old result kept) without this module
 
 SETS = {
     "full": {
@@ -38,6 +52,7 @@ SETS = {
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "1000", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "1000", "--rounds", "1"],
+        **TPU_PLANS,
     },
     "quick": {
         "train_step_npo": ["train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"],
@@ -48,6 +63,7 @@ SETS = {
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],
+        **TPU_PLANS,
     },
 }
 
@@ -79,11 +95,18 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown entries {unknown}; the {args.set} set has {', '.join(entries)}")
     out = Path(args.out)
     results = json.loads(out.read_text()) if args.only and out.exists() else {"entries": {}}
-    results["set"] = args.set
+    if not args.only or "set" not in results:  # a rerun of some entries keeps the set's name and environment
+        results["set"] = args.set
     for name in args.only or entries:
+        module = NEEDS.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            kept = "its earlier result kept" if name in results["entries"] else "no result"
+            print(f"== {name}: skipped, needs the {module} module ({kept}); see benchmarks/memory.py", flush=True)
+            continue
         print(f"== {name}: python benchmarks/{' '.join(entries[name])}", flush=True)
-        results["entries"][name] = run_entry(entries[name])
-        results["environment"] = common.environment()
+        results["entries"][name] = {**run_entry(entries[name]), "environment": common.environment()}
+        if not args.only or "environment" not in results:
+            results["environment"] = common.environment()
         out.write_text(json.dumps(results, indent=2) + "\n")  # after each entry: a crash keeps the rest
     print(f"results in {out}; now: python scripts/docs_benchmarks.py --write")
     return results

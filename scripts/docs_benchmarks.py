@@ -81,6 +81,26 @@ def choice_table(entries: dict) -> str:
     return "\n".join(lines)
 
 
+def memory_table(entries: dict) -> str:
+    lines = [
+        "| compiled for | policy | remat | arguments GiB | temporaries GiB | total GiB per chip | TPU compiler |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in entries.items():
+        if not name.startswith("memory"):
+            continue
+        for r in e["result"]:
+            where = r["target"]
+            if "refused" in r:
+                lines.append(f"| {where} | {r['policy']} | {r['remat']} | | | | refused: {r['refused']} |")
+                continue
+            lines.append(
+                f"| {where} | {r['policy']} | {r['remat']} | {_f(r['arguments_GiB'])} | {_f(r['temp_GiB'])} | "
+                f"{_f(r['total_GiB'])} | accepted |"
+            )
+    return "\n".join(lines)
+
+
 def environment_block(results: dict) -> str:
     return f"Set `{results['set']}`; environment: {common.environment_line(results['environment'])}."
 
@@ -120,6 +140,7 @@ RENDERERS = {
     "train_step": train_table,
     "eval": eval_table,
     "choice": choice_table,
+    "memory": memory_table,
     "summary": speed_summary,
 }
 WHOLE = {"environment", "summary"}  # renderers that read the whole results file

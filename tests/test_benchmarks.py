@@ -127,3 +127,32 @@ def test_memory_benchmark_tpu_target_needs_libtpu(monkeypatch):
         pytest.skip("libtpu is installed: the topology builds")
     with pytest.raises(SystemExit, match=r"pip install 'libtpu==[0-9.]+\*?'"):
         memory.target_devices("tpu-v5e-8", 8)
+
+
+def test_run_all_skips_a_tpu_plan_without_libtpu(monkeypatch, tmp_path, capsys):
+    """An entry that needs libtpu is skipped where it is missing, and an earlier result of
+    it, with the set's name and environment, stays as it was."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("libtpu") is not None:
+        pytest.skip("libtpu is installed")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import docs_benchmarks
+    import run_all
+
+    out = tmp_path / "results.json"
+    earlier = {"target": "tpu-v5e-8", "policy": "mixed", "remat": "full", "refused": "Ran out of memory on HBM"}
+    out.write_text(
+        json.dumps(
+            {"set": "quick", "environment": {"git": "abc"}, "entries": {"memory_tpu_v5e8": {"result": [earlier]}}}
+        )
+    )
+    results = run_all.main(["--only", "memory_tpu_v5e8", "--out", str(out)])
+    assert "skipped, needs the libtpu module (its earlier result kept)" in capsys.readouterr().out
+    assert results["set"] == "quick" and results["environment"] == {"git": "abc"}
+    assert results["entries"]["memory_tpu_v5e8"]["result"] == [earlier]
+    table = docs_benchmarks.memory_table(results["entries"])
+    assert "| tpu-v5e-8 | mixed | full | | | | refused: Ran out of memory on HBM |" in table
