@@ -15,24 +15,21 @@ import numpy as np
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.registry import family_for
+from .gguf_file import GGUFFile
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 
-def open_gguf(path: Path):
-    from gguf import GGUFReader
-
+def open_gguf(path: Path) -> GGUFFile:
     try:
-        return GGUFReader(str(path))
+        return GGUFFile(path)
     except Exception as e:
         raise CheckpointError(f"cannot read GGUF file {path}: {e}. It is truncated or not a GGUF file") from None
 
 
-def field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+def field(reader: GGUFFile, key: str, default=None):
+    value = reader.fields.get(key)
+    return default if value is None else value
 
 
 def config_from_gguf(reader, path: Path) -> ModelConfig:
