@@ -300,6 +300,11 @@ def validate(cfg: RunConfig) -> None:
             "library would turn the URL into a local folder named after the scheme); write to a local or "
             "mounted directory (gcsfuse, a network file system) and copy it afterwards (gsutil -m rsync -r DIR URL)"
         )
+    if not cfg.output.final_checkpoint and not cfg.output.export:
+        raise ConfigError(
+            "output.final_checkpoint=false with output.export=false keeps nothing of the trained model; "
+            "turn one of them on"
+        )
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
     if cfg.eval.best_by and not CRITERION.match(cfg.eval.best_by):
@@ -321,7 +326,7 @@ def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
         ("train.weight_decay", t.weight_decay, "0 or more", 0),
         ("train.vocab_block", t.vocab_block, "0 (whole logits) or a positive number of vocabulary columns", 0),
         ("train.clip_grad_norm", t.clip_grad_norm, "positive (null: no clipping)", 1e-30),
-        ("output.keep_checkpoints", o.keep_checkpoints, "at least 1 (the final checkpoint is always written)", 1),
+        ("output.keep_checkpoints", o.keep_checkpoints, "at least 1", 1),
         ("output.checkpoint_every", o.checkpoint_every, "at least 1 step (null: only at the end)", 1),
         ("output.checkpoint_minutes", o.checkpoint_minutes, "positive (null: no time-based saves)", 1e-9),
         ("eval.batch_size", e.batch_size, "at least 1", 1),

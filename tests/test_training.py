@@ -145,6 +145,11 @@ def test_me_gd_raises_entropy_and_keeps_retain(tiny_lm, tmp_path):
     assert {"loss", "loss/ME", "loss/GD", "grad_norm", "lr", "tokens_per_s"} <= set(lines[0])
 
 
+def test_a_run_that_keeps_nothing_is_refused(tiny_lm, tmp_path):
+    with pytest.raises(ConfigError, match="keeps nothing of the trained model"):
+        config(tiny_lm, tmp_path, "output.final_checkpoint=false", "output.export=false")
+
+
 def test_unlearn_api_writes_run_and_export(tiny_lm, tmp_path):
     cfg = config(
         tiny_lm,
@@ -153,6 +158,7 @@ def test_unlearn_api_writes_run_and_export(tiny_lm, tmp_path):
         "train.max_steps=2",
         "output.export_hf_flax=true",
         "train.profile_steps=2..2",
+        "output.final_checkpoint=false",  # the export is all it keeps
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -168,6 +174,7 @@ def test_unlearn_api_writes_run_and_export(tiny_lm, tmp_path):
     assert (out / "run.json").exists() and (out / "summary.json").exists()
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
     assert (out / "model-hf-flax" / "flax_model.msgpack").exists()
+    assert not list((out / "checkpoints").glob("*")), "output.final_checkpoint=false wrote a checkpoint"
     reloaded, _ = jaxunlearn.load_pretrained(out / "model")
     a = jax.tree.leaves(nnx.split(summary["model"])[1])
     b = jax.tree.leaves(nnx.split(reloaded)[1])

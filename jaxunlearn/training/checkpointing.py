@@ -17,11 +17,19 @@ log = logging.getLogger(__name__)
 
 class Checkpointer:
     """Async CheckpointManager keeping the last N; saves every k steps, every m minutes
-    (whichever comes first) and at the end. Temporary directories of a killed save are
-    removed when it opens."""
+    (whichever comes first) and at the end (unless `final` is off: output.final_checkpoint).
+    Temporary directories of a killed save are removed when it opens."""
 
-    def __init__(self, directory: Path, keep: int = 2, every: int | None = None, minutes: float | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        keep: int = 2,
+        every: int | None = None,
+        minutes: float | None = None,
+        final: bool = True,
+    ):
         self.every = every
+        self.final = final
         self.minutes = minutes
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
@@ -39,7 +47,7 @@ class Checkpointer:
         return self.minutes is not None and time.monotonic() - self.last_save_time >= 60 * self.minutes
 
     def should_save(self, step: int, last: bool) -> bool:
-        return last or (self.every is not None and step % self.every == 0)
+        return (last and self.final) or (self.every is not None and step % self.every == 0)
 
     def save(self, step: int, state, meta: dict) -> None:
         if self.manager.latest_step() == step:

@@ -57,11 +57,16 @@ class OutputSection:
         "run directory: run.json, metrics.jsonl, checkpoints/, model/ "
         "(null: runs/<command>, e.g. runs/unlearn, runs/eval)",
     )
-    checkpoint_every: int | None = setting(None, "checkpoint every N steps (always at the end)")
+    checkpoint_every: int | None = setting(None, "checkpoint every N steps (and at the end: final_checkpoint)")
     checkpoint_minutes: float | None = setting(
         30.0, "also checkpoint when this many minutes passed since the last save (null: off)"
     )
     keep_checkpoints: int = setting(2, "checkpoints kept")
+    final_checkpoint: bool = setting(
+        True,
+        "checkpoint the finished run (what --resume with more steps continues from); false: the export is all "
+        "it keeps, and saves writing parameters and optimizer state (12 bytes per parameter in fp32 AdamW)",
+    )
     export: bool = setting(True, "write the final model as an HF safetensors directory (model/)")
     export_hf_flax: bool = setting(False, "also write an HF-Flax msgpack directory (model-hf-flax/)")
     export_peft: bool = setting(

@@ -318,7 +318,8 @@ def _startup_lines(model, objective, streams, run, total: int, warmup: int, mesh
         f"objective: {objective.name}; rows: {rows}",
         f"steps: {total} (warmup {warmup}), lr {t.lr:g}, batch {t.batch_size} x {t.micro_batches} micro",
         f"mesh: {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)",
-        f"checkpoints: {', '.join(saves + ['at the end'])}, keep {o.keep_checkpoints}",
+        f"checkpoints: {', '.join(saves + (['at the end'] if o.final_checkpoint else [])) or 'none'}, "
+        f"keep {o.keep_checkpoints}",
     ]
     return lines
 
@@ -396,6 +397,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         keep=run.output.keep_checkpoints,
         every=run.output.checkpoint_every,
         minutes=run.output.checkpoint_minutes,
+        final=run.output.final_checkpoint,
     )
     if resume and checkpointer.latest_step() is None and not run.fresh_if_no_checkpoint:
         checkpointer.close()
