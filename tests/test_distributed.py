@@ -32,6 +32,13 @@ def cli(*args, env_extra=None, probe: str | None = None, command: str = "unlearn
     )
 
 
+def run_here(*args, command: str = "unlearn") -> None:
+    """The one-device reference run in this process: a child would spend ~8 s importing."""
+    from jaxunlearn import cli
+
+    assert cli.main([command, *args, "--no-progress"]) == 0
+
+
 def losses(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -79,12 +86,11 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
     """Same losses on 1 device, 8 devices and 2 processes with FSDP across the processes;
     the 2-process run loads every split parameter straight onto its shards (no device ever
     holds one whole) and exports, tensor by tensor, the one-process run's model."""
-    single = cli(*common(tiny_lm, tmp_path / "one", "mesh.data=1", "output.export=true"))
     eight = cli(
         *common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
     )
-    assert single.wait(600) == 0, single.stderr.read()[-3000:]
+    run_here(*common(tiny_lm, tmp_path / "one", "mesh.data=1", "output.export=true"))
     assert eight.wait(600) == 0, eight.stderr.read()[-3000:]
 
     port = free_port()
@@ -144,8 +150,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
         "output.checkpoint_every=1",
         "output.keep_checkpoints=3",
     ]
-    straight = cli(*args, f"output.dir={tmp_path / 'straight'}")
-
     killed_dir = tmp_path / "killed"
     victim = cli(*args, f"output.dir={killed_dir}")
     deadline = time.time() + 300
@@ -154,7 +158,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (killed_dir / "summary.json").exists(), "the run finished before it could be killed"
-    assert straight.wait(600) == 0, straight.stderr.read()[-3000:]
+    run_here(*args, f"output.dir={tmp_path / 'straight'}")
 
     resumed = cli(*args, f"output.dir={killed_dir}", "--resume")
     assert resumed.wait(600) == 0, resumed.stderr.read()[-3000:]
@@ -171,12 +175,11 @@ def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):
     """LoRA mode sharded (adapters carry logical axes: data 2 x fsdp 2 x tensor 2) gives the
     losses of one device; NPO's reference is the base with the adapters off."""
     lora = ("lora.rank=4", "lora.alpha=8", "train.lr=1e-3")
-    single = cli(*common(tiny_lm, tmp_path / "one", "mesh.data=1", *lora))
     eight = cli(
         *common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", *lora),
         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
     )
-    assert single.wait(600) == 0, single.stderr.read()[-3000:]
+    run_here(*common(tiny_lm, tmp_path / "one", "mesh.data=1", *lora))
     assert eight.wait(600) == 0, eight.stderr.read()[-3000:]
     ref, got = losses(tmp_path / "one"), losses(tmp_path / "eight")
     assert len(ref) == len(got) == 3
@@ -191,8 +194,6 @@ def test_a_two_process_evaluation_equals_one_process(tiny_lm, tmp_path):
     writes what one process writes: the same answers, the same numbers. Process 1 writes
     nothing."""
     common = [f"model.path={tiny_lm}", *TINY_TRAIN, *TINY_EVAL, "eval.sets=[forget]", "eval.cosine=false"]
-    one = cli(*common, f"output.dir={tmp_path / 'one'}", command="eval")
-    assert one.wait(600) == 0, one.stderr.read()[-3000:]
     port = free_port()
     env = {
         "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
@@ -210,6 +211,7 @@ def test_a_two_process_evaluation_equals_one_process(tiny_lm, tmp_path):
         )
         for i in range(2)
     ]
+    run_here(*common, f"output.dir={tmp_path / 'one'}", command="eval")
     outputs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=600)

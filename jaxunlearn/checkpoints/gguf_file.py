@@ -67,7 +67,7 @@ class GGUFFile:
         for name, dims, kind, offset in table:
             block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
             row_bytes = dims[0] // block * block_bytes
-            rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+            rows = int(np.prod(dims[1:], dtype=np.int64))  # 1 for a vector
             at = start + offset
             if at + rows * row_bytes > len(buf):
                 raise ValueError(f"tensor {name} runs past the end of the file (truncated)")
@@ -83,7 +83,7 @@ class GGUFFile:
         (n,) = struct.unpack_from("<Q", self._map, self._pos)
         start = self._pos + 8
         self._pos = start + n
-        return self._map[start : self._pos].decode("utf-8", errors="replace")
+        return self._map[start : self._pos].decode("utf-8")  # strict, as gguf-py: bad bytes mean a damaged file
 
     def _value(self, kind: int):
         if kind == STRING:
