@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
-# the 8B step compiled for TPU chips (deviceless: needs libtpu, no TPU)
+# the 8B step compiled for TPU chips (deviceless: needs libtpu, no TPU; skipped, an earlier result kept, without it)
 TPU_PLANS = {
     "memory_tpu_v5e8": [
         *("memory.py", "--target", "tpu-v5e-8", "--devices", "8", "--models", "llama3-8b"),
@@ -38,7 +38,6 @@ TPU_PLANS = {
         *("--policies", "mixed", "--remat", "full"),
     ],
 }
-NEEDS = {name: "libtpu" for name in TPU_PLANS}  # entries skipped (their old result kept) without this module
 
 SETS = {
     "full": {
@@ -98,15 +97,15 @@ def main(argv=None) -> dict:
     if not args.only or "set" not in results:  # a rerun of some entries keeps the set's name and environment
         results["set"] = args.set
     for name in args.only or entries:
-        module = NEEDS.get(name)
-        if module and importlib.util.find_spec(module) is None:
+        if name in TPU_PLANS and importlib.util.find_spec("libtpu") is None:
             kept = "its earlier result kept" if name in results["entries"] else "no result"
-            print(f"== {name}: skipped, needs the {module} module ({kept}); see benchmarks/memory.py", flush=True)
+            print(f"== {name}: skipped, needs the libtpu module ({kept}); see benchmarks/memory.py", flush=True)
             continue
         print(f"== {name}: python benchmarks/{' '.join(entries[name])}", flush=True)
-        results["entries"][name] = {**run_entry(entries[name]), "environment": common.environment()}
+        environment = common.environment()  # git and CPU probes: once per entry
+        results["entries"][name] = {**run_entry(entries[name]), "environment": environment}
         if not args.only or "environment" not in results:
-            results["environment"] = common.environment()
+            results["environment"] = environment
         out.write_text(json.dumps(results, indent=2) + "\n")  # after each entry: a crash keeps the rest
     print(f"results in {out}; now: python scripts/docs_benchmarks.py --write")
     return results

@@ -90,12 +90,11 @@ def memory_table(entries: dict) -> str:
         if not name.startswith("memory"):
             continue
         for r in e["result"]:
-            where = r["target"]
             if "refused" in r:
-                lines.append(f"| {where} | {r['policy']} | {r['remat']} | | | | refused: {r['refused']} |")
+                lines.append(f"| {r['target']} | {r['policy']} | {r['remat']} | | | | refused: {r['refused']} |")
                 continue
             lines.append(
-                f"| {where} | {r['policy']} | {r['remat']} | {_f(r['arguments_GiB'])} | {_f(r['temp_GiB'])} | "
+                f"| {r['target']} | {r['policy']} | {r['remat']} | {_f(r['arguments_GiB'])} | {_f(r['temp_GiB'])} | "
                 f"{_f(r['total_GiB'])} | accepted |"
             )
     return "\n".join(lines)

@@ -3,12 +3,17 @@ two frameworks it compares agree on what they computed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None  # the TPU compiler, for deviceless TPU plans
 
 
 def run_benchmark(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -102,8 +107,6 @@ def test_memory_benchmark_tiny(tmp_path):
 
 
 def test_choice_benchmark_tiny(tiny_lm, tmp_path):
-    import pytest
-
     pytest.importorskip("lm_eval")
     out = run_benchmark(
         "choice.py", "--model", str(tiny_lm), "--questions", "8", "--rounds", "1", "--json", str(tmp_path / "c.json")
@@ -116,16 +119,12 @@ def test_choice_benchmark_tiny(tiny_lm, tmp_path):
 def test_memory_benchmark_tpu_target_needs_libtpu(monkeypatch):
     """A TPU plan compiles through libtpu without the chip; without it (or with a device
     count the topology lacks) the benchmark stops with the fix."""
-    import importlib.util
-
-    import pytest
-
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import memory
 
     with pytest.raises(SystemExit, match="has 8 devices; pass --devices 8"):
         memory.target_devices("tpu-v5e-8", 2)
-    if importlib.util.find_spec("libtpu") is not None:
+    if HAS_LIBTPU:
         pytest.skip("libtpu is installed: the topology builds")
     with pytest.raises(SystemExit, match=r"pip install 'libtpu==[0-9.]+\*?'"):
         memory.target_devices("tpu-v5e-8", 8)
@@ -134,11 +133,7 @@ def test_memory_benchmark_tpu_target_needs_libtpu(monkeypatch):
 def test_run_all_skips_a_tpu_plan_without_libtpu(monkeypatch, tmp_path, capsys):
     """An entry that needs libtpu is skipped where it is missing, and an earlier result of
     it, with the set's name and environment, stays as it was."""
-    import importlib.util
-
-    import pytest
-
-    if importlib.util.find_spec("libtpu") is not None:
+    if HAS_LIBTPU:
         pytest.skip("libtpu is installed")
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     monkeypatch.syspath_prepend(str(REPO / "scripts"))

@@ -61,6 +61,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_processes() -> list[dict]:
+    """The environment of each of 2 JAX processes on this host (gloo collectives)."""
+    shared = {
+        "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{free_port()}",
+        "JAXUNLEARN_NUM_PROCESSES": "2",
+        "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
+    }
+    return [{**shared, "JAXUNLEARN_PROCESS_ID": str(i)} for i in range(2)]
+
+
 # The CLI in a process that records every jax.device_put of a >= 2-D array: its shape and
 # whether the target sharding splits it (written to $PLACEMENTS at exit).
 PLACEMENT_PROBE = """
@@ -93,20 +103,13 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
     run_here(*common(tiny_lm, tmp_path / "one", "mesh.data=1", "output.export=true"))
     assert eight.wait(600) == 0, eight.stderr.read()[-3000:]
 
-    port = free_port()
     procs = [
         cli(
             *common(tiny_lm, tmp_path / "two", "mesh.data=1", "mesh.fsdp=2", "output.export=true"),
-            env_extra={
-                "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
-                "JAXUNLEARN_NUM_PROCESSES": "2",
-                "JAXUNLEARN_PROCESS_ID": str(i),
-                "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
-                "PLACEMENTS": str(tmp_path / f"placements{i}.json"),
-            },
+            env_extra={**env, "PLACEMENTS": str(tmp_path / f"placements{i}.json")},
             probe=PLACEMENT_PROBE,
         )
-        for i in range(2)
+        for i, env in enumerate(two_processes())
     ]
     for p in procs:
         assert p.wait(600) == 0, p.stderr.read()[-3000:]
@@ -194,22 +197,9 @@ def test_a_two_process_evaluation_equals_one_process(tiny_lm, tmp_path):
     writes what one process writes: the same answers, the same numbers. Process 1 writes
     nothing."""
     common = [f"model.path={tiny_lm}", *TINY_TRAIN, *TINY_EVAL, "eval.sets=[forget]", "eval.cosine=false"]
-    port = free_port()
-    env = {
-        "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
-        "JAXUNLEARN_NUM_PROCESSES": "2",
-        "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
-    }
     procs = [
-        cli(
-            *common,
-            "mesh.data=1",
-            "mesh.fsdp=2",
-            f"output.dir={tmp_path / 'two'}",
-            env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)},
-            command="eval",
-        )
-        for i in range(2)
+        cli(*common, "mesh.data=1", "mesh.fsdp=2", f"output.dir={tmp_path / 'two'}", env_extra=env, command="eval")
+        for env in two_processes()
     ]
     run_here(*common, f"output.dir={tmp_path / 'one'}", command="eval")
     outputs = []
@@ -244,14 +234,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tiny_lm, tmp_path):
     processes decide at the same step, save it together and exit 143 with the same message
     (no per-step collective of their own)."""
     out = tmp_path / "run"
-    port = free_port()
-    env = {
-        "JAXUNLEARN_COORDINATOR": f"127.0.0.1:{port}",
-        "JAXUNLEARN_NUM_PROCESSES": "2",
-        "JAXUNLEARN_CPU_COLLECTIVES": "gloo",
-    }
     args = [*common(tiny_lm, out, "mesh.data=2"), "train.max_steps=200"]
-    procs = [cli(*args, env_extra={**env, "JAXUNLEARN_PROCESS_ID": str(i)}) for i in range(2)]
+    procs = [cli(*args, env_extra=env) for env in two_processes()]
     deadline = time.time() + 300
     while time.time() < deadline and not _lines(out / "metrics.jsonl") >= 2:
         assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]

@@ -28,8 +28,7 @@ def open_gguf(path: Path) -> GGUFFile:
 
 
 def field(reader: GGUFFile, key: str, default=None):
-    value = reader.fields.get(key)
-    return default if value is None else value
+    return reader.fields.get(key, default)
 
 
 def config_from_gguf(reader, path: Path) -> ModelConfig:
