@@ -10,7 +10,7 @@ scalars (`train.lr=5e-6`, `data.buckets=[64,128]`, `output.export_hf_flax=true`)
 from __future__ import annotations
 
 import dataclasses
-import re
+
 import difflib
 import os
 import types
@@ -30,6 +30,7 @@ from .flagging.config import FlagSection
 from .models.lora import LoRASection
 from .objectives.config import ObjectiveSection
 from .parallel import MeshSection
+from .storage import is_remote, remote_path
 from .suites.config import ChoiceSection, MuseSection
 from .training.config import ContinualSection, OutputSection, TrainSection, parse_window
 
@@ -50,8 +51,11 @@ class RunConfig:
     muse: MuseSection = dataclasses.field(default_factory=MuseSection)
     choice: ChoiceSection = dataclasses.field(default_factory=ChoiceSection)
 
-    def output_dir(self, command: str) -> Path:
-        """output.dir, or runs/<command> when unset (eval and unlearn never share a default)."""
+    def output_dir(self, command: str):
+        """output.dir, or runs/<command> when unset (eval and unlearn never share a default); a
+        URL comes back as an etils.epath.Path (storage.py), never as a local folder."""
+        if self.output.dir and is_remote(self.output.dir):
+            return remote_path(self.output.dir)
         return Path(self.output.dir or f"runs/{command}")
 
     def to_dict(self) -> dict:
@@ -294,12 +298,8 @@ def validate(cfg: RunConfig) -> None:
             "(e.g. 4 for the paper's 4 rows per device and step), or be null for the global mean"
         )
     parse_window(t.profile_steps)
-    if cfg.output.dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", cfg.output.dir):
-        raise ConfigError(
-            f"output.dir={cfg.output.dir}: run directories on object stores are not written directly (a path "
-            "library would turn the URL into a local folder named after the scheme); write to a local or "
-            "mounted directory (gcsfuse, a network file system) and copy it afterwards (gsutil -m rsync -r DIR URL)"
-        )
+    if cfg.output.dir and is_remote(cfg.output.dir):
+        remote_path(cfg.output.dir)  # an unknown scheme or a missing back-end fails before any work
     if not cfg.output.final_checkpoint and not cfg.output.export:
         raise ConfigError(
             "output.final_checkpoint=false with output.export=false keeps nothing of the trained model; "

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from .errors import JaxUnlearnError
+from .storage import check_writable_url, is_remote
 
 
 class OutputError(JaxUnlearnError):
@@ -36,7 +37,10 @@ def describe_os_error(e: OSError, what: str = "write") -> str:
 
 def check_writable_dir(path: str | Path, setting: str = "the output directory") -> Path:
     """Make sure `path` can be a directory we write into: create it (and parents) if missing,
-    write and delete a probe file, and remove again whatever this check created."""
+    write and delete a probe file, and remove again whatever this check created. A URL
+    (storage.py) is probed with one object written and deleted."""
+    if is_remote(path):
+        return check_writable_url(path, setting)
     path = Path(path)
     created = []
     try:

@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).parents[1] / "jaxunlearn"
 # lowest first; a module may import its own package and lower layers, never sideways or up
 LAYERS = [
     ("errors", "settings"),
+    ("storage",),  # run directories at a URL: staging and copying (paths checks them)
     ("paths", "compilation_cache"),  # output paths checked, OS write errors described; the XLA cache
     ("parallel", "precision"),
     ("models",),

@@ -30,7 +30,7 @@ NONSENSE = [  # (override, what the error must say)
     ("train.loss_group_rows=5", "must divide train.batch_size=32"),
     ("train.vocab_block=-1", "train.vocab_block=-1 makes no sense"),
     ("model.attention=flash", "model.attention='flash' is not one of auto, xla"),
-    ("output.dir=gs://bucket/run", "output.dir=gs://bucket/run: run directories on object stores.*gsutil"),
+    ("output.dir=ftp://host/run", "output.dir=ftp://host/run: ftp:// is not a supported store; use gs:// or s3://"),
 ]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from ..checkpoints.api import save_pretrained
@@ -15,6 +14,7 @@ from ..objectives import build_objective
 from ..parallel import initialize_distributed_from_env
 from ..training.step import check_batch_divisible
 from ..paths import check_writable_dir
+from ..storage import home, remove_tree, written_locally
 from .loading import load_for_run, warn_if_config_misfits, with_adapters
 from .data_setup import finetune_rows, finetune_streams, forget_and_retain, padded_lengths, unlearning_streams
 from ..training.loop import RUN_MARKER, check_param_precision, prepare_run_dir, train
@@ -66,29 +66,31 @@ def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
     """Process 0 checks and prepares the run directory (the others wait for it) and yields
     it. run.json is written for a new run, never rewritten by --resume. If the run fails
     before any step finished, a directory this call created is removed, so the same command
-    with the mistake fixed simply runs."""
+    with the mistake fixed simply runs. A URL (output.dir=gs://...) is prepared where it is
+    and the block gets a local staging folder copied up to it (storage.py)."""
     import jax
     from jax.experimental import multihost_utils
 
     initialize_distributed_from_env()
-    out = cfg.output_dir(command)
+    where = cfg.output_dir(command)
     if jax.process_index() == 0:
-        check_writable_dir(out, "output.dir")
-    created = not out.exists() or not any(out.iterdir())
+        check_writable_dir(where, "output.dir")
+    created = not where.exists() or not any(where.iterdir())
     if jax.process_index() == 0:
-        prepare_run_dir(out, resume, overwrite)
+        prepare_run_dir(where, resume, overwrite)
         created = created or (overwrite and not resume)
-        if not (out / RUN_MARKER).exists():
+        if not (where / RUN_MARKER).exists():
             marker = {"command": command, "config": cfg.to_dict()}
-            (out / RUN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            (where / RUN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxunlearn: run directory ready")
     try:
-        yield out
+        with written_locally(where, cfg.output.staging_dir, pull=resume, push_on_failure=True) as out:
+            yield out
     except BaseException:
-        stepped = (out / "metrics.jsonl").exists() or any(out.glob("task_*/metrics.jsonl"))
+        stepped = (where / "metrics.jsonl").exists() or any(where.glob("task_*/metrics.jsonl"))
         if created and not stepped and jax.process_index() == 0:
-            shutil.rmtree(out, ignore_errors=True)
+            remove_tree(where)
         raise
 
 
@@ -167,7 +169,8 @@ def _select_best(cfg: RunConfig, out: Path) -> dict | None:
 
     best = pick_best(step_evaluations(out), cfg.eval.best_by)
     model = Path(best["dir"]) / "model"
-    best["model"] = str(model) if model.exists() else None
+    best["model"] = str(home(model)) if model.exists() else None
+    best["dir"] = str(home(best["dir"]))  # as kept: a URL's path when the run is staged
     (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
     log.info("best step by %s: %d (%s)", cfg.eval.best_by, best["step"], best["value"])
     return best

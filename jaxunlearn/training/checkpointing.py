@@ -11,6 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ..errors import CheckpointError
+from ..storage import home, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class Checkpointer:
         self.every = every
         self.final = final
         self.minutes = minutes
-        self.directory = Path(directory).absolute()
+        self.directory = home(directory)  # a URL's own checkpoints/ when the run is staged (storage.py)
+        self.directory = self.directory if is_remote(self.directory) else Path(self.directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
         )

@@ -55,7 +55,13 @@ class OutputSection:
     dir: str | None = setting(
         None,
         "run directory: run.json, metrics.jsonl, checkpoints/, model/ "
-        "(null: runs/<command>, e.g. runs/unlearn, runs/eval)",
+        "(null: runs/<command>, e.g. runs/unlearn, runs/eval); a gs:// or s3:// URL writes checkpoints there "
+        "directly and copies the rest up from staging_dir (docs/guides/launching.md)",
+    )
+    staging_dir: str | None = setting(
+        None,
+        "output.dir is a URL: the local folder under which the run's other files are written before they are "
+        "copied up (null: the system's temporary directory); it must hold the HF export",
     )
     checkpoint_every: int | None = setting(None, "checkpoint every N steps (and at the end: final_checkpoint)")
     checkpoint_minutes: float | None = setting(

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import logging
-import shutil
 import signal
 import sys
 import threading
@@ -35,6 +34,7 @@ from ..models.lora import adapters_off, split_adapters
 from ..objectives import Objective, StepBatch
 from ..parallel import MeshSection
 from ..precision import matmul_precision as precision_context
+from ..storage import home, is_remote, push_if_staged, remove_tree
 from .checkpointing import Checkpointer
 from .config import OutputSection, TrainSection
 from .optimizer import SCHEDULES, make_optimizer, paper_num_steps, paper_warmup
@@ -60,8 +60,9 @@ class TrainingError(JaxUnlearnError):
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Refuse to write over another run unless resuming it or told to overwrite."""
-    out = Path(out)
+    """Refuse to write over another run unless resuming it or told to overwrite. `out` may
+    be a URL (storage.py)."""
+    out = out if is_remote(out) else Path(out)
     if out.exists() and any(out.iterdir()):
         if resume:
             if not (out / RUN_MARKER).exists():
@@ -72,7 +73,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
                 f"output directory {out} already holds a run; pass --resume to continue it or --overwrite to "
                 "replace it (or choose another output.dir)"
             )
-        shutil.rmtree(out)
+        remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -228,14 +229,14 @@ def _merge(graphdef, params, base):
     return nnx.merge(graphdef, params) if base is None else nnx.merge(graphdef, params, base)
 
 
-def _stop_non_finite(checkpointer, state, data_before: dict, step: int, metrics: dict, out_dir: Path):
+def _stop_non_finite(checkpointer, state, data_before: dict, step: int, metrics: dict):
     """The step left the state unchanged: keep it (the last finite state, after `step`
     steps) as a checkpoint, then stop with where it is."""
     if step > 0:
         checkpointer.save(step, state, {"data": data_before, "step": step})
     checkpointer.wait()
     good = checkpointer.latest_step()
-    where = f"step {good} in {out_dir / 'checkpoints'}" if good is not None else "none (it failed at the first step)"
+    where = f"step {good} in {checkpointer.directory}" if good is not None else "none (it failed at the first step)"
     raise TrainingError(
         f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}); stopped. The last finite "
         f"state is checkpointed: {where} (--resume continues from it). Lower train.lr or set train.clip_grad_norm"
@@ -402,7 +403,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     if resume and checkpointer.latest_step() is None and not run.fresh_if_no_checkpoint:
         checkpointer.close()
         raise ConfigError(
-            f"--resume: {out_dir} holds no checkpoint to continue from; run again without --resume and with "
+            f"--resume: {home(out_dir)} holds no checkpoint to continue from; run again without --resume and with "
             "--overwrite to start it afresh"
         )
     if resume and checkpointer.latest_step() is not None:
@@ -463,7 +464,7 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
         if p["step"] == start:
             bar.set_description(objective.name)
         if not metrics["finite"]:  # the state is the last finite one: the gated next step changed nothing
-            _stop_non_finite(checkpointer, state, p["data_before"], p["step"], metrics, out_dir)
+            _stop_non_finite(checkpointer, state, p["data_before"], p["step"], metrics)
         tokens_done += metrics.pop("tokens")
         elapsed = now - t0
         last = {
@@ -511,13 +512,14 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
                     pending = None
                 if saving:
                     checkpointer.save(step + 1, state, {"data": iterator.state_dict(), "step": step + 1})
+                    push_if_staged(out_dir)  # a URL's metrics as far as its checkpoints (storage.py)
                     ballot.saved_at = step
                 if stopping:
                     checkpointer.wait()
                     signum = stop.signal_number or signal.SIGTERM  # another process got the signal
                     raise Interrupted(
                         f"{signal.Signals(signum).name} after step {step + 1} of {total}: checkpoint saved in "
-                        f"{out_dir / 'checkpoints'}; continue with the same command and --resume",
+                        f"{checkpointer.directory}; continue with the same command and --resume",
                         int(signum),
                     )
                 if on_step is not None:
@@ -531,15 +533,15 @@ def _train(model, tokenizer, streams, objective, out_dir: Path, run: SimpleNames
     # the result stays sharded; the exports fetch one tensor at a time (collectives with
     # several processes, so every process runs them and process 0 writes)
     final = _merge(graphdef, state.params, base)
-    summary = {"steps": total, "warmup_steps": warmup, "rows": n, "final": last, "out_dir": str(out_dir)}
-    if run.output.export if export is None else export:
-        summary["export"] = str(save_pretrained(final, tokenizer, out_dir / "model", overwrite=True))
+    summary = {"steps": total, "warmup_steps": warmup, "rows": n, "final": last, "out_dir": str(home(out_dir))}
+    if run.output.export if export is None else export:  # paths as they will be kept: a URL's, when staged
+        summary["export"] = str(home(save_pretrained(final, tokenizer, out_dir / "model", overwrite=True)))
         if lora and run.output.export_peft:
-            summary["export_peft"] = str(save_peft_adapters(final, out_dir / "adapter", run.header.get("model path")))
+            adapter = save_peft_adapters(final, out_dir / "adapter", run.header.get("model path"))
+            summary["export_peft"] = str(home(adapter))
         if run.output.export_hf_flax:
-            summary["export_hf_flax"] = str(
-                save_pretrained(final, tokenizer, out_dir / "model-hf-flax", format="hf-flax", overwrite=True)
-            )
+            hf_flax = save_pretrained(final, tokenizer, out_dir / "model-hf-flax", format="hf-flax", overwrite=True)
+            summary["export_hf_flax"] = str(home(hf_flax))
     if is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["model"] = final
