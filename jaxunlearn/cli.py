@@ -8,7 +8,7 @@ import sys
 
 from .compilation_cache import enable as enable_compilation_cache
 from .errors import JaxUnlearnError
-from .storage import is_remote, written_locally
+from .storage import is_remote
 
 
 def _load_for_cli(args, **kwargs):
@@ -128,8 +128,7 @@ def _eval(args) -> None:
     out = cfg.output_dir("eval")
     _refuse_existing(out, "an evaluation", args.overwrite)
     initialize_distributed_from_env()  # a multi-host launch: every process evaluates, process 0 writes
-    with written_locally(out, cfg.output.staging_dir) as local:  # a URL: staged, copied up at the end
-        summary = evaluate(cfg, out_dir=local, progress=not args.no_progress and jax.process_index() == 0)
+    summary = evaluate(cfg, progress=not args.no_progress and jax.process_index() == 0)
     if jax.process_index() > 0:
         print(f"process {jax.process_index()}: evaluated with the others; process 0 wrote {out}")
         return
@@ -150,8 +149,7 @@ def _attack(args) -> None:
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("attack")
     _refuse_existing(out, "an attack summary", args.overwrite)
-    with written_locally(out, cfg.output.staging_dir) as local:
-        summary = attack(cfg, out_dir=local, progress=not args.no_progress)
+    summary = attack(cfg, progress=not args.no_progress)
     print(markdown(summary))
     print(f"results in {out} (summary.json, report.md, robustness.png; {summary['seconds']:.0f} s)")
 
@@ -163,8 +161,7 @@ def _flag(args) -> None:
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("flag")
     _refuse_existing(out, "flagged dialogues", args.overwrite)
-    with written_locally(out, cfg.output.staging_dir) as local:
-        s = flag(cfg, out_dir=local, progress=not args.no_progress)
+    s = flag(cfg, progress=not args.no_progress)
     print(f"{s['flagged']} of {s['rows']} outputs flagged ({s['share_flagged']:.0%}): {s['by_category']}")
     print(f"forget.jsonl / retain.jsonl / report.md / scores.png in {out} ({s['seconds']:.0f} s)")
 
@@ -176,8 +173,7 @@ def _chen(args) -> None:
     cfg = load_config(args.config, args.overrides)
     out = cfg.output_dir("chen")
     _refuse_existing(out, "a run", args.overwrite)
-    with written_locally(out, cfg.output.staging_dir) as local:
-        summary = run_chen(cfg, out_dir=local, progress=not args.no_progress)
+    summary = run_chen(cfg, progress=not args.no_progress)
     print(report(summary))
     print(f"results in {out} (flag_before, unlearn, flag_after, eval_before, eval_after; {summary['seconds']:.0f} s)")
 

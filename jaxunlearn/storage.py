@@ -13,7 +13,9 @@ the URL's files (all but checkpoints/) down into the staging folder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -215,3 +217,25 @@ def remove_tree(path) -> None:
         path.rmtree(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def stages_url_output(command: str):
+    """For a pipeline `f(cfg, ..., out_dir=None, ...)` that writes its results when it ends
+    (eval, attack, flag, chen): called without out_dir while output.dir is a URL, it writes
+    into a staging folder that is copied up when it returns (not after a failure)."""
+
+    def wrap(f):
+        signature = inspect.signature(f)
+
+        @functools.wraps(f)
+        def run(cfg, *args, **kwargs):
+            bound = signature.bind(cfg, *args, **kwargs)
+            if bound.arguments.get("out_dir") is not None or not is_remote(cfg.output.dir or ""):
+                return f(*bound.args, **bound.kwargs)
+            with written_locally(cfg.output_dir(command), cfg.output.staging_dir) as local:
+                bound.arguments["out_dir"] = local
+                return f(*bound.args, **bound.kwargs)
+
+        return run
+
+    return wrap

@@ -34,12 +34,14 @@ from ..training.config import OutputSection, TrainSection
 from ..training.loop import train
 from .data_setup import finetune_streams, forget_and_retain
 from .loading import load_for_run, warn_if_config_misfits
+from ..storage import stages_url_output
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 PROBE_LENGTH = 512  # tokens a probed row may take (3 in-context QA pairs and a wrapped question fit)
 
 
+@stages_url_output("attack")
 def attack(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run cfg.attack.attacks on model.path; write summary.json, report.md, robustness.png."""
     initialize_distributed_from_env()

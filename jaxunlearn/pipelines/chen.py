@@ -19,6 +19,7 @@ from ..paths import check_writable_dir
 from .evaluate import evaluate
 from .flag import flag
 from .unlearn import unlearn
+from ..storage import stages_url_output
 
 
 def _with(cfg: RunConfig, **sections) -> RunConfig:
@@ -27,6 +28,7 @@ def _with(cfg: RunConfig, **sections) -> RunConfig:
     return dataclasses.replace(cfg, **changed)
 
 
+@stages_url_output("chen")
 def run_chen(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out = check_writable_dir(Path(out_dir) if out_dir else cfg.output_dir("chen"), "output.dir")

@@ -21,6 +21,7 @@ from ..evaluation.kernels import batch_mesh
 from ..evaluation.logs_io import read_evaluation
 from ..evaluation.report import compare_runs, write_eval
 from ..evaluation.sets import load_sets
+from ..storage import stages_url_output
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def make_judge(cfg: RunConfig, model=None, tokenizer=None):
     return HubNLIJudge(PAPER_NLI_MODEL if name == "hub" else name)
 
 
+@stages_url_output("eval")
 def evaluate(
     cfg: RunConfig, model=None, tokenizer=None, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:

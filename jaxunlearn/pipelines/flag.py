@@ -21,6 +21,7 @@ from ..parallel import initialize_distributed_from_env
 from ..paths import check_writable_dir
 from .evaluate import make_judge
 from .loading import load_for_run, warn_if_config_misfits
+from ..storage import stages_url_output
 
 
 def _prompts(cfg: RunConfig) -> list[dict]:
@@ -47,6 +48,7 @@ def _prompts(cfg: RunConfig) -> list[dict]:
     return rows
 
 
+@stages_url_output("flag")
 def flag(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Write forget.jsonl (flagged: question = prompt, answer = the model's output, with the
     category, judge, score and reason), retain.jsonl (the rest), summary.json, report.md
