@@ -174,6 +174,42 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
     assert steps[-1] == 8 and len(steps) >= 8  # the killed part plus the resumed steps
 
 
+def test_two_processes_write_a_run_to_a_url_that_one_process_resumes(tiny_lm, tmp_path, gcs_bucket):
+    """A pod's run at gs://: both processes write their shards of each checkpoint to the URL
+    (Orbax, tensorstore), process 0 copies the metrics up; one process then resumes that
+    checkpoint from the URL for one more step. The 3 losses and the export equal a one-process
+    run on disk."""
+    from jaxunlearn.storage import remote_files, remote_path
+
+    url = f"{gcs_bucket}/pod"
+    args = [*common(tiny_lm, url, "mesh.data=1", "mesh.fsdp=2", "output.checkpoint_every=1"), "train.max_steps=2"]
+    procs = [cli(*args, env_extra=env) for env in two_processes()]
+    run_here(*common(tiny_lm, tmp_path / "one", "mesh.data=1", "output.export=true"))
+    for p in procs:  # communicate: a store client's warnings can fill a pipe that wait() leaves unread
+        stderr = p.communicate(timeout=600)[1]
+        assert p.returncode == 0, stderr[-3000:]
+    files = remote_files(remote_path(url))
+    # the pod part stopped at step 2
+    assert _lines(remote_path(url) / "metrics.jsonl") == 2 and not any(f.startswith("checkpoints/3/") for f in files)
+    for i in (0, 1):  # each process wrote its own shards of the step-2 checkpoint
+        assert any(f.startswith(f"checkpoints/2/state/ocdbt.process_{i}/") for f in files), files
+
+    run_here(*common(tiny_lm, url, "mesh.data=1", "output.export=true"), "--resume")
+    ref = losses(tmp_path / "one")
+    got = [json.loads(x) for x in (remote_path(url) / "metrics.jsonl").read_text().splitlines()]  # pushed
+    assert [x["step"] for x in got] == [1, 2, 3]
+    for a, b in zip(ref, got):
+        for key in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=2e-5), (key, a[key], b[key])
+    exported = remote_path(url) / "model" / "model.safetensors"
+    (tmp_path / "exported.safetensors").write_bytes(exported.read_bytes())
+    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    two = load_file(str(tmp_path / "exported.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        np.testing.assert_allclose(one[key], two[key], atol=1e-6, err_msg=key)
+
+
 def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):
     """LoRA mode sharded (adapters carry logical axes: data 2 x fsdp 2 x tensor 2) gives the
     losses of one device; NPO's reference is the base with the adapters off."""

@@ -5,12 +5,10 @@ the bucket: gcsfs (etils.epath) and tensorstore (Orbax) both talk to it over HTT
 
 from __future__ import annotations
 
-import http.server
 import importlib.util
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +16,8 @@ import pytest
 
 from conftest import TINY_EVAL, TINY_TRAIN
 
-pytest.importorskip("gcsfs", reason="the gcs extra (scripts/setup.sh installs it with the test extra)")
-emulator = pytest.importorskip("gcp_storage_emulator.server")
 
 COMMON = ["objective.name=GA", "train.warmup_steps=0", "output.checkpoint_minutes=null", "train.max_steps=4"]
-
-
-@pytest.fixture(scope="module")
-def bucket():
-    """gs://bucket on an in-memory GCS emulator; gcsfs and tensorstore pointed at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    # The emulator serves one request at a time from a listen queue of 5; Orbax's tensorstore
-    # opens many connections at once, and resets from a full queue break its writes.
-    class Queued(http.server.HTTPServer):
-        request_queue_size = 1024
-
-    original = emulator.server.HTTPServer
-    emulator.server.HTTPServer = Queued
-    try:
-        server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
-        server.start()
-    finally:
-        emulator.server.HTTPServer = original
-    url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
-    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
-    try:
-        yield "gs://bucket"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _listing(url) -> list[str]:
@@ -60,10 +26,10 @@ def _listing(url) -> list[str]:
     return remote_files(remote_path(url))
 
 
-def test_a_mirror_copies_changes_up_and_down_and_leaves_checkpoints_to_orbax(bucket, tmp_path):
+def test_a_mirror_copies_changes_up_and_down_and_leaves_checkpoints_to_orbax(gcs_bucket, tmp_path):
     from jaxunlearn.storage import Mirror, remote_path
 
-    url = remote_path(f"{bucket}/mirror")
+    url = remote_path(f"{gcs_bucket}/mirror")
     local = tmp_path / "staging"
     (local / "eval").mkdir(parents=True)
     (local / "checkpoints" / "3").mkdir(parents=True)
@@ -83,7 +49,7 @@ def test_a_mirror_copies_changes_up_and_down_and_leaves_checkpoints_to_orbax(buc
     assert not (tmp_path / "pulled" / "checkpoints").exists()
 
 
-def test_unlearn_to_a_url_is_interrupted_resumed_and_equals_the_local_run(bucket, tiny_lm, tmp_path, monkeypatch):
+def test_unlearn_to_a_url_is_interrupted_and_resumed_from_it(gcs_bucket, tiny_lm, tmp_path, monkeypatch):
     from jaxunlearn.checkpoints.api import load_pretrained
     from jaxunlearn.config import load_config
     from jaxunlearn.errors import Interrupted
@@ -92,7 +58,7 @@ def test_unlearn_to_a_url_is_interrupted_resumed_and_equals_the_local_run(bucket
 
     monkeypatch.chdir(tmp_path)  # a URL turned into a local path would show up here as ./gs:
     staging = tmp_path / "staging"
-    run_url = f"{bucket}/runs/ga"
+    run_url = f"{gcs_bucket}/runs/ga"
 
     def config(out):
         extra = [f"output.staging_dir={staging}"]
@@ -121,22 +87,17 @@ def test_unlearn_to_a_url_is_interrupted_resumed_and_equals_the_local_run(bucket
     for p in (remote / "model").iterdir():
         (download / p.name).write_bytes(p.read_bytes())
 
-    local = api.unlearn(config(tmp_path / "local"), progress=False)  # the same run, uninterrupted, on disk
-    assert json.loads((remote / "summary.json").read_text())["final"]["loss"] == local["final"]["loss"]
-    from_url, _ = load_pretrained(str(download))
-    from_disk, _ = load_pretrained(str(tmp_path / "local" / "model"))
-    from flax import nnx
-
-    for a, b in zip(nnx.state(from_url, nnx.Param).flat_state(), nnx.state(from_disk, nnx.Param).flat_state()):
-        np.testing.assert_array_equal(np.asarray(a[1].value), np.asarray(b[1].value))
+    exported, _ = load_pretrained(str(download))  # the URL's export is the trained model
+    ids = np.arange(3, 19, dtype=np.int32)[None]
+    np.testing.assert_allclose(np.asarray(exported(ids)), np.asarray(summary["model"](ids)), atol=1e-5)
     assert not (tmp_path / "gs:").exists()
 
 
-def test_eval_to_a_url_and_a_run_already_there(bucket, tiny_lm, tmp_path, monkeypatch, capsys):
+def test_eval_to_a_url_and_a_run_already_there(gcs_bucket, tiny_lm, tmp_path, monkeypatch, capsys):
     from jaxunlearn.cli import main
 
     monkeypatch.chdir(tmp_path)
-    out = f"{bucket}/runs/eval"
+    out = f"{gcs_bucket}/runs/eval"
     args = ["eval", f"model.path={tiny_lm}", f"output.dir={out}", f"output.staging_dir={tmp_path}", *TINY_EVAL]
     args += ["eval.sets=[forget]", "eval.cosine=false", "--no-progress"]
     assert main(args) == 0
@@ -155,7 +116,7 @@ def test_a_store_without_its_client_is_refused_before_any_work(scheme, module, f
     assert f"writing to {scheme}:// needs {module} (pip install {fix})" in capsys.readouterr().err
 
 
-def test_a_bucket_that_cannot_be_written_fails_before_the_evaluation(bucket, tiny_lm, capsys):
+def test_a_bucket_that_cannot_be_written_fails_before_the_evaluation(gcs_bucket, tiny_lm, capsys):
     from jaxunlearn.cli import main
 
     assert main(["eval", f"model.path={tiny_lm}", "output.dir=gs://no-such-bucket/eval", *TINY_EVAL]) == 2

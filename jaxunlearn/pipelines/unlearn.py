@@ -73,10 +73,10 @@ def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
 
     initialize_distributed_from_env()
     where = cfg.output_dir(command)
-    if jax.process_index() == 0:
+    created = False
+    if jax.process_index() == 0:  # alone: the others would list a URL while its probe object comes and goes
         check_writable_dir(where, "output.dir")
-    created = not where.exists() or not any(where.iterdir())
-    if jax.process_index() == 0:
+        created = not where.exists() or not any(where.iterdir())
         prepare_run_dir(where, resume, overwrite)
         created = created or (overwrite and not resume)
         if not (where / RUN_MARKER).exists():
