@@ -49,6 +49,25 @@ def test_a_mirror_copies_changes_up_and_down_and_leaves_checkpoints_to_orbax(gcs
     assert not (tmp_path / "pulled" / "checkpoints").exists()
 
 
+def test_a_run_at_a_url_is_refused_kept_for_resume_or_replaced_whole(gcs_bucket):
+    from jaxunlearn.errors import ConfigError
+    from jaxunlearn.storage import remote_path
+    from jaxunlearn.training.loop import prepare_run_dir
+
+    url = remote_path(f"{gcs_bucket}/earlier")
+    (url / "run.json").write_text("{}")
+    (url / "checkpoints" / "2" / "x").write_text("a checkpoint file")
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume to continue it or --overwrite"):
+        prepare_run_dir(url, resume=False, overwrite=False)
+    prepare_run_dir(url, resume=True, overwrite=False)
+    assert _listing(url) == ["checkpoints/2/x", "run.json"]
+    prepare_run_dir(url, resume=False, overwrite=True)
+    assert _listing(url) == []
+    (url / "other.txt").write_text("not a jaxunlearn run")
+    with pytest.raises(ConfigError, match="--resume: gs://bucket/earlier holds no jaxunlearn run"):
+        prepare_run_dir(url, resume=True, overwrite=False)
+
+
 def test_unlearn_to_a_url_is_interrupted_and_resumed_from_it(gcs_bucket, tiny_lm, tmp_path, monkeypatch):
     from jaxunlearn.checkpoints.api import load_pretrained
     from jaxunlearn.config import load_config
