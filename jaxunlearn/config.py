@@ -10,7 +10,6 @@ scalars (`train.lr=5e-6`, `data.buckets=[64,128]`, `output.export_hf_flax=true`)
 from __future__ import annotations
 
 import dataclasses
-
 import difflib
 import os
 import types

@@ -211,12 +211,16 @@ def written_locally(where, staging_root: str | None = None, pull: bool = False, 
         yield local
 
 
-def remove_tree(path) -> None:
+def remove_tree(path, ignore_errors: bool = False) -> None:
     """shutil.rmtree for a local folder, the store's own recursive delete for a URL."""
-    if is_remote(path):
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+        return
+    try:
         path.rmtree(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    except Exception:
+        if not ignore_errors:
+            raise
 
 
 def stages_url_output(command: str):

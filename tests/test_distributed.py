@@ -92,10 +92,16 @@ runpy.run_module("jaxunlearn", run_name="__main__")
 """
 
 
-def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
+def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path, gcs_bucket):
     """Same losses on 1 device, 8 devices and 2 processes with FSDP across the processes;
     the 2-process run loads every split parameter straight onto its shards (no device ever
-    holds one whole) and exports, tensor by tensor, the one-process run's model."""
+    holds one whole) and exports, tensor by tensor, the one-process run's model. It runs as
+    a pod does, into gs:// (a GCS emulator): both processes write their shards of each
+    checkpoint to the URL, process 0 copies metrics and export up, and one process resumes
+    the pod's last checkpoint from the URL."""
+    from jaxunlearn.storage import remote_files, remote_path
+
+    url = f"{gcs_bucket}/pod"
     eight = cli(
         *common(tiny_lm, tmp_path / "eight", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
@@ -105,19 +111,28 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
 
     procs = [
         cli(
-            *common(tiny_lm, tmp_path / "two", "mesh.data=1", "mesh.fsdp=2", "output.export=true"),
+            *common(tiny_lm, url, "mesh.data=1", "mesh.fsdp=2", "output.export=true", "output.checkpoint_every=1"),
             env_extra={**env, "PLACEMENTS": str(tmp_path / f"placements{i}.json")},
             probe=PLACEMENT_PROBE,
         )
         for i, env in enumerate(two_processes())
     ]
-    for p in procs:
-        assert p.wait(600) == 0, p.stderr.read()[-3000:]
+    for p in procs:  # communicate: a store client's warnings can fill a pipe that wait() leaves unread
+        stderr = p.communicate(timeout=600)[1]
+        assert p.returncode == 0, stderr[-3000:]
+    files = remote_files(remote_path(url))
+    for i in (0, 1):  # each process wrote its own shards of the last checkpoint
+        assert any(f.startswith(f"checkpoints/3/state/ocdbt.process_{i}/") for f in files), files
+    pod = remote_path(url)
+    (tmp_path / "two" / "model").mkdir(parents=True)
+    for name in ("metrics.jsonl", "model/model.safetensors"):
+        (tmp_path / "two" / name).write_bytes((pod / name).read_bytes())
 
     ref = losses(tmp_path / "one")
     assert len(ref) == 3
     for name in ("eight", "two"):
         got = losses(tmp_path / name)
+        assert len(got) == 3
         for a, b in zip(ref, got):
             for key in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
                 assert b[key] == pytest.approx(a[key], rel=2e-5), (name, key, a[key], b[key])
@@ -142,6 +157,9 @@ def test_one_device_eight_devices_two_processes(tiny_lm, tmp_path):
         assert records, "the probe saw no placement"
         whole = {tuple(shape) for shape, split in records if not split and tuple(shape) in split_shapes}
         assert not whole, f"process {i} placed parameters whole on a device: {sorted(whole)}"
+
+    run_here(*common(tiny_lm, url, "mesh.data=1", "train.max_steps=4"), "--resume")  # a pod's checkpoint, one process
+    assert [x["step"] for x in map(json.loads, (pod / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
@@ -172,42 +190,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm, tmp_path):
         np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
     steps = [x["step"] for x in losses(killed_dir)]
     assert steps[-1] == 8 and len(steps) >= 8  # the killed part plus the resumed steps
-
-
-def test_two_processes_write_a_run_to_a_url_that_one_process_resumes(tiny_lm, tmp_path, gcs_bucket):
-    """A pod's run at gs://: both processes write their shards of each checkpoint to the URL
-    (Orbax, tensorstore), process 0 copies the metrics up; one process then resumes that
-    checkpoint from the URL for one more step. The 3 losses and the export equal a one-process
-    run on disk."""
-    from jaxunlearn.storage import remote_files, remote_path
-
-    url = f"{gcs_bucket}/pod"
-    args = [*common(tiny_lm, url, "mesh.data=1", "mesh.fsdp=2", "output.checkpoint_every=1"), "train.max_steps=2"]
-    procs = [cli(*args, env_extra=env) for env in two_processes()]
-    run_here(*common(tiny_lm, tmp_path / "one", "mesh.data=1", "output.export=true"))
-    for p in procs:  # communicate: a store client's warnings can fill a pipe that wait() leaves unread
-        stderr = p.communicate(timeout=600)[1]
-        assert p.returncode == 0, stderr[-3000:]
-    files = remote_files(remote_path(url))
-    # the pod part stopped at step 2
-    assert _lines(remote_path(url) / "metrics.jsonl") == 2 and not any(f.startswith("checkpoints/3/") for f in files)
-    for i in (0, 1):  # each process wrote its own shards of the step-2 checkpoint
-        assert any(f.startswith(f"checkpoints/2/state/ocdbt.process_{i}/") for f in files), files
-
-    run_here(*common(tiny_lm, url, "mesh.data=1", "output.export=true"), "--resume")
-    ref = losses(tmp_path / "one")
-    got = [json.loads(x) for x in (remote_path(url) / "metrics.jsonl").read_text().splitlines()]  # pushed
-    assert [x["step"] for x in got] == [1, 2, 3]
-    for a, b in zip(ref, got):
-        for key in ("loss", "loss/NPO", "loss/GD", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=2e-5), (key, a[key], b[key])
-    exported = remote_path(url) / "model" / "model.safetensors"
-    (tmp_path / "exported.safetensors").write_bytes(exported.read_bytes())
-    one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
-    two = load_file(str(tmp_path / "exported.safetensors"))
-    assert one.keys() == two.keys()
-    for key in one:
-        np.testing.assert_allclose(one[key], two[key], atol=1e-6, err_msg=key)
 
 
 def test_lora_on_eight_devices_equals_one(tiny_lm, tmp_path):

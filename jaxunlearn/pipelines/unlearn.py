@@ -90,7 +90,7 @@ def run_directory(cfg: RunConfig, command: str, resume: bool, overwrite: bool):
     except BaseException:
         stepped = (where / "metrics.jsonl").exists() or any(where.glob("task_*/metrics.jsonl"))
         if created and not stepped and jax.process_index() == 0:
-            remove_tree(where)
+            remove_tree(where, ignore_errors=True)
         raise
 
 
