@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # the fsspec back-end etils.epath needs per scheme (the pip package that provides it)
 BACKENDS = {"gs": ("gcsfs", "gcsfs (pip install 'jaxunlearn[gcs]')"), "s3": ("s3fs", "s3fs (pip install s3fs)")}
-CHECKPOINTS = "checkpoints"  # written by Orbax at the URL itself: never staged, pulled or pushed
+CHECKPOINTS = "checkpoints"  # folders Orbax writes at the URL itself (any depth): never staged, pulled or pushed
 
 
 class StorageError(ConfigError):
@@ -95,7 +95,7 @@ def _staging_of(path):
 
 
 class Mirror:
-    """A local staging folder kept equal to a URL's files (checkpoints/ excepted)."""
+    """A local staging folder kept equal to a URL's files (checkpoints folders excepted)."""
 
     def __init__(self, url, local: Path):
         self.url, self.local = url, Path(local)
@@ -118,7 +118,7 @@ class Mirror:
         folder no longer holds (an export replaced by a smaller one). Returns files copied."""
         here = {}
         for p in self.local.rglob("*"):
-            if p.is_file() and p.relative_to(self.local).parts[0] != CHECKPOINTS:
+            if p.is_file() and CHECKPOINTS not in p.relative_to(self.local).parts[:-1]:
                 here[p.relative_to(self.local).as_posix()] = _stamp(p)
         changed = sorted((stamp[1], rel) for rel, stamp in here.items() if self.sent.get(rel) != stamp)
         for _, rel in changed:
@@ -135,14 +135,15 @@ class Mirror:
 
 
 def remote_files(url, skip: str | None = None) -> list[str]:
-    """Names of the files under the URL `url`, relative to it, leaving out the top-level
-    folder `skip` unread (a store lists folder by folder: checkpoints hold thousands)."""
+    """Names of the files under the URL `url`, relative to it, leaving folders named `skip`
+    unread at any depth (a continual run's task_*/checkpoints too: a store lists folder by
+    folder, and checkpoints hold thousands of files)."""
     names, folders = [], [(url, "")] if url.exists() else []
     while folders:
         folder, prefix = folders.pop()
         for p in folder.iterdir():
             if p.is_dir():
-                if not (prefix == "" and p.name == skip):
+                if p.name != skip:
                     folders.append((p, f"{prefix}{p.name}/"))
             else:
                 names.append(prefix + p.name)

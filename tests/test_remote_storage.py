@@ -44,9 +44,10 @@ def test_a_mirror_copies_changes_up_and_down_and_leaves_checkpoints_to_orbax(gcs
     assert mirror.push() == 1
     assert _listing(url) == ["metrics.jsonl"] and (url / "metrics.jsonl").read_text() == "1\n2\n"
     (url / "checkpoints" / "3" / "x").write_text("a checkpoint file")
+    (url / "task_01_id1" / "checkpoints" / "3" / "x").write_text("a continual task's checkpoint file")
     again = Mirror(url, tmp_path / "pulled")
     assert again.pull() == 1 and (tmp_path / "pulled" / "metrics.jsonl").read_text() == "1\n2\n"
-    assert not (tmp_path / "pulled" / "checkpoints").exists()
+    assert not (tmp_path / "pulled" / "checkpoints").exists() and not (tmp_path / "pulled" / "task_01_id1").exists()
 
 
 def test_a_run_at_a_url_is_refused_kept_for_resume_or_replaced_whole(gcs_bucket):
