@@ -216,10 +216,15 @@ def test_finetune_lowers_nll(tiny_lm, tmp_path):
     assert summary["rows"] == 40
 
 
-def test_continual_tasks_chain(tiny_lm, tmp_path):
+def test_continual_tasks_chain(tiny_lm, tmp_path, gcs_bucket):
+    """Two tasks in a chain, written to gs:// (a GCS emulator): the tasks'
+    files are staged and copied up, their checkpoints written at the URL by Orbax."""
+    from jaxunlearn.storage import remote_files, remote_path
+
     cfg = config(
         tiny_lm,
         tmp_path,
+        f"output.dir={gcs_bucket}/continual",
         "data.source=closer_look",
         "continual.split=forget01",
         "continual.tasks=[1,2]",
@@ -230,7 +235,9 @@ def test_continual_tasks_chain(tiny_lm, tmp_path):
     report = unlearn(cfg, progress=False)
     tasks = report["tasks"]
     assert [t["task"] for t in tasks] == [1, 2] and all(t["forget_rows"] == 40 for t in tasks)
-    assert (tmp_path / "run" / "task_02_id2" / "model" / "model.safetensors").exists()
+    files = remote_files(remote_path(f"{gcs_bucket}/continual"))
+    assert {"summary.json", "task_02_id2/model/model.safetensors", "task_02_id2/summary.json"} <= set(files)
+    assert any(f.startswith("task_01_id1/checkpoints/1/") for f in files) and not (tmp_path / "run").exists()
 
 
 # --- bad input ----------------------------------------------------------------------------
