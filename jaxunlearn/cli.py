@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:  # Orbax logs dozens of INFO lines per checkpoint: only with -vv
         logging.getLogger("jaxunlearn").setLevel(logging.INFO)
     try:
-        if is_remote(getattr(args, "out", None) or ""):
+        if is_remote(getattr(args, "out", None)):
             raise JaxUnlearnError(
                 f"--out {args.out}: this command writes a local directory; write it locally and copy it up "
                 "(gsutil -m cp -r), or use output.dir=URL with unlearn, finetune, eval, attack, flag or chen"

@@ -53,7 +53,7 @@ class RunConfig:
     def output_dir(self, command: str):
         """output.dir, or runs/<command> when unset (eval and unlearn never share a default); a
         URL comes back as an etils.epath.Path (storage.py), never as a local folder."""
-        if self.output.dir and is_remote(self.output.dir):
+        if is_remote(self.output.dir):
             return remote_path(self.output.dir)
         return Path(self.output.dir or f"runs/{command}")
 
@@ -297,7 +297,7 @@ def validate(cfg: RunConfig) -> None:
             "(e.g. 4 for the paper's 4 rows per device and step), or be null for the global mean"
         )
     parse_window(t.profile_steps)
-    if cfg.output.dir and is_remote(cfg.output.dir):
+    if is_remote(cfg.output.dir):
         remote_path(cfg.output.dir)  # an unknown scheme or a missing back-end fails before any work
     if not cfg.output.final_checkpoint and not cfg.output.export:
         raise ConfigError(

@@ -39,7 +39,8 @@ class StorageError(ConfigError):
 
 
 def is_remote(path) -> bool:
-    return bool(URL.match(str(path)))
+    """A URL (gs://, s3://, ...); None and local paths are not."""
+    return path is not None and bool(URL.match(str(path)))
 
 
 def remote_path(url, setting: str = "output.dir"):
@@ -172,11 +173,10 @@ def staged(url, pull: bool, push_on_failure: bool, staging_root: str | None = No
     """Yield a fresh local staging folder for the URL `url` (an epath.Path). `pull`: copy the
     URL's files into it first (every process: they all read the run's state). When the block
     ends, process 0 copies the folder up (also on failure with `push_on_failure`: a training
-    run's metrics belong beside its checkpoints) and the folder is removed."""
+    run's metrics belong beside its checkpoints) and the folder is removed. The caller has
+    checked that `url` can be written (paths.check_writable_dir / check_writable_url)."""
     import jax
 
-    if jax.process_index() == 0:
-        check_writable_url(url)
     root = Path(staging_root or tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     local = Path(tempfile.mkdtemp(prefix="jaxunlearn-staging-", dir=root)).absolute()
@@ -234,10 +234,15 @@ def stages_url_output(command: str):
 
         @functools.wraps(f)
         def run(cfg, *args, **kwargs):
+            import jax
+
             bound = signature.bind(cfg, *args, **kwargs)
-            if bound.arguments.get("out_dir") is not None or not is_remote(cfg.output.dir or ""):
+            if bound.arguments.get("out_dir") is not None or not is_remote(cfg.output.dir):
                 return f(*bound.args, **bound.kwargs)
-            with written_locally(cfg.output_dir(command), cfg.output.staging_dir) as local:
+            url = cfg.output_dir(command)
+            if jax.process_index() == 0:
+                check_writable_url(url)  # before the work, not when its results are copied up
+            with written_locally(url, cfg.output.staging_dir) as local:
                 bound.arguments["out_dir"] = local
                 return f(*bound.args, **bound.kwargs)
 

@@ -278,14 +278,10 @@ def gcs_bucket():
     pytest.importorskip("gcsfs", reason="the gcs extra (scripts/setup.sh installs it with the test extra)")
     pytest.importorskip("gcp_storage_emulator.server")
     server, url = start_gcs_emulator()
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
-    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
-    try:
-        yield "gs://bucket"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", url)
+        mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+        try:
+            yield "gs://bucket"
+        finally:
+            server.stop()

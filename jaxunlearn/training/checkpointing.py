@@ -11,7 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ..errors import CheckpointError
-from ..storage import home, is_remote
+from ..storage import home
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class Checkpointer:
         self.every = every
         self.final = final
         self.minutes = minutes
-        self.directory = home(directory)  # a URL's own checkpoints/ when the run is staged (storage.py)
-        self.directory = self.directory if is_remote(self.directory) else Path(self.directory).absolute()
+        # the URL's checkpoints/ when the run is staged (storage.py), else the folder itself
+        self.directory = home(Path(directory).absolute())
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
         )
