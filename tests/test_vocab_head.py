@@ -12,7 +12,15 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxunlearn.models.vocab_head import HeadSpec, VocabHead, block_size, softmax_stats, teacher_expectation
+from jaxunlearn.models import vocab_head
+from jaxunlearn.models.vocab_head import (
+    HeadSpec,
+    VocabHead,
+    block_size,
+    log_partition,
+    softmax_stats,
+    teacher_expectation,
+)
 from jaxunlearn.objectives import StepBatch, StreamOutputs, build_objective
 from jaxunlearn.objectives.registry import TERMS
 from jaxunlearn.training.step import init_state, make_train_step
@@ -77,6 +85,37 @@ def test_statistics_and_gradients_equal_whole_logits(layout):
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [dict(), dict(vocab_axis=0, softcap=3.0, bias=True)], ids=str)
+def test_log_partition_at_the_needed_rows_equals_every_row(layout, monkeypatch):
+    """Rows moved to the front, chunks past the last needed row skipped: the needed
+    tokens' values and the gradients (hidden, head, bias) equal the all-rows path."""
+    monkeypatch.setattr(vocab_head, "MIN_ROW_CHUNK", 4)  # 12 rows: 3 chunks, some skipped
+    monkeypatch.setattr(vocab_head, "ROW_CHUNKS", 3)
+    rng = np.random.RandomState(2)
+    head = _head(rng, **layout)
+    g = jnp.asarray(rng.randn(B, T), jnp.float32)
+    masks = {
+        "scattered": np.array([[0, 1, 1, 0, 1, 0], [0, 0, 0, 1, 0, 0]], bool),  # 4 rows: chunk 0 only
+        "most": np.array([[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], bool),  # 10 rows: all 3 chunks
+        "none": np.zeros((B, T), bool),
+    }
+    for name, mask in masks.items():
+
+        def loss(h, w, b, where):
+            x = head.replace(hidden=h, weight=w, bias=b)
+            return (jnp.where(mask, log_partition(x, where=where), 0.0) * g).sum()
+
+        args = (head.hidden, head.weight, head.bias)
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2) if head.bias is not None else (0, 1)))
+        v1, g1 = grad(*args, jnp.asarray(mask))
+        v2, g2 = grad(*args, None)
+        np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-6, err_msg=name)
+        for a, b in zip(g1, g2):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+        lse = log_partition(head, where=jnp.asarray(mask))
+        assert np.all(np.asarray(lse)[~mask] == 0), name
 
 
 def _outputs(rng):

@@ -21,6 +21,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from ..parallel import batch_mesh_axes, batch_ways, constrain_batch
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
@@ -104,15 +106,146 @@ def _padded(spec: HeadSpec, w, b):
 
 
 def _block(spec: HeadSpec, w, b, i):
+    """Block i's weight and bias, and its valid columns (None when the blocks tile the
+    vocabulary exactly: no mask to apply, no elementwise select per logit)."""
     start = i * spec.chunk
     w_i = jax.lax.dynamic_slice_in_dim(w, start, spec.chunk, axis=spec.vocab_axis)
     b_i = None if b is None else jax.lax.dynamic_slice_in_dim(b, start, spec.chunk)
-    valid = start + jnp.arange(spec.chunk) < spec.vocab_size
-    return w_i, b_i, valid
+    if spec.blocks * spec.chunk == spec.vocab_size:
+        return w_i, b_i, None
+    return w_i, b_i, start + jnp.arange(spec.chunk) < spec.vocab_size
+
+
+def _where(valid, x, fill):
+    return x if valid is None else jnp.where(valid, x, fill)
 
 
 def _flat(h):
     return h.reshape(-1, h.shape[-1])
+
+
+# ---- the log-partition alone (NLL, log p(target)), at the rows that need it -------------------
+
+# The log-partition's row compaction cuts each part of the batch into about ROW_CHUNKS
+# chunks of at least MIN_ROW_CHUNK rows: coarse enough that the chunks' loop costs little
+# on an accelerator, fine enough that skipping whole chunks skips most unneeded rows.
+ROW_CHUNKS = 8
+MIN_ROW_CHUNK = 128
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _log_partition(spec: HeadSpec, h, w, b):
+    return _log_partition_fwd(spec, h, w, b)[0]
+
+
+def _log_partition_fwd(spec, h, w, b):
+    wp, bp = _padded(spec, w, b)
+    n = h.shape[0]
+
+    def body(carry, i):
+        w_i, b_i, valid = _block(spec, wp, bp, i)
+        m, s, _ = _online_step((*carry, ()), _logits(spec, h, w_i, b_i), (), valid)
+        return (m, s), None
+
+    (m, s), _ = jax.lax.scan(body, (jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.float32)), jnp.arange(spec.blocks))
+    lse = m + jnp.log(s)
+    return lse, (h, w, b, lse)
+
+
+def _log_partition_bwd(spec, res, g):
+    h, w, b, lse = res
+    return _backward_blocks(spec, h, w, b, lambda i, z, valid: g[:, None] * jnp.exp(z - lse[:, None]))
+
+
+_log_partition.defvjp(_log_partition_fwd, _log_partition_bwd)
+
+
+def log_partition(head: VocabHead, where: jax.Array | None = None) -> jax.Array:
+    """logsumexp of each token's logits, fp32 [B, T]; differentiable blockwise. It is what
+    log p(target) needs, without softmax_stats' two other sums (forward) and their terms in
+    the gradient (backward): elementwise work over every logit that NLL never uses.
+
+    where [B, T] bool: only those tokens' values are needed (0 elsewhere). Their rows are
+    moved to the front (within each part of the batch the mesh splits off, so no row crosses
+    devices) and the head runs on chunks of rows, skipping every chunk past the last needed
+    row: prompts and padding, about 40% of a TOFU batch, then cost no head matmuls."""
+    bt = head.hidden.shape[:2]
+    h = head.hidden
+    if where is None:
+        return _log_partition(head.spec, _flat(h), head.weight, head.bias).reshape(bt)
+    parts = _batch_parts(bt[0])
+    rows = bt[0] * bt[1] // parts
+    chunk = min(max(MIN_ROW_CHUNK, -(-rows // ROW_CHUNKS)), rows)
+    padded = -(-rows // chunk) * chunk
+    h = constrain_batch(h.reshape(parts, rows, h.shape[-1]))
+    keep = constrain_batch(where.reshape(parts, rows))
+    order = jnp.argsort(~keep, axis=1, stable=True)  # needed rows first, in order
+    hs = jnp.take_along_axis(h, order[..., None], axis=1)
+    hs = jnp.pad(hs, ((0, 0), (0, padded - rows), (0, 0)))
+    needed = keep.sum(1).max()
+    chunks = jnp.moveaxis(hs.reshape(parts, padded // chunk, chunk, -1), 1, 0)  # [K, parts, chunk, D]
+    lse = _rows_log_partition(head.spec, chunks, head.weight, head.bias, (needed - 1) // chunk)
+    lse = jnp.moveaxis(lse, 0, 1).reshape(parts, padded)[:, :rows]
+    lse = jnp.take_along_axis(lse, jnp.argsort(order, axis=1), axis=1)  # back to token order
+    return jnp.where(keep, lse, 0.0).reshape(bt)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rows_log_partition(spec: HeadSpec, chunks, w, b, last):
+    """lse of chunks [K, parts, C, D] of rows, [K, parts, C]; chunks past `last` are zeros
+    (their rows are not needed), forward and backward. A custom VJP, not autodiff of the
+    scan and its cond, which would keep a copy of the head weight per chunk."""
+    return _rows_fwd(spec, chunks, w, b, last)[0]
+
+
+def _rows_fwd(spec, chunks, w, b, last):
+    def one(_, xs):
+        k, h = xs
+        lse = jax.lax.cond(
+            k <= last,
+            lambda x: _log_partition_fwd(spec, _flat(x), w, b)[0].reshape(x.shape[:2]),
+            lambda x: jnp.zeros(x.shape[:2], jnp.float32),
+            h,
+        )
+        return None, lse
+
+    _, lse = jax.lax.scan(one, None, (jnp.arange(chunks.shape[0]), chunks))
+    return lse, (chunks, w, b, last, lse)
+
+
+def _rows_bwd(spec, res, g):
+    chunks, w, b, last, lse = res
+    wp, bp = _padded(spec, w, b)
+
+    def one(carry, xs):
+        k, h, lse_k, g_k = xs
+
+        def needed(operands):
+            dw, db = operands
+            rows = _flat(h)
+            lse_r, g_r = lse_k.reshape(-1), g_k.reshape(-1)
+            dh, dw, db = _accumulate_blocks(
+                spec, rows, wp, bp, lambda i, z, valid: g_r[:, None] * jnp.exp(z - lse_r[:, None]), dw, db
+            )
+            return dh.reshape(h.shape), (dw, db)
+
+        dh, carry = jax.lax.cond(k <= last, needed, lambda ops: (jnp.zeros_like(h), ops), carry)
+        return carry, dh
+
+    init = (jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp))
+    (dw, db), dh = jax.lax.scan(one, init, (jnp.arange(chunks.shape[0]), chunks, lse, g))
+    dw, db = _unpadded(spec, dw, db)
+    return dh, dw, db, None
+
+
+_rows_log_partition.defvjp(_rows_fwd, _rows_bwd)
+
+
+def _batch_parts(batch_rows: int) -> int:
+    """Into how many parts the mesh splits this batch inside jit (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = batch_mesh_axes(batch_rows)
+    return batch_ways(mesh, axes) if axes else 1
 
 
 # ---- softmax statistics of one head: lse, mean logit, E_p[z] ---------------------------------
@@ -127,10 +260,10 @@ def _online_step(carry, z, ys, valid):
     """Fold one block into the running (max, sum of e, (sum of e * y for y in ys)) with
     e = exp(z - max)."""
     m, s, accs = carry
-    m_new = jnp.maximum(m, jnp.max(jnp.where(valid, z, -jnp.inf), axis=-1))
+    m_new = jnp.maximum(m, jnp.max(_where(valid, z, -jnp.inf), axis=-1))
     scale = jnp.exp(m - m_new)
-    e = jnp.where(valid, jnp.exp(z - m_new[:, None]), 0.0)
-    accs = tuple(a * scale + (e * jnp.where(valid, y, 0.0)).sum(-1) for a, y in zip(accs, ys))
+    e = _where(valid, jnp.exp(z - m_new[:, None]), 0.0)
+    accs = tuple(a * scale + (e * _where(valid, y, 0.0)).sum(-1) for a, y in zip(accs, ys))
     return m_new, s * scale + e.sum(-1), accs
 
 
@@ -142,7 +275,7 @@ def _self_stats_fwd(spec, h, w, b):
         stats, total = carry
         w_i, b_i, valid = _block(spec, wp, bp, i)
         z = _logits(spec, h, w_i, b_i)
-        return (_online_step(stats, z, (z,), valid), total + jnp.where(valid, z, 0.0).sum(-1)), None
+        return (_online_step(stats, z, (z,), valid), total + _where(valid, z, 0.0).sum(-1)), None
 
     zero = jnp.zeros((n,), jnp.float32)
     start = ((jnp.full((n,), -jnp.inf), zero, (zero,)), zero)
@@ -155,22 +288,37 @@ def _self_stats_fwd(spec, h, w, b):
 def _backward_blocks(spec, h, w, b, dz_of):
     """Cotangents of (h, w, b) from dz_of(i, z_i, valid) -> d loss / d z_i, block by block."""
     wp, bp = _padded(spec, w, b)
+    dh, dw, db = _accumulate_blocks(
+        spec, h, wp, bp, dz_of, jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp)
+    )
+    return dh, *_unpadded(spec, dw, db)
+
+
+def _accumulate_blocks(spec, h, wp, bp, dz_of, dw, db):
+    """(dh of rows h, dw + their weight cotangent, db + their bias cotangent), with the
+    weight, bias and their cotangents padded to whole blocks."""
 
     def body(carry, i):
         dh, dw, db = carry
         w_i, b_i, valid = _block(spec, wp, bp, i)
         z, vjp = jax.vjp(lambda h_, w_, b_: _logits(spec, h_, w_, b_), h, w_i, b_i)
-        dh_i, dw_i, db_i = vjp(jnp.where(valid, dz_of(i, z, valid), 0.0))
-        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_i.astype(dw.dtype), i * spec.chunk, axis=spec.vocab_axis)
+        dh_i, dw_i, db_i = vjp(_where(valid, dz_of(i, z, valid), 0.0))
+        start = i * spec.chunk
+        dw_old = jax.lax.dynamic_slice_in_dim(dw, start, spec.chunk, axis=spec.vocab_axis)
+        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_old + dw_i.astype(dw.dtype), start, axis=spec.vocab_axis)
         if db is not None:
-            db = jax.lax.dynamic_update_slice_in_dim(db, db_i.astype(db.dtype), i * spec.chunk, axis=0)
+            db_old = jax.lax.dynamic_slice_in_dim(db, start, spec.chunk)
+            db = jax.lax.dynamic_update_slice_in_dim(db, db_old + db_i.astype(db.dtype), start, axis=0)
         return (dh + dh_i.astype(jnp.float32), dw, db), None
 
-    init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp))
+    init = (jnp.zeros(h.shape, jnp.float32), dw, db)
     (dh, dw, db), _ = jax.lax.scan(body, init, jnp.arange(spec.blocks))
-    dw = jax.lax.slice_in_dim(dw, 0, spec.vocab_size, axis=spec.vocab_axis)
-    db = None if db is None else db[: spec.vocab_size]
     return dh.astype(h.dtype), dw, db
+
+
+def _unpadded(spec, dw, db):
+    dw = jax.lax.slice_in_dim(dw, 0, spec.vocab_size, axis=spec.vocab_axis)
+    return dw, (None if db is None else db[: spec.vocab_size])
 
 
 def _self_stats_bwd(spec, res, g):

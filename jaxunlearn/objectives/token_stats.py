@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..models.vocab_head import VocabHead, softmax_stats, teacher_expectation
+from ..models.vocab_head import VocabHead, log_partition, softmax_stats, teacher_expectation
 
 IGNORE = -100
 
@@ -42,10 +42,11 @@ def full_logits(logits: jax.Array | VocabHead) -> jax.Array:
     return logits.logits() if isinstance(logits, VocabHead) else logits.astype(jnp.float32)
 
 
-def target_logp(logits: jax.Array | VocabHead, targets: jax.Array) -> jax.Array:
-    """log softmax(logits)[target], fp32 [B, T], for valid integer targets [B, T]."""
+def target_logp(logits: jax.Array | VocabHead, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """log softmax(logits)[target], fp32 [B, T], for valid integer targets [B, T]. mask
+    [B, T]: only those positions are needed (a head then computes no others; 0 there)."""
     if isinstance(logits, VocabHead):
-        return logits.target_logits(targets) - softmax_stats(logits)[0]
+        return logits.target_logits(targets) - log_partition(logits, where=mask)
     return _target_logp(logits, targets)
 
 
@@ -123,7 +124,7 @@ def next_token_targets(labels: jax.Array):
 def token_logp(logits: jax.Array, labels: jax.Array):
     """(log p(target) [B, T-1] zeroed where ignored, mask [B, T-1])."""
     targets, mask = next_token_targets(labels)
-    logp = jnp.where(mask, target_logp(logits, targets), 0.0)
+    logp = jnp.where(mask, target_logp(logits, targets, mask), 0.0)
     return logp[:, :-1], mask[:, :-1]
 
 
