@@ -1,10 +1,11 @@
 """The LM head by vocabulary blocks: per-token softmax statistics without [B, T, V] logits.
 
 A `VocabHead` is what the head would multiply (final-normed hidden states, the head
-matrix, its bias and soft-cap). `softmax_stats` scans the vocabulary in blocks of `chunk`
-columns with an online softmax and returns, per token, the log-partition lse, the mean
-logit and the softmax-expected logit E_p[z] (enough for NLL, ME in both directions and
-entropy); `teacher_expectation` returns E_q[z_student] under a teacher's softmax, with the
+matrix, its bias and soft-cap). `log_partition` scans the vocabulary in blocks of `chunk`
+columns with an online logsumexp (what NLL and log p(target) need), optionally at the
+needed tokens only; `softmax_stats` returns, per token, the log-partition lse, the mean
+logit and the softmax-expected logit E_p[z] (ME in both directions and entropy);
+`teacher_expectation` returns E_q[z_student] under a teacher's softmax, with the
 student's logsumexp and the teacher's entropy from the same pass (KL and UNDIAL). Their
 backward passes are blockwise too (custom VJPs that recompute each block's logits), so
 neither direction holds more than [B*T, chunk] fp32 logits at once: for Llama-3
