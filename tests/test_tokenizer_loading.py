@@ -16,7 +16,8 @@ from jaxunlearn.checkpoints.tokenizer import load_hf_tokenizer
 tok = load_hf_tokenizer(sys.argv[1])
 texts = json.loads(sys.argv[2])
 chat = tok.apply_chat_template([{"role": "user", "content": texts[0]}], tokenize=False, add_generation_prompt=True)
-print(json.dumps({"torch": "torch" in sys.modules, "class": type(tok).__name__, "ids": tok(texts)["input_ids"], "chat": chat}))
+out = {"torch": "torch" in sys.modules, "class": type(tok).__name__, "ids": tok(texts)["input_ids"], "chat": chat}
+print(json.dumps(out))
 """
 
 
