@@ -3,7 +3,7 @@ come from it (`python scripts/docs_benchmarks.py --write`), so the docs carry no
 this script did not produce.
 
     python benchmarks/run_all.py                       # the full set (about an hour on 2 CPU cores)
-    python benchmarks/run_all.py --set quick           # smaller sizes (about 20 minutes)
+    python benchmarks/run_all.py --set quick           # smaller sizes (about 30 minutes)
     python benchmarks/run_all.py --only choice_wmdp    # rerun one entry, keep the others
 
 Each entry is one benchmark command (its arguments are stored with its result); each runs
@@ -59,6 +59,7 @@ SETS = {
             *("train_step.py", "--shape", "llama-20m", "--objective", "NPO+GD", "--rounds", "3"),
             *("--vocab-block", "0"),
         ],
+        "train_step_smollm2": ["train_step.py", "--shape", "smollm2-135m", "--objective", "NPO+GD", "--rounds", "3"],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],
