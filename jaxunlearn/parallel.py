@@ -159,6 +159,11 @@ def batch_mesh_axes(rows: int) -> tuple[str, ...]:
     return () if mesh.empty else batch_axes(mesh, rows)
 
 
+def batch_mesh_ways(rows: int) -> int:
+    """Into how many parts `rows` batch rows are split inside `jax.set_mesh(mesh)` (1 outside)."""
+    return batch_ways(jax.sharding.get_abstract_mesh(), batch_mesh_axes(rows))
+
+
 def batch_axes(mesh, rows: int | None = None) -> tuple[str, ...]:
     """The axes of `mesh` (data, fsdp) a batch is split over: those longer than 1, () when
     their product does not divide `rows` (then every device gets the whole batch)."""
