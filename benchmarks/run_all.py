@@ -71,7 +71,7 @@ SETS = {
 def run_entry(args: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TQDM_DISABLE="1")
+        env = dict(os.environ, TQDM_DISABLE="1")
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:], "--json", str(out)], env=env)
         if proc.returncode:
@@ -89,16 +89,21 @@ def main(argv=None) -> dict:
     p.add_argument("--only", nargs="+", help="entries to (re)run; the others are kept from --out")
     p.add_argument("--out", default=str(HERE / "results.json"))
     args = p.parse_args(argv)
+    # set here, not only in the children's environment, so the recorded environment says so
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     entries = SETS[args.set]
     unknown = [n for n in args.only or [] if n not in entries]
     if unknown:
         raise SystemExit(f"unknown entries {unknown}; the {args.set} set has {', '.join(entries)}")
     out = Path(args.out)
-    results = json.loads(out.read_text()) if args.only and out.exists() else {"entries": {}}
+    previous = json.loads(out.read_text()) if out.exists() else {"entries": {}}
+    results = previous if args.only else {"entries": {}}
     if not args.only or "set" not in results:  # a rerun of some entries keeps the set's name and environment
         results["set"] = args.set
     for name in args.only or entries:
         if name in TPU_PLANS and importlib.util.find_spec("libtpu") is None:
+            if name in previous["entries"]:  # a whole set's run keeps it too
+                results["entries"][name] = previous["entries"][name]
             kept = "its earlier result kept" if name in results["entries"] else "no result"
             print(f"== {name}: skipped, needs the libtpu module ({kept}); see benchmarks/memory.py", flush=True)
             continue
