@@ -233,10 +233,11 @@ def _rows_bwd(spec, res, g):
         dh, carry = jax.lax.cond(k <= last, needed, lambda ops: (jnp.zeros_like(h), ops), carry)
         return carry, dh
 
-    init = (jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp))
+    # fp32 sums over the chunks (a bf16 head would round at every chunk's addition)
+    init = (jnp.zeros(wp.shape, jnp.float32), None if bp is None else jnp.zeros(bp.shape, jnp.float32))
     (dw, db), dh = jax.lax.scan(one, init, (jnp.arange(chunks.shape[0]), chunks, lse, g))
     dw, db = _unpadded(spec, dw, db)
-    return dh, dw, db, None
+    return dh, dw.astype(w.dtype), (None if db is None else db.astype(b.dtype)), None
 
 
 _rows_log_partition.defvjp(_rows_fwd, _rows_bwd)
