@@ -284,26 +284,29 @@ def _backward_blocks(spec, h, w, b, dz_of):
     """Cotangents of (h, w, b) from dz_of(i, z_i, valid) -> d loss / d z_i, block by block."""
     wp, bp = _padded(spec, w, b)
     dh, dw, db = _accumulate_blocks(
-        spec, h, wp, bp, dz_of, jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp)
+        spec, h, wp, bp, dz_of, jnp.zeros_like(wp), None if bp is None else jnp.zeros_like(bp), add=False
     )
     return dh, *_unpadded(spec, dw, db)
 
 
-def _accumulate_blocks(spec, h, wp, bp, dz_of, dw, db):
+def _accumulate_blocks(spec, h, wp, bp, dz_of, dw, db, add: bool = True):
     """(dh of rows h, dw + their weight cotangent, db + their bias cotangent), with the
-    weight, bias and their cotangents padded to whole blocks."""
+    weight, bias and their cotangents padded to whole blocks. add=False: dw and db are
+    zeros, and each block's cotangent is written, not added (no read of the zeros)."""
+
+    def put(acc, x, start, axis):
+        x = x.astype(acc.dtype)
+        if add:
+            x = x + jax.lax.dynamic_slice_in_dim(acc, start, spec.chunk, axis=axis)
+        return jax.lax.dynamic_update_slice_in_dim(acc, x, start, axis=axis)
 
     def body(carry, i):
         dh, dw, db = carry
         w_i, b_i, valid = _block(spec, wp, bp, i)
         z, vjp = jax.vjp(lambda h_, w_, b_: _logits(spec, h_, w_, b_), h, w_i, b_i)
         dh_i, dw_i, db_i = vjp(_where(valid, dz_of(i, z, valid), 0.0))
-        start = i * spec.chunk
-        dw_old = jax.lax.dynamic_slice_in_dim(dw, start, spec.chunk, axis=spec.vocab_axis)
-        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_old + dw_i.astype(dw.dtype), start, axis=spec.vocab_axis)
-        if db is not None:
-            db_old = jax.lax.dynamic_slice_in_dim(db, start, spec.chunk)
-            db = jax.lax.dynamic_update_slice_in_dim(db, db_old + db_i.astype(db.dtype), start, axis=0)
+        dw = put(dw, dw_i, i * spec.chunk, spec.vocab_axis)
+        db = None if db is None else put(db, db_i, i * spec.chunk, 0)
         return (dh + dh_i.astype(jnp.float32), dw, db), None
 
     init = (jnp.zeros(h.shape, jnp.float32), dw, db)
