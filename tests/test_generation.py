@@ -85,3 +85,33 @@ def test_generation_stops_at_eos(tiny_checkpoints):
     got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[eos], pad_token_id=0)
     np.testing.assert_array_equal(got[0, :2], free[0, :2])
     assert (got[0, 2:] == 0).all()
+
+
+def test_decoding_programs_compiled_ahead_are_the_ones_the_calls_run(tiny_checkpoints):
+    """compile_decoding compiles each batch shape's program side by side; the calls that
+    follow compile nothing more and decode what greedy_generate decodes."""
+    from jaxunlearn.evaluation.generation import compile_decoding, decoding_call, run_decoding
+
+    model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
+    rng = np.random.RandomState(3)
+    batches = [rng.randint(3, 101, (rows, width)).astype(np.int32) for rows, width in ((4, 9), (2, 5), (4, 9))]
+    calls = [
+        decoding_call(model, ids, np.ones_like(ids), NEW + i, [-1], 0, "unrolled") for i, ids in enumerate(batches)
+    ]
+    compiled = []
+
+    def count(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        compile_decoding(calls)
+        assert len(compiled) == 3  # three shapes (the new-token buffer is one too)
+        got = [run_decoding(*call) for call in calls]
+        assert len(compiled) == 3
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    for i, ids in enumerate(batches):
+        expected = greedy_generate(model, ids, np.ones_like(ids), NEW + i, [-1], 0, layer_params="unrolled")
+        np.testing.assert_array_equal(got[i], expected)

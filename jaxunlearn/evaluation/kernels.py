@@ -22,7 +22,7 @@ from ..data.eval_sets import left_pad
 from ..data.tokenize import TokenizedRows
 from ..parallel import batch_ways, host_get, params_mesh, place_rows
 from .budgets import generation_budgets
-from .generation import decoding_layers, greedy_generate
+from .generation import compile_decoding, decoding_call, decoding_layers, run_decoding
 from ..objectives.token_stats import log_probs, shifted
 
 
@@ -171,6 +171,7 @@ def generate_texts(
     texts: list[str | None] = [None] * n
     eos = set(np.atleast_1d(eos_ids).tolist())
     layer_params = decoding_layers(model)
+    batches = []  # (rows, real rows, the decoding call)
     for start in range(0, n, batch_size):
         index = list(order[start : start + batch_size])
         real = len(index)
@@ -179,19 +180,13 @@ def generate_texts(
         width = longest if longest > max(buckets) else bucket_length(longest, buckets, None)
         ids, mask = left_pad([prompts[i] for i in index], pad_id, width)
         new = round_up(max(1, int(budgets[index].max())), 32)
-        tokens = greedy_generate(
-            model,
-            ids,
-            mask,
-            new,
-            sorted(eos),
-            pad_id,
-            layer_params,
-            budgets=budgets[index],
-            temperature=temperature,
-            seed=seed + start,
-            mesh=mesh,
+        call = decoding_call(
+            model, ids, mask, new, sorted(eos), pad_id, layer_params, budgets[index], temperature, seed + start, mesh
         )
+        batches.append((index, real, call))
+    compile_decoding([call for _, _, call in batches])
+    for index, real, (args, static) in batches:
+        tokens = run_decoding(args, static)
         for j in range(real):
             row = tokens[j].tolist()
             cut = next((k for k, t in enumerate(row) if t in eos), len(row))
