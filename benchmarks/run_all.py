@@ -48,6 +48,10 @@ SETS = {
             *("--vocab-block", "0"),
         ],
         "train_step_smollm2": ["train_step.py", "--shape", "smollm2-135m", "--objective", "NPO+GD", "--rounds", "3"],
+        "train_step_smollm2_precomputed": [
+            *("train_step.py", "--shape", "smollm2-135m", "--objective", "NPO+GD", "--rounds", "3"),
+            "--precompute-reference",
+        ],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "1000", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "1000", "--rounds", "1"],
@@ -60,6 +64,10 @@ SETS = {
             *("--vocab-block", "0"),
         ],
         "train_step_smollm2": ["train_step.py", "--shape", "smollm2-135m", "--objective", "NPO+GD", "--rounds", "3"],
+        "train_step_smollm2_precomputed": [
+            *("train_step.py", "--shape", "smollm2-135m", "--objective", "NPO+GD", "--rounds", "3"),
+            "--precompute-reference",
+        ],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py --shape llama-20m --objective NPO+GD
     python benchmarks/train_step.py --shape smollm2-135m --objective ME+GD --rounds 3
+    python benchmarks/train_step.py --shape smollm2-135m --precompute-reference  # NPO's reference NLL read, not run
 
 The PyTorch side is the step the way open-unlearning runs it: transformers'
 LlamaForCausalLM in eager mode (SDPA attention), one forward per stream, the frozen
@@ -11,7 +12,10 @@ the same weights and batch; their first-step losses are printed side by side. St
 timed round-robin after a warm-up, so machine noise hits both alike. Peak memory comes
 from a fresh process per framework (peak RSS on CPU, the allocator's peak on GPU).
 OpenMP threads wait passively (OMP_WAIT_POLICY), so neither framework's idle threads spin
-on the cores the other is using.
+on the cores the other is using. With --precompute-reference the jaxunlearn step reads the
+reference's NLL of the forget rows, computed once before training as
+`train.precompute_reference` does (open-unlearning runs the reference every step); its
+time per step then includes that one-off pass spread over --epochs (default 10, TOFU's).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import json
 import math
 import os
 import sys
+import time
 
 # Both frameworks share the cores in one process: OpenMP threads that spin-wait after a
 # torch op would steal them from XLA's next step (and XLA's from torch), so they sleep.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 BETA = 0.1  # NPO
 
@@ -90,8 +96,20 @@ def torch_runner(shape: str, objective: str, dtype: str, device: str, lr: float)
 
 
 def jax_runner(
-    shape: str, objective: str, dtype: str, lr: float, remat: str, torch_model=None, vocab_block: int | None = None
+    shape: str,
+    objective: str,
+    dtype: str,
+    lr: float,
+    remat: str,
+    torch_model=None,
+    vocab_block: int | None = None,
+    precompute_reference: bool = False,
 ):
+    """(run(n steps) -> last loss, memory_analysis(), reference_pass() -> seconds or None).
+
+    precompute_reference: the step reads the reference's sequence NLL of the forget rows
+    from the batch (train.precompute_reference), computed by `reference_pass` the way a run
+    computes it once before training; it holds no reference parameters."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -108,33 +126,52 @@ def jax_runner(
     graphdef, params = nnx.split(model)
     params = place_params(params, mesh)
     ref_params = jax.tree.map(jnp.copy, params) if obj.needs_reference else None
+    if precompute_reference and not obj.precomputable_reference:
+        raise SystemExit(
+            f"--precompute-reference needs an objective whose reference is a sequence NLL, not {objective}"
+        )
     tx = make_optimizer(lambda _: lr, weight_decay=0.01)
     state = jax.jit(lambda p: init_state(p, tx, 0))(params)
     if vocab_block is None:  # the run config's default
         from jaxunlearn.training.config import TrainSection
 
         vocab_block = TrainSection().vocab_block
-    step_fn = make_train_step(graphdef, obj, tx, lambda _: lr, vocab_block=vocab_block)
-    jitted = jit_train_step(step_fn, state, ref_params, mesh)
-    batch = place_batch(
-        StepBatch.from_arrays({s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}), mesh
+    step_fn = make_train_step(
+        graphdef, obj, tx, lambda _: lr, vocab_block=vocab_block, use_reference=not precompute_reference
     )
+    arrays = {s: common.qa_batch(shape, i) for i, s in ((1, "forget"), (2, "retain"))}
+    reference_nll, reference_pass = {}, None
+    if precompute_reference:
+        from jaxunlearn.training.step import sequence_nll
+
+        forget = arrays["forget"]
+
+        def reference_pass() -> float:  # seconds of the one-off reference forward over one forget batch
+            t = time.perf_counter()
+            nll = sequence_nll(graphdef, ref_params, forget["input_ids"], forget["attention_mask"], forget["labels"])
+            reference_nll["forget"] = np.asarray(nll)
+            return time.perf_counter() - t
+
+        reference_pass()  # compiles; the timed calls come later
+    step_ref = None if precompute_reference else ref_params
+    jitted = jit_train_step(step_fn, state, step_ref, mesh)
+    batch = place_batch(StepBatch.from_arrays(arrays, reference_nll), mesh)
     holder = {"state": state}
 
     def run(n: int):
         for _ in range(n):
-            holder["state"], metrics = jitted(holder["state"], ref_params, batch)
+            holder["state"], metrics = jitted(holder["state"], step_ref, batch)
         return float(jax.device_get(metrics["loss"]))
 
     def memory_analysis():
-        m = jitted.lower(holder["state"], ref_params, batch).compile().memory_analysis()
+        m = jitted.lower(holder["state"], step_ref, batch).compile().memory_analysis()
         return (
             None
             if m is None
             else {"argument_mib": m.argument_size_in_bytes / 2**20, "temp_mib": m.temp_size_in_bytes / 2**20}
         )
 
-    return run, memory_analysis
+    return run, memory_analysis, reference_pass
 
 
 def train_flops(shape: str, objective: str) -> float:
@@ -160,8 +197,10 @@ def child(args) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else common.peak_rss_mib()
         print(json.dumps({"peak_mib": peak}))
     else:
-        run, analysis = jax_runner(
-            args.shape, args.objective, args.dtype, args.lr, args.remat, vocab_block=args.vocab_block
+        run, analysis, _ = jax_runner(
+            *(args.shape, args.objective, args.dtype, args.lr, args.remat),
+            vocab_block=args.vocab_block,
+            precompute_reference=args.precompute_reference,
         )
         run(args.steps)
         import jax
@@ -185,6 +224,13 @@ def main(argv=None) -> dict:
         type=int,
         help="train.vocab_block: LM-head block width (0: whole logits; default: the config's)",
     )
+    p.add_argument(
+        "--precompute-reference",
+        action="store_true",
+        help="train.precompute_reference: the jaxunlearn step reads the reference's forget NLL computed once "
+        "per row before training (NPO, DPO); its time per step adds that pass amortized over --epochs",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs the one-off reference pass is spread over")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="steps per timed round")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -203,7 +249,7 @@ def main(argv=None) -> dict:
 
     device = "cuda" if args.device == "gpu" else "cpu"
     torch_run, torch_model = torch_runner(args.shape, args.objective, args.dtype, device, args.lr)
-    jax_run, _ = jax_runner(
+    jax_run, _, reference_pass = jax_runner(
         args.shape,
         args.objective,
         args.dtype,
@@ -211,9 +257,13 @@ def main(argv=None) -> dict:
         args.remat,
         torch_model=common.torch_model(args.shape),
         vocab_block=args.vocab_block,
+        precompute_reference=args.precompute_reference,
     )
     first = {"jaxunlearn": jax_run(1), "pytorch": torch_run(1)}  # warm-up (compiles), same start
     times = common.interleaved({"jaxunlearn": jax_run, "pytorch": torch_run}, args.rounds, args.steps)
+    if reference_pass is not None:  # each forget batch's reference pass, once per run: 1/epochs of it per step
+        passes = [reference_pass() for _ in range(args.rounds)]
+        times["jaxunlearn"] = [t + common.median(passes) / args.epochs for t in times["jaxunlearn"]]
     s = common.SHAPES[args.shape]
     tokens = 2 * s["batch"] * s["seq"]
     flops = train_flops(args.shape, args.objective)
@@ -223,6 +273,8 @@ def main(argv=None) -> dict:
         "dtype": args.dtype,
         "remat": args.remat,
         "vocab_block": args.vocab_block,
+        "precompute_reference": args.precompute_reference,
+        **({"reference_pass_s": common.median(passes), "epochs": args.epochs} if reference_pass else {}),
         "device": common.accelerator_name(),
         "torch_threads": torch.get_num_threads(),
         "tokens_per_step": tokens,
@@ -253,6 +305,7 @@ def main(argv=None) -> dict:
             "--steps",
             "2",
             *(["--vocab-block", str(args.vocab_block)] if args.vocab_block is not None else []),
+            *(["--precompute-reference"] if args.precompute_reference else []),
         ]
         for row, who in zip(result["rows"], ("jax", "torch")):
             mem = common.rss_of_child(script, [*base, "--only", who])
@@ -272,6 +325,11 @@ def main(argv=None) -> dict:
         )
     )
     print(f"jaxunlearn / pytorch speed: {result['speedup']:.2f}x (medians of {args.rounds} interleaved rounds)")
+    if reference_pass is not None:
+        print(
+            f"jaxunlearn's step reads a precomputed reference NLL; its s_per_step includes the one-off reference "
+            f"pass over the forget batch ({result['reference_pass_s']:.3g} s) spread over {args.epochs} epochs"
+        )
     result["environment"] = common.environment()
     print("environment:", common.environment_line(result["environment"]))
     common.write_json(args.json, result)

@@ -30,28 +30,24 @@ def run_benchmark(script: str, *args: str, timeout: int = 600) -> subprocess.Com
     return out
 
 
-def test_train_step_benchmark_tiny(tmp_path):
+@pytest.mark.parametrize("reference", ["live", "precomputed"])
+def test_train_step_benchmark_tiny(tmp_path, reference):
     out = run_benchmark(
         "train_step.py",
-        "--shape",
-        "tiny",
-        "--objective",
-        "NPO+GD",
-        "--rounds",
-        "1",
-        "--steps",
-        "1",
-        "--no-memory",
-        "--json",
-        str(tmp_path / "r.json"),
+        *("--shape", "tiny", "--objective", "NPO+GD", "--rounds", "1", "--steps", "1", "--no-memory"),
+        *(["--precompute-reference", "--epochs", "4"] if reference == "precomputed" else []),
+        *("--json", str(tmp_path / "r.json")),
     )
     assert "jaxunlearn / pytorch speed" in out.stdout
     env = json.loads((tmp_path / "r.json").read_text())["environment"]
     assert env["cores"] >= 1 and env["jax"] and env["git"] and "environment: " in out.stdout
     result = json.loads((tmp_path / "r.json").read_text())
-    loss = result["first_step_loss"]  # same weights, same batch, same objective
+    loss = result["first_step_loss"]  # same weights, same batch, same objective (reference read or run)
     assert abs(loss["jaxunlearn"] - loss["pytorch"]) <= 1e-4 * abs(loss["pytorch"])
     assert [r["framework"] for r in result["rows"]] == ["jaxunlearn", "pytorch"]
+    if reference == "precomputed":
+        assert result["precompute_reference"] and result["epochs"] == 4 and result["reference_pass_s"] > 0
+        assert "one-off reference pass" in out.stdout
 
 
 def test_eval_benchmark_tiny(tiny_lm, tmp_path):
