@@ -174,15 +174,16 @@ def jax_runner(
     return run, memory_analysis, reference_pass
 
 
-def train_flops(shape: str, objective: str) -> float:
-    """Model FLOPs of one step: 6 N per policy token, 2 N per reference token, plus attention."""
+def train_flops(shape: str, objective: str, reference_share: float = 1.0) -> float:
+    """Model FLOPs of one step: 6 N per policy token, 2 N per reference token (a
+    `reference_share` of them when the reference pass runs once per run), plus attention."""
     s = common.SHAPES[shape]
     d, layers, v, t, b = s["hidden_size"], s["num_hidden_layers"], s["vocab_size"], s["seq"], s["batch"]
     kv = d // s["num_attention_heads"] * s["num_key_value_heads"]
     per_layer = d * (2 * d + 2 * kv) + 3 * d * s["intermediate_size"]
     n = layers * per_layer + d * v  # matmul parameters incl. the head
     attn = 2 * 2 * layers * t * d  # QK^T and AV per token (causal: counted in full, as is customary)
-    policy_tokens, ref_tokens = 2 * b * t, (b * t if objective.startswith("NPO") else 0)
+    policy_tokens, ref_tokens = 2 * b * t, (b * t * reference_share if objective.startswith("NPO") else 0)
     return 3 * (2 * n + attn) * policy_tokens + (2 * n + attn) * ref_tokens
 
 
@@ -266,7 +267,7 @@ def main(argv=None) -> dict:
         times["jaxunlearn"] = [t + common.median(passes) / args.epochs for t in times["jaxunlearn"]]
     s = common.SHAPES[args.shape]
     tokens = 2 * s["batch"] * s["seq"]
-    flops = train_flops(args.shape, args.objective)
+    flops = train_flops(args.shape, args.objective, 1 / args.epochs if args.precompute_reference else 1.0)
     result = {
         "shape": args.shape,
         "objective": args.objective,

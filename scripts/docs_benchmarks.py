@@ -100,8 +100,28 @@ def memory_table(entries: dict) -> str:
     return "\n".join(lines)
 
 
+def entry_commits(results: dict) -> dict[str, list[str]]:
+    """{commit: entries measured at it}, from each entry's own environment (an `--only` run
+    re-measures some entries at a later commit than the set's)."""
+    commits = {}
+    for name, e in results["entries"].items():
+        env = e["result"].get("environment", {}) if isinstance(e["result"], dict) else {}
+        commits.setdefault(env.get("git") or results["environment"]["git"], []).append(name)
+    return commits
+
+
+def commits_text(results: dict) -> str:
+    """'commit X' when every entry was measured there, else each commit with its entries."""
+    commits = entry_commits(results)
+    if len(commits) == 1:
+        return f"commit {next(iter(commits))}"
+    return "; ".join(f"commit {c}: {', '.join(names)}" for c, names in commits.items())
+
+
 def environment_block(results: dict) -> str:
-    return f"Set `{results['set']}`; environment: {common.environment_line(results['environment'])}."
+    env = dict(results["environment"])
+    line = common.environment_line(env).replace(f"commit {env['git']}", commits_text(results))
+    return f"Set `{results['set']}`; environment: {line}."
 
 
 def speed_summary(results: dict) -> str:
@@ -126,11 +146,13 @@ def speed_summary(results: dict) -> str:
             )
         elif name.startswith("train_step"):
             logits = ", whole logits" if r.get("vocab_block") == 0 else ""
+            if r.get("precompute_reference"):
+                logits += f", reference NLL precomputed, its pass spread over {r['epochs']} epochs"
             parts.append(f"the {r['objective']} unlearning step ({r['shape']}{logits}) {r['speedup']:.2f}x PyTorch")
     env = results["environment"]
     return (
         f"Speed (set `{results['set']}` of `benchmarks/run_all.py`, {env['cores']}-core {env['cpu']}, "
-        f"commit {env['git']}): " + "; ".join(parts) + "."
+        f"{commits_text(results)}): " + "; ".join(parts) + "."
     )
 
 
