@@ -109,7 +109,8 @@ def jax_runner(
 
     precompute_reference: the step reads the reference's sequence NLL of the forget rows
     from the batch (train.precompute_reference), computed by `reference_pass` the way a run
-    computes it once before training; it holds no reference parameters."""
+    computes it once before training. The step takes no reference parameters; this process
+    keeps them for the pass, so the peak memory it reports still includes them."""
     import jax
     import jax.numpy as jnp
     from flax import nnx

@@ -119,7 +119,7 @@ def commits_text(results: dict) -> str:
 
 
 def environment_block(results: dict) -> str:
-    env = dict(results["environment"])
+    env = results["environment"]
     line = common.environment_line(env).replace(f"commit {env['git']}", commits_text(results))
     return f"Set `{results['set']}`; environment: {line}."
 

@@ -81,7 +81,8 @@ def scan_layers(
 
 
 def unstack_layers(block_params: dict, dtype) -> list[dict]:
-    """Per-layer copies of stacked layer parameters in the compute dtype, made outside jit.
+    """Per-layer copies of stacked layer parameters in the compute dtype, made once by their
+    own jitted program, before decoding.
 
     A scan reads each layer's weights with a dynamic slice, which XLA:CPU materializes: at
     one token per step, decoding spent more time copying weights than multiplying them.
