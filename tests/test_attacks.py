@@ -134,6 +134,7 @@ def test_attack_command_end_to_end(tiny_lm, tmp_path, capsys):
         f"attack.target_model={tiny_lm}",
         *TINY_TRAIN,
         "eval.num_rows=3",
+        "eval.generation_budget=open_unlearning",
         "eval.max_new_tokens=8",
         "eval.holdout_split=none",
         "attack.relearn_steps=[1,2]",

@@ -361,6 +361,13 @@ def test_presets_by_name_misfit_warnings_and_the_offline_hint(tiny_lm, smollm2, 
     cfg = load_config(None, [f"model.path={bf16}", "model.compute_dtype=float16"])
     (warning,) = warn_if_config_misfits(cfg, tokenizer)
     assert "saved in bfloat16" in warning and "float16" in warning
+    # a generation setting the chosen budget ignores is named, with the budget that reads it
+    cfg = load_config(None, [f"model.path={tiny_lm}", "eval.max_new_tokens=8", "eval.tofu_batch_size=4"])
+    short, tofu = warn_if_config_misfits(cfg, tokenizer)
+    assert short.startswith("eval.max_new_tokens=8 is not used: eval.generation_budget=per_row gives each answer")
+    assert "set eval.generation_budget=open_unlearning" in short and "eval.generation_budget=tofu" in tofu
+    reading = [f"model.path={tiny_lm}", "eval.generation_budget=open_unlearning", "eval.max_new_tokens=8"]
+    assert warn_if_config_misfits(load_config(None, reading), tokenizer) == []
 
     import huggingface_hub
 

@@ -109,7 +109,7 @@ def test_decoding_programs_compiled_ahead_are_the_ones_the_calls_run(tiny_checkp
         with jax.default_matmul_precision("highest"):
             compile_decoding(calls)
             assert len(compiled) == 3  # three shapes (the new-token buffer is one too)
-            got = [run_decoding(*call) for call in calls]
+            got = [run_decoding(call) for call in calls]
         assert len(compiled) == 3
     finally:
         jax.monitoring.unregister_event_duration_listener(count)

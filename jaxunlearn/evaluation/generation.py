@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,13 +98,23 @@ def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_t
     those of `decoding_call`.
     """
     return run_decoding(
-        *decoding_call(model, input_ids, attention_mask, max_new_tokens, eos_token_ids, pad_token_id, **options)
+        decoding_call(model, input_ids, attention_mask, max_new_tokens, eos_token_ids, pad_token_id, **options)
     )
 
 
-def run_decoding(args: tuple, static: dict) -> np.ndarray:
+class DecodingCall(NamedTuple):
+    """One call of the jitted decoding program: its placed arguments, its static
+    arguments, and `program`, what besides the model sets the compiled program (the
+    prompt batch's shape and placement, the buffer's new tokens, greedy or sampled)."""
+
+    args: tuple
+    static: dict
+    program: tuple
+
+
+def run_decoding(call: DecodingCall) -> np.ndarray:
     """The tokens of one `decoding_call`, on the host."""
-    return np.asarray(host_get(_greedy(*args, **static)))
+    return np.asarray(host_get(_greedy(*call.args, **call.static)))
 
 
 def decoding_call(
@@ -118,10 +129,9 @@ def decoding_call(
     temperature: float = 0.0,
     seed: int = 0,
     mesh=None,
-) -> tuple[tuple, dict]:
-    """The placed (arguments, static arguments) of the jitted decoding program that
-    `greedy_generate` runs with the same inputs (`run_decoding` runs it), for
-    `compile_decoding` to compile ahead."""
+) -> DecodingCall:
+    """The placed arguments of the jitted decoding program that `greedy_generate` runs
+    with the same inputs (`run_decoding` runs it), for `compile_decoding` to compile ahead."""
     if isinstance(layer_params, str):
         layer_params = decoding_layers(model, layer_params)
     graphdef, state = nnx.split(model)
@@ -129,11 +139,12 @@ def decoding_call(
     if budgets is None:
         budgets = np.full(len(input_ids), max_new_tokens)
     budgets = np.minimum(np.asarray(budgets, np.int32), max_new_tokens)
+    ids = place_rows(np.asarray(input_ids, np.int32), mesh)
     args = (
         graphdef,
         state,
         layer_params,
-        place_rows(np.asarray(input_ids, np.int32), mesh),
+        ids,
         place_rows(np.asarray(attention_mask, np.int32), mesh),
         eos,
         jnp.int32(pad_token_id),
@@ -142,10 +153,12 @@ def decoding_call(
         jax.random.key(seed),
         jnp.float32(max(temperature, 1e-6)),
     )
-    return args, {"sample": temperature > 0}
+    sample = temperature > 0
+    program = (ids.shape, str(ids.sharding), int(max_new_tokens), sample)
+    return DecodingCall(args, {"sample": sample}, program)
 
 
-def compile_decoding(calls: list[tuple[tuple, dict]]) -> None:
+def compile_decoding(calls: list[DecodingCall]) -> None:
     """Compile the decoding programs of `calls` (from `decoding_call`) side by side, so the
     calls that follow find them compiled.
 
@@ -156,9 +169,8 @@ def compile_decoding(calls: list[tuple[tuple, dict]]) -> None:
     placed arguments, lowered in the caller's thread), so results do not change. Shapes
     already compiled cost a cache lookup."""
     by_shape = {}
-    for args, static in calls:
-        ids, new_tokens = args[3], args[8]  # what besides the model sets the program
-        by_shape.setdefault((ids.shape, str(ids.sharding), new_tokens, static["sample"]), (args, static))
+    for call in calls:
+        by_shape.setdefault(call.program, call)
     if len(by_shape) < 2:
         return  # one program compiles at its first call, with nothing to overlap
     # Each program is lowered here, then compiled on a worker while the next one lowers:
@@ -166,7 +178,7 @@ def compile_decoding(calls: list[tuple[tuple, dict]]) -> None:
     # a mesh), which a worker would not see, and a program lowered without it is not the
     # one the calls look up.
     with ThreadPoolExecutor(min(len(by_shape), os.cpu_count() or 1)) as pool:
-        for done in [pool.submit(_greedy.lower(*a, **s).compile) for a, s in by_shape.values()]:
+        for done in [pool.submit(_greedy.lower(*c.args, **c.static).compile) for c in by_shape.values()]:
             done.result()
 
 

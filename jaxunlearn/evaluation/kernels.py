@@ -185,8 +185,8 @@ def generate_texts(
         )
         batches.append((index, real, call))
     compile_decoding([call for _, _, call in batches])
-    for index, real, (args, static) in batches:
-        tokens = run_decoding(args, static)
+    for index, real, call in batches:
+        tokens = run_decoding(call)
         for j in range(real):
             row = tokens[j].tolist()
             cut = next((k for k, t in enumerate(row) if t in eos), len(row))
