@@ -306,6 +306,13 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.objective.options.me_epsilon < 0:
         raise ConfigError("objective.options.me_epsilon must be >= 0 (0: exact log_softmax; 1e-12: the paper's code)")
+    d = cfg.data
+    given = [f"data.{k}" for k in ("forget_file", "retain_file") if getattr(d, k)]
+    if given and d.source not in ("files", "corpus"):  # else the run would read d.source's rows, not the files
+        raise ConfigError(
+            f"{' and '.join(given)} set, but data.source={d.source} does not read files: set data.source=files "
+            "(question/answer rows) or data.source=corpus (text), or leave the files out"
+        )
     if cfg.eval.best_by and not CRITERION.match(cfg.eval.best_by):
         raise ConfigError(f"eval.best_by={cfg.eval.best_by!r}: write max:KEY or min:KEY, e.g. max:forget_quality")
     unknown = [x for x in cfg.attack.attacks if x not in ATTACKS]

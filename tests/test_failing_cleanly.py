@@ -31,6 +31,11 @@ NONSENSE = [  # (override, what the error must say)
     ("train.vocab_block=-1", "train.vocab_block=-1 makes no sense"),
     ("model.attention=flash", "model.attention='flash' is not one of auto, xla"),
     ("output.dir=ftp://host/run", "output.dir=ftp://host/run: ftp:// is not a supported store; use gs:// or s3://"),
+    # a file given without a source that reads it would unlearn TOFU's forget10 instead
+    (
+        "data.forget_file=mine.jsonl",
+        "data.forget_file set, but data.source=tofu does not read files: set data.source=files",
+    ),
 ]
 
 
