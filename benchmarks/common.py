@@ -233,13 +233,14 @@ def environment() -> dict:
     }
 
 
-def environment_line(env: dict) -> str:
-    """One line for the docs beside a figure."""
+def environment_line(env: dict, commits: str | None = None) -> str:
+    """One line for the docs beside a figure; `commits` replaces 'commit <env's git>' (a
+    set whose entries were measured at several commits)."""
     versions = ", ".join(f"{k} {env[k]}" for k in ("jax", "jaxlib", "torch", "transformers", "lm_eval") if env.get(k))
     threads = ", ".join(f"{k}={env[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if env.get(k))
     return (
         f"{env['cpu']} ({env['cores']} cores; {' '.join(env['cpu_flags']) or 'no AVX-512/AMX'}); {versions}; "
-        f"{threads or 'no XLA/OMP settings'}; commit {env['git']}; {env['date']}"
+        f"{threads or 'no XLA/OMP settings'}; {commits or 'commit ' + env['git']}; {env['date']}"
     )
 
 

@@ -119,8 +119,7 @@ def commits_text(results: dict) -> str:
 
 
 def environment_block(results: dict) -> str:
-    env = results["environment"]
-    line = common.environment_line(env).replace(f"commit {env['git']}", commits_text(results))
+    line = common.environment_line(results["environment"], commits_text(results))
     return f"Set `{results['set']}`; environment: {line}."
 
 

@@ -373,6 +373,8 @@ def test_presets_by_name_misfit_warnings_and_the_offline_hint(tiny_lm, smollm2, 
     assert "set eval.generation_budget=open_unlearning" in short and "eval.generation_budget=tofu" in tofu
     reading = [f"model.path={tiny_lm}", "eval.generation_budget=open_unlearning", "eval.max_new_tokens=8"]
     assert warn_if_config_misfits(load_config(None, reading), tokenizer) == []
+    (length,) = warn_if_config_misfits(load_config(None, [*reading, "eval.max_length=48"]), tokenizer)
+    assert length.startswith("eval.max_length=48 is not used: eval.generation_budget=open_unlearning")
 
     import huggingface_hub
 

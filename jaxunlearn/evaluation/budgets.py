@@ -18,6 +18,28 @@ import numpy as np
 from ..errors import ConfigError
 
 BUDGETS = ("tofu", "open_unlearning", "per_row")
+# what each convention gives an answer, and the eval settings it reads for that
+GIVES = {
+    "tofu": "eval.max_length minus the longest prompt of its eval.tofu_batch_size rows",
+    "open_unlearning": "eval.max_new_tokens",
+    "per_row": "eval.max_length minus its own prompt",
+}
+READS = {"open_unlearning": ("max_new_tokens",), "tofu": ("max_length", "tofu_batch_size"), "per_row": ("max_length",)}
+
+
+def unread_budget_settings(e) -> list[str]:
+    """A warning per eval setting (of EvalSection `e`) moved from its default that the
+    chosen generation_budget does not read: eval.max_new_tokens=8 under per_row generated up
+    to max_length minus the prompt without a word."""
+    default = type(e)()
+    read = READS[e.generation_budget]
+    return [
+        f"eval.{key}={getattr(e, key)} is not used: eval.generation_budget={e.generation_budget} gives each "
+        f"answer {GIVES[e.generation_budget]} new tokens; set eval.generation_budget="
+        f"{next(b for b, keys in READS.items() if key in keys)} for eval.{key} to apply"
+        for key in dict.fromkeys(k for keys in READS.values() for k in keys)
+        if key not in read and getattr(e, key) != getattr(default, key)
+    ]
 
 
 def generation_budgets(

@@ -48,6 +48,7 @@ def warn_if_config_misfits(cfg: RunConfig, tokenizer) -> list[str]:
     template or dtypes do not fit the model; and a generation setting that the chosen
     eval.generation_budget ignores (a warning each; the run goes on)."""
     from ..data.templates import CHAT_TEMPLATES, default_template_name
+    from ..evaluation.budgets import unread_budget_settings
 
     warnings = []
     fitting = default_template_name(tokenizer)
@@ -64,34 +65,10 @@ def warn_if_config_misfits(cfg: RunConfig, tokenizer) -> list[str]:
             f"{cfg.model.path} was saved in bfloat16, but the config computes in float16, whose range is far "
             "smaller (activations may overflow to inf); use bfloat16 or float32"
         )
-    warnings += _unused_budget_settings(cfg)
+    warnings += unread_budget_settings(cfg.eval)
     for text in warnings:
         log.warning(text)
     return warnings
-
-
-def _unused_budget_settings(cfg: RunConfig) -> list[str]:
-    """eval.max_new_tokens and eval.tofu_batch_size set away from their defaults under a
-    generation budget that does not read them (max_new_tokens=8 under per_row generated up
-    to max_length minus the prompt, 170 tokens, without a word)."""
-    from ..evaluation.config import EvalSection
-
-    e, default = cfg.eval, EvalSection()
-    unused = []
-    if e.generation_budget != "open_unlearning" and e.max_new_tokens != default.max_new_tokens:
-        unused.append(("eval.max_new_tokens", e.max_new_tokens, "open_unlearning"))
-    if e.generation_budget != "tofu" and e.tofu_batch_size != default.tofu_batch_size:
-        unused.append(("eval.tofu_batch_size", e.tofu_batch_size, "tofu"))
-    gives = {
-        "per_row": "eval.max_length minus its own prompt",
-        "tofu": "eval.max_length minus the longest prompt of its eval.tofu_batch_size rows",
-        "open_unlearning": "eval.max_new_tokens",
-    }[e.generation_budget]
-    return [
-        f"{key}={value} is not used: eval.generation_budget={e.generation_budget} gives each answer {gives} "
-        f"new tokens; set eval.generation_budget={budget} for {key} to apply"
-        for key, value, budget in unused
-    ]
 
 
 def _checkpoint_dtype(path) -> str | None:
