@@ -42,6 +42,10 @@ def layer_keys_values(layer_cache, k, v, index):
     if layer_cache is None:
         return None, k, v
     k_all, v_all, layer = layer_cache
+    if layer is None:  # one layer's own cache (the unrolled loop)
+        k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, 0, 0, index))
+        v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, 0, index, 0))
+        return (k_all, v_all, None), k_all, v_all
     k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, 0, 0, index))
     v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, 0, index, 0))
     return (k_all, v_all, layer), k_all[layer], v_all[layer]
@@ -115,12 +119,12 @@ def _unrolled_layers(block, h, layer_params: list, cache, per_layer, output_hidd
     hidden, ks, vs = [], [], []
     for i, p in enumerate(layer_params):
         x = None if per_layer is None else jax.tree.map(lambda a: a[i], per_layer)
-        layer_cache = None if cache is None else (cache.k[i][None], cache.v[i][None], 0)
+        layer_cache = None if cache is None else (cache.k[i], cache.v[i], None)
         h, layer_cache = block(p, h, layer_cache, x)
         h = constrain_batch(h)
         if layer_cache is not None:
-            ks.append(layer_cache[0][0])
-            vs.append(layer_cache[1][0])
+            ks.append(layer_cache[0])
+            vs.append(layer_cache[1])
         if output_hidden_states:
             hidden.append(h)
     kv = None if cache is None else (tuple(ks), tuple(vs))
