@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     jaxunlearn.save_pretrained(model, tokenizer, hf_dir)  # the same weights for transformers
     torch_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     lm = HFLM(pretrained=torch_model, tokenizer=tokenizer, batch_size=args.batch, device="cpu")
-    manager = TaskManager(include_path=str(folder / "tasks"))
+    manager = TaskManager(include_path=str(folder / "tasks"), include_defaults=False)  # the written task alone
     task = load_task("wmdp_bio" if args.task == "wmdp" else "mmlu_anatomy", folder, shots)
     task_name = f"bench_{args.task}"
 

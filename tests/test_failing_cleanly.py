@@ -385,3 +385,20 @@ def test_presets_by_name_misfit_warnings_and_the_offline_hint(tiny_lm, smollm2, 
     with pytest.raises(CheckpointError, match="could not fetch 'some-org/some-model'.*--config smollm2/target") as e:
         resolve("some-org/some-model")
     assert "\n" not in str(e.value)
+
+
+def test_evaluate_model_warns_a_python_caller_once_of_an_unread_budget_setting(tiny_lm, caplog):
+    import logging
+
+    from jaxunlearn.data.templates import default_template_name, get_template
+    from jaxunlearn.evaluation.config import EvalSection
+    from jaxunlearn.evaluation.evaluate import evaluate_model
+
+    model, tokenizer = jaxunlearn.load_pretrained(tiny_lm)
+    template = get_template(default_template_name(tokenizer), tokenizer)
+    options = EvalSection(max_new_tokens=7)  # read only under generation_budget=open_unlearning
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # the second call (or a CLI that warned first) does not repeat it
+            evaluate_model(model, tokenizer, template, [], options, progress=False)
+    said = [r.getMessage() for r in caplog.records if "eval.max_new_tokens=7 is not used" in r.getMessage()]
+    assert len(said) == 1 and "eval.generation_budget=per_row" in said[0]

@@ -205,12 +205,13 @@ def test_choice_accuracy_and_the_adapter_equal_lm_evals_hf_backend(tiny, tiny_lm
     write_lm_eval_tasks(tmp_path, bench_data)
     tasks = ["syn_wmdp_bio", "syn_rolling", "syn_gen"]
     results = {}
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)  # not lm-eval's 8-second index
     for name, args in (("hf", f"pretrained={tiny_lm},dtype=float32"), ("jaxunlearn", f"pretrained={tiny_lm}")):
         results[name] = lm_eval.simple_evaluate(
             model=name,
             model_args=args,
             tasks=tasks,
-            task_manager=TaskManager(include_path=str(tmp_path)),
+            task_manager=manager,
             batch_size=8,
             log_samples=True,
             device="cpu",
@@ -265,6 +266,17 @@ generation_kwargs:
 metric_list:
   - metric: exact_match
 """
+
+
+@pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed")
+def test_lm_eval_task_index_skips_the_built_in_tasks_when_the_include_path_has_them(bench_data, tmp_path):
+    from jaxunlearn.suites.lm_eval_tasks import _task_index
+
+    write_lm_eval_tasks(tmp_path, bench_data)
+    own = _task_index(["syn_wmdp_bio", "syn_gen"], str(tmp_path))
+    assert "syn_gen" in own.all_tasks and "wmdp_bio" not in own.all_tasks  # lm-eval's 8-second index skipped
+    both = _task_index(["syn_gen", "wmdp_bio"], str(tmp_path))  # a built-in task as well: the whole index
+    assert {"syn_gen", "wmdp_bio"} <= set(both.all_tasks)
 
 
 def test_choice_command_writes_tables_per_task_and_subject(tiny_lm, bench_data, tmp_path, capsys):

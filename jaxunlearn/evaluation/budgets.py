@@ -13,9 +13,13 @@ a budget. The conventions differ in how a budget is derived from the real prompt
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 BUDGETS = ("tofu", "open_unlearning", "per_row")
 # what each convention gives an answer, and the eval settings it reads for that
@@ -40,6 +44,21 @@ def unread_budget_settings(e) -> list[str]:
         for key in dict.fromkeys(k for keys in READS.values() for k in keys)
         if key not in read and getattr(e, key) != getattr(default, key)
     ]
+
+
+_logged: set[str] = set()
+
+
+def warn_unread_budget_settings(e) -> list[str]:
+    """`unread_budget_settings(e)`, each logged as a warning the first time this process
+    meets it: the CLI warns before a run starts (hours before an unlearning run evaluates),
+    `evaluate_model` warns a Python caller, and neither repeats the other."""
+    texts = unread_budget_settings(e)
+    for text in texts:
+        if text not in _logged:
+            _logged.add(text)
+            log.warning(text)
+    return texts
 
 
 def generation_budgets(

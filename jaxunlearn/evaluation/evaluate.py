@@ -17,7 +17,7 @@ from ..precision import matmul_precision as precision_context
 from . import metrics as M
 from .aggregate import aggregate, set_stats
 from .registry import EXAMPLE_METRICS, SetPass
-from .budgets import generation_budgets
+from .budgets import generation_budgets, warn_unread_budget_settings
 from .kernels import generate_texts, score_rows
 from .prefix_trees import score_prefix_trees
 from .config import EvalSection
@@ -119,6 +119,7 @@ def evaluate_model(
 
 def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, embedder, judge, reference, progress):
     check_vocab(model, tokenizer)
+    warn_unread_budget_settings(e)
     pad = pad_token_id(tokenizer)
     model, mesh = place_for_evaluation(model, e.batch_size)
     records, summary = [], {"sets": {}}

@@ -22,7 +22,7 @@ from ..data.eval_sets import left_pad
 from ..data.tokenize import TokenizedRows
 from ..parallel import batch_ways, host_get, params_mesh, place_rows
 from .budgets import generation_budgets
-from .generation import compile_decoding, decoding_call, decoding_layers, run_decoding
+from .generation import compile_decoding, decoding_call, decoding_layers, run_decoding, strip_after_eos
 from ..objectives.token_stats import log_probs, shifted
 
 
@@ -169,7 +169,7 @@ def generate_texts(
     budgets = np.asarray(budgets, np.int64)
     order = np.argsort([-len(p) for p in prompts], kind="stable")
     texts: list[str | None] = [None] * n
-    eos = set(np.atleast_1d(eos_ids).tolist())
+    eos = sorted(set(np.atleast_1d(eos_ids).tolist()))
     layer_params = decoding_layers(model)
     batches = []  # (rows, real rows, the decoding call)
     for start in range(0, n, batch_size):
@@ -181,16 +181,13 @@ def generate_texts(
         ids, mask = left_pad([prompts[i] for i in index], pad_id, width)
         new = round_up(max(1, int(budgets[index].max())), 32)
         call = decoding_call(
-            model, ids, mask, new, sorted(eos), pad_id, layer_params, budgets[index], temperature, seed + start, mesh
+            model, ids, mask, new, eos, pad_id, layer_params, budgets[index], temperature, seed + start, mesh
         )
         batches.append((index, real, call))
     compile_decoding([call for _, _, call in batches])
     for index, real, call in batches:
-        tokens = run_decoding(call)
-        for j in range(real):
-            row = tokens[j].tolist()
-            cut = next((k for k, t in enumerate(row) if t in eos), len(row))
-            text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+        for j, row in enumerate(strip_after_eos(run_decoding(call)[:real], eos)):
+            text = tokenizer.decode(row, skip_special_tokens=True)
             for stop in stop_strings:
                 text = text.split(stop)[0] if stop else text
             texts[index[j]] = text.strip() if strip else text

@@ -48,7 +48,7 @@ def warn_if_config_misfits(cfg: RunConfig, tokenizer) -> list[str]:
     template or dtypes do not fit the model; and a generation setting that the chosen
     eval.generation_budget ignores (a warning each; the run goes on)."""
     from ..data.templates import CHAT_TEMPLATES, default_template_name
-    from ..evaluation.budgets import unread_budget_settings
+    from ..evaluation.budgets import warn_unread_budget_settings
 
     warnings = []
     fitting = default_template_name(tokenizer)
@@ -65,10 +65,9 @@ def warn_if_config_misfits(cfg: RunConfig, tokenizer) -> list[str]:
             f"{cfg.model.path} was saved in bfloat16, but the config computes in float16, whose range is far "
             "smaller (activations may overflow to inf); use bfloat16 or float32"
         )
-    warnings += unread_budget_settings(cfg.eval)
     for text in warnings:
         log.warning(text)
-    return warnings
+    return warnings + warn_unread_budget_settings(cfg.eval)
 
 
 def _checkpoint_dtype(path) -> str | None:
