@@ -75,9 +75,9 @@ def test_the_docs_have_commands_and_an_offline_path():
     assert OFFLINE_HEADING in text
 
 
-SHRINK = {  # the same commands at a smaller scale: a few steps, a few rows, no generation, no final checkpoint
-    "finetune": ["train.max_steps=2", "output.final_checkpoint=false"],
-    "unlearn": ["train.max_steps=2", "output.final_checkpoint=false"],
+SHRINK = {  # the same commands at a smaller scale: a few small steps, a few rows, no generation, no final checkpoint
+    "finetune": ["train.max_steps=2", "train.batch_size=2", "output.final_checkpoint=false"],
+    "unlearn": ["train.max_steps=2", "train.batch_size=2", "output.final_checkpoint=false"],
     "eval": ["eval.num_rows=3", "eval.generate=false"],
 }
 
