@@ -71,6 +71,10 @@ def test_a_non_finite_stop_keeps_the_last_finite_state(tiny_lm, tmp_path):
     assert f"checkpointed: step {failed - 1}" in str(e.value)
 
 
+# Orbax's failed restore of the cut files can leave a read in flight whose completion lands
+# on its already closed event loop ("Event loop is closed", raised in no frame of ours); it
+# showed in 3 of 7 suite runs, and the fallback asserted here is unaffected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_latest_checkpoint_falls_back_and_orphans_are_removed(tiny_lm, tmp_path, caplog):
     out = tmp_path / "run"
     extra = ["output.checkpoint_every=2", "output.keep_checkpoints=3"]

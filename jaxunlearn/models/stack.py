@@ -37,7 +37,9 @@ def layer_keys_values(layer_cache, k, v, index):
 
     k/v are this call's [B, T, kv, D]. With a cache (k_all, v_all, layer), they are stored
     at position `index` of the layer's slot and the layer's whole cache is returned, with
-    the updated cache: (layer_cache, k, v)."""
+    the updated cache: (layer_cache, k, v). layer None: k_all / v_all are one layer's own
+    cache (the unrolled loop), updated as they are: a reshape around the update made XLA
+    copy every layer's cache at every decoding step."""
     k, v = k.transpose(0, 2, 3, 1), jnp.swapaxes(v, 1, 2)
     if layer_cache is None:
         return None, k, v
