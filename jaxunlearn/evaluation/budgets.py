@@ -21,14 +21,16 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BUDGETS = ("tofu", "open_unlearning", "per_row")
 # what each convention gives an answer, and the eval settings it reads for that
 GIVES = {
     "tofu": "eval.max_length minus the longest prompt of its eval.tofu_batch_size rows",
     "open_unlearning": "eval.max_new_tokens",
     "per_row": "eval.max_length minus its own prompt",
 }
-READS = {"open_unlearning": ("max_new_tokens",), "tofu": ("max_length", "tofu_batch_size"), "per_row": ("max_length",)}
+BUDGETS = tuple(GIVES)
+# the first convention that reads a setting is the one a warning suggests: per_row, the
+# default, for eval.max_length (not tofu and its batch quirk)
+READS = {"per_row": ("max_length",), "open_unlearning": ("max_new_tokens",), "tofu": ("max_length", "tofu_batch_size")}
 
 
 def unread_budget_settings(e) -> list[str]:
