@@ -12,7 +12,7 @@ import pytest
 import jaxunlearn
 from flax import nnx
 
-from jaxunlearn.evaluation.generation import greedy_generate
+from jaxunlearn.evaluation.generation import decoding_layers, greedy_generate
 
 NEW = 6
 
@@ -46,9 +46,11 @@ def assert_kv_cache_matches_full_forward(model):
     mask[2, :4] = 0
     ids[mask == 0] = 0
     expected = full_forward_greedy(model, ids, mask, NEW)
-    for loop in ("scan", "unrolled"):  # the layers of each decoding step as a scan and unrolled
-        got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[-1], pad_token_id=0, layer_params=loop)
-        np.testing.assert_array_equal(got, expected, err_msg=loop)
+    # the layers of each decoding step as a scan, and unrolled with either projection layout
+    for loop, layout in (("scan", "auto"), ("unrolled", "rows"), ("unrolled", "columns")):
+        layers = decoding_layers(model, loop, layout)
+        got = greedy_generate(model, ids, mask, NEW, eos_token_ids=[-1], pad_token_id=0, layer_params=layers)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{loop} {layout}")
 
 
 def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
@@ -58,7 +60,6 @@ def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
 def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
     """fp32 parameters computing in bf16: the per-layer copies are cast once, not every token."""
     from conftest import tiny_llama_config
-    from jaxunlearn.evaluation.generation import decoding_layers
 
     model = jaxunlearn.create_model(tiny_llama_config(compute_dtype="bfloat16"), seed=0)
     layers = decoding_layers(model, "unrolled")
@@ -68,6 +69,28 @@ def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
         greedy_generate(model, ids, mask, 4, [-1], 0, layer_params=layers),
         greedy_generate(model, ids, mask, 4, [-1], 0, layer_params="scan"),
     )
+
+
+def test_columns_layout_holds_projections_transposed_and_multiplies_the_same():
+    """projections="columns": each projection held [out, in] under `<name>_t`, the rest as
+    is; the layer computes what x @ W computes (to fp32 rounding); auto follows the CPU."""
+    from conftest import tiny_llama_config
+    from jaxunlearn.evaluation import projection_layout as P
+    from jaxunlearn.models import layers as L
+
+    model = jaxunlearn.create_model(tiny_llama_config(), seed=0)
+    rows, columns = decoding_layers(model, "unrolled", "rows"), decoding_layers(model, "unrolled", "columns")
+    assert set(columns[0]) == {f"{k}_t" if k.endswith("_proj") else k for k in rows[0]}
+    np.testing.assert_array_equal(columns[1]["gate_proj_t"], rows[1]["gate_proj"].T)
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 3, rows[0]["q_proj"].shape[0]), jnp.float32)
+    np.testing.assert_allclose(
+        L.linear_transposed(x, columns[0]["q_proj_t"]), L.linear(x, rows[0]["q_proj"]), rtol=1e-5, atol=1e-6
+    )
+    intel = P.cpu_vendor() == "GenuineIntel"
+    assert P.projection_layout("auto") == ("columns" if intel else "rows")
+    assert [P.projection_layout(n) for n in ("rows", "columns")] == ["rows", "columns"]
+    with pytest.raises(ValueError, match="unknown projection layout 'cols'.*'columns'"):
+        decoding_layers(model, "unrolled", "cols")
 
 
 def test_unknown_layer_loop_is_refused(tiny_checkpoints):

@@ -14,8 +14,10 @@ import numpy as np
 from flax import nnx
 
 from ..models.config import to_dtype
+from ..models.decoder import PROJECTIONS
 from ..models.stack import unstack_layers
 from ..parallel import host_get, place_rows
+from .projection_layout import projection_layout
 
 
 def _pick(logits, key, temperature, sample: bool):
@@ -71,18 +73,23 @@ def _greedy(
 LAYER_LOOPS = ("auto", "scan", "unrolled")
 
 
-def decoding_layers(model, layer_loop: str = "auto"):
+def decoding_layers(model, layer_loop: str = "auto", projections: str = "auto"):
     """The per-layer parameters the decoding loop runs unrolled with, or None to scan.
 
     auto: unrolled on CPU, where the scan's per-layer weight slices are copies that cost more
     than the matmuls of one token (SmolLM2, batch 16: 150 -> 74 ms per token);
     scanned on accelerators, where the unrolled loop would hold a second copy of the layer
-    weights in device memory. Make it once per batch of generate calls: it copies weights."""
+    weights in device memory. Make it once per batch of generate calls: it copies weights.
+    projections: how the unrolled layers multiply their projections, a `PROJECTION_LAYOUTS`
+    name ("rows" x @ W, "columns" from W's transpose; see `projection_layout`)."""
     if layer_loop not in LAYER_LOOPS:
         raise ValueError(f"unknown layer_loop {layer_loop!r}; use one of {LAYER_LOOPS}")
+    layout = projection_layout(projections)
     if layer_loop == "scan" or (layer_loop == "auto" and jax.default_backend() != "cpu"):
         return None
-    return unstack_layers(model.layers.arrays(), to_dtype(model.config.compute_dtype))
+    arrays = model.layers.arrays()
+    columns = tuple(k for k in arrays if k in PROJECTIONS) if layout == "columns" else ()
+    return unstack_layers(arrays, to_dtype(model.config.compute_dtype), columns)
 
 
 def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_token_ids, pad_token_id: int, **options):

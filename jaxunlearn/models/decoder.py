@@ -88,8 +88,11 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", 
 
 def proj(c: ModelConfig, p: dict, name: str, x, bias=None, dropout_key=None):
     """x @ W (+ b), plus the low-rank adapter's scale * (dropout(x) @ A) @ B when the model
-    has one on this projection (models.lora); dropout only when a key is given (training)."""
-    y = L.linear(x, p[name], bias)
+    has one on this projection (models.lora); dropout only when a key is given (training).
+    Decoding's per-layer weights may hold W transposed under `<name>_t` (stack.unstack_layers).
+    """
+    w = p.get(name)
+    y = L.linear(x, w, bias) if w is not None else L.linear_transposed(x, p[f"{name}_t"], bias)
     a = p.get(f"{name}_lora_a")
     if a is None:
         return y
