@@ -71,7 +71,7 @@ def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
     )
 
 
-def test_columns_layout_holds_projections_transposed_and_multiplies_the_same():
+def test_columns_layout_holds_projections_transposed_and_multiplies_the_same(monkeypatch):
     """projections="columns": each projection held [out, in] under `<name>_t`, the rest as
     is; the layer computes what x @ W computes (to fp32 rounding); auto follows the CPU."""
     from conftest import tiny_llama_config
@@ -86,8 +86,9 @@ def test_columns_layout_holds_projections_transposed_and_multiplies_the_same():
     np.testing.assert_allclose(
         L.linear_transposed(x, columns[0]["q_proj_t"]), L.linear(x, rows[0]["q_proj"]), rtol=1e-5, atol=1e-6
     )
-    intel = P.cpu_vendor() == "GenuineIntel"
-    assert P.projection_layout("auto") == ("columns" if intel else "rows")
+    for vendor, layout in (("GenuineIntel", "columns"), ("AuthenticAMD", "rows"), ("", "rows")):
+        monkeypatch.setattr(P, "cpu_vendor", lambda v=vendor: v)
+        assert P.projection_layout("auto") == layout, vendor
     assert [P.projection_layout(n) for n in ("rows", "columns")] == ["rows", "columns"]
     with pytest.raises(ValueError, match="unknown projection layout 'cols'.*'columns'"):
         decoding_layers(model, "unrolled", "cols")

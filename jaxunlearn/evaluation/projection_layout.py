@@ -22,8 +22,9 @@ PROJECTION_LAYOUTS = ("auto", "rows", "columns")
 
 
 def projection_layout(layout: str = "auto") -> str:
-    """ "rows" or "columns": `layout` itself, or under "auto" "columns" on an Intel CPU and
-    "rows" elsewhere (accelerators decode with the scanned layers, which multiply x @ W)."""
+    """The layout decoding uses, "rows" or "columns": `layout` itself, or under "auto"
+    "columns" on an Intel CPU and "rows" elsewhere (accelerators decode with the scanned
+    layers, which multiply x @ W)."""
     if layout not in PROJECTION_LAYOUTS:
         raise ValueError(f"unknown projection layout {layout!r}; use one of {PROJECTION_LAYOUTS}")
     if layout != "auto":

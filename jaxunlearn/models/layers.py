@@ -203,6 +203,6 @@ def linear(x, w, b=None):
 def linear_transposed(x, w_t, b=None):
     """x @ W from W's transpose [out, in], multiplied as W_t · xᵀ, then transposed back: for
     a few rows (decoding) XLA:CPU's kernels run this [out, rows] product faster than
-    x @ W on some CPUs (Intel Xeon, 16 rows: 16% less time in SmolLM2's layers)."""
+    x @ W on some CPUs (Intel Xeon: SmolLM2's decoding steps 9-16% faster)."""
     y = jnp.moveaxis(jax.lax.dot_general(w_t, x, (((1,), (x.ndim - 1,)), ((), ()))), 0, -1)
     return y if b is None else y + b
