@@ -214,6 +214,8 @@ def main(argv=None) -> dict:
         c = cached_cold_seconds(args)
         phase = "total (jaxunlearn cold, compilation cache of an earlier process)"
         rows.append({"phase": phase, "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c})
+    from jaxunlearn.evaluation.projection_layout import projection_layout
+
     result = {
         "model": args.model,
         "split": args.split,
@@ -222,6 +224,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "max_length": args.max_length,
         "device": common.accelerator_name(),
+        "decoding_projections": projection_layout("auto"),  # how decoding multiplies (CPU-dependent)
         "torch_threads": torch.get_num_threads(),
         "torch_device": args.torch_device,
         "phases": rows,
@@ -233,7 +236,8 @@ def main(argv=None) -> dict:
     }
     print(
         f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
-        f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, {result['device']})"
+        f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, "
+        f"{result['device']}, decoding projections {result['decoding_projections']})"
     )
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup", "speedup_range"]))
     print(f"medians of {args.rounds} interleaved rounds; per-round ratios in speedup_range")
