@@ -38,7 +38,7 @@ def load_rows(split: str, rows: int, data_dir: str | None):
     return load_tofu(split, data_dir)[:rows]
 
 
-def jax_side(model, tokenizer, evalset, pad, batch: int, budgets):
+def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: str = "auto"):
     """evaluate_model's own calls: answer rows with full statistics, the rest log-probs only."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
@@ -46,7 +46,8 @@ def jax_side(model, tokenizer, evalset, pad, batch: int, budgets):
     t = time.perf_counter()
     nll = score_candidates(model, evalset, pad, batch)[1]
     scored = time.perf_counter()
-    gens = generate_texts(model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, batch, budgets)
+    eos = tokenizer.eos_token_id
+    gens = generate_texts(model, tokenizer, evalset.prompts, pad, eos, batch, budgets, projections=projections)
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
@@ -130,7 +131,7 @@ def child_cold(args) -> dict:
     enable(args.child_cold)
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
     evalset, budgets = evaluation_work(tokenizer, args)
-    times = jax_side(model, tokenizer, evalset, pad_token_id(tokenizer), args.batch, budgets)[2]
+    times = jax_side(model, tokenizer, evalset, pad_token_id(tokenizer), args.batch, budgets, args.projections)[2]
     print(json.dumps(times))
     return times
 
@@ -138,7 +139,8 @@ def child_cold(args) -> dict:
 def cached_cold_seconds(args) -> float:
     """Cold jaxunlearn time of a second fresh process, after a first one filled the cache."""
     shared = ["--model", args.model, "--split", args.split, "--rows", str(args.rows), "--batch", str(args.batch)]
-    shared += ["--max-length", str(args.max_length)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    shared += ["--max-length", str(args.max_length), "--projections", args.projections]
+    shared += ["--data-dir", args.data_dir] if args.data_dir else []
     with tempfile.TemporaryDirectory() as cache:
         for _ in range(2):
             times = common.rss_of_child(__file__, ["--child-cold", cache, *shared])
@@ -155,6 +157,12 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each side, interleaved (medians)")
     p.add_argument("--torch-device", default="cpu", help="where the transformers side runs: cpu or cuda")
+    p.add_argument(
+        "--projections",
+        default="auto",
+        choices=("auto", "rows", "columns"),
+        help="how jaxunlearn's decoding multiplies its projections (auto: by CPU, see evaluation.projection_layout)",
+    )
     p.add_argument(
         "--cached-cold",
         action="store_true",
@@ -185,10 +193,10 @@ def main(argv=None) -> dict:
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
 
-    _, _, cold = jax_side(model, tokenizer, *work)
+    _, _, cold = jax_side(model, tokenizer, *work, args.projections)
     runs = {"jaxunlearn": [], "transformers": []}
     for _ in range(args.rounds):  # interleaved: jaxunlearn warm, transformers
-        nll_j, gens_j, t = jax_side(model, tokenizer, *work)
+        nll_j, gens_j, t = jax_side(model, tokenizer, *work, args.projections)
         runs["jaxunlearn"].append({**t, "total": t["score"] + t["generate"]})
         nll_t, gens_t, t = torch_side(hf, tokenizer, *work)
         runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
@@ -224,7 +232,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "max_length": args.max_length,
         "device": common.accelerator_name(),
-        "decoding_projections": projection_layout("auto"),  # how decoding multiplies (CPU-dependent)
+        "decoding_projections": projection_layout(args.projections),  # how decoding multiplied
         "torch_threads": torch.get_num_threads(),
         "torch_device": args.torch_device,
         "phases": rows,

@@ -153,6 +153,7 @@ def generate_texts(
     stop_strings: tuple[str, ...] = (),
     strip: bool = True,
     mesh=None,
+    projections: str = "auto",
 ) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
     (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
@@ -160,7 +161,8 @@ def generate_texts(
     multiple of 32 (few compiles), and every row stops at its own. `temperature` > 0
     samples instead (each batch its own PRNG stream from `seed`). Each text is cut at the
     first of `stop_strings` found in it (open-unlearning's stopwords), then stripped (unless
-    `strip` is False: lm-eval keeps the spaces). Batches go on `mesh`, by default the mesh
+    `strip` is False: lm-eval keeps the spaces). `projections`: how decoding multiplies its
+    projections (`generation.decoding_layers`). Batches go on `mesh`, by default the mesh
     the parameters span (none: the default device)."""
     mesh = batch_mesh(model, mesh)
     n = len(prompts)
@@ -170,7 +172,7 @@ def generate_texts(
     order = np.argsort([-len(p) for p in prompts], kind="stable")
     texts: list[str | None] = [None] * n
     eos = sorted(set(np.atleast_1d(eos_ids).tolist()))
-    layer_params = decoding_layers(model)
+    layer_params = decoding_layers(model, projections=projections)
     batches = []  # (rows, real rows, the decoding call)
     for start in range(0, n, batch_size):
         index = list(order[start : start + batch_size])
