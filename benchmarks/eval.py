@@ -148,6 +148,8 @@ def cached_cold_seconds(args) -> float:
 
 
 def main(argv=None) -> dict:
+    from jaxunlearn.evaluation.projection_layout import PROJECTION_LAYOUTS, projection_layout
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (path or built-in asset)")
     p.add_argument("--split", default="forget10_perturbed")
@@ -160,7 +162,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--projections",
         default="auto",
-        choices=("auto", "rows", "columns"),
+        choices=PROJECTION_LAYOUTS,
         help="how jaxunlearn's decoding multiplies its projections (auto: by CPU, see evaluation.projection_layout)",
     )
     p.add_argument(
@@ -222,8 +224,6 @@ def main(argv=None) -> dict:
         c = cached_cold_seconds(args)
         phase = "total (jaxunlearn cold, compilation cache of an earlier process)"
         rows.append({"phase": phase, "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c})
-    from jaxunlearn.evaluation.projection_layout import projection_layout
-
     result = {
         "model": args.model,
         "split": args.split,
