@@ -11,8 +11,10 @@ every perturbed answer (probability, truth ratio), and a greedy answer of up to
 a question's prompt, is computed once) and `generate_texts` (KV-cache decoding in
 one `lax.while_loop`); the transformers side runs the way open-unlearning evaluates: a
 batched forward over whole (prompt, candidate) rows with an HF loss per row, and batched
-`model.generate` on left-padded prompts. Generation sees the same prompts in the same
-batches with the same number of new tokens on both sides. The outputs must agree: the
+`model.generate` on batches of `--batch` prompts, each left-padded to its longest
+(open-unlearning's collator). Both sides give every prompt the same number of new tokens;
+jaxunlearn decodes in its own batches (`--generation-batch`, default its evaluation's:
+the fewest even batches of up to 64 rows, prompts padded to bucket widths). The outputs must agree: the
 largest NLL difference and the count of identical generations are printed with the times
 (jaxunlearn cold = including compilation, warm = compiled).
 """
@@ -38,8 +40,10 @@ def load_rows(split: str, rows: int, data_dir: str | None):
     return load_tofu(split, data_dir)[:rows]
 
 
-def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: str = "auto"):
-    """evaluate_model's own calls: answer rows with full statistics, the rest log-probs only."""
+def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: str = "auto", generation_batch=None):
+    """evaluate_model's own calls: answer rows with full statistics, the rest log-probs
+    only; answers decoded in batches of `generation_batch` rows (None: the evaluation's
+    default)."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
 
@@ -47,22 +51,25 @@ def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: s
     nll = score_candidates(model, evalset, pad, batch)[1]
     scored = time.perf_counter()
     eos = tokenizer.eos_token_id
-    gens = generate_texts(model, tokenizer, evalset.prompts, pad, eos, batch, budgets, projections=projections)
+    gens = generate_texts(
+        model, tokenizer, evalset.prompts, pad, eos, generation_batch, budgets, projections=projections
+    )
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
 def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
     """transformers: whole rows, longest first, each batch padded to its longest row (shapes
-    cost eager PyTorch nothing); generation uses the same batches, prompt widths and
-    new-token budget as jaxunlearn so the answers can be compared. Runs on the model's
-    device (a GPU's work is waited for before each time is read)."""
+    cost eager PyTorch nothing); generation in batches of `batch` prompts, longest first,
+    each padded to its longest prompt, with each row's new-token budget (the batch runs to
+    its largest and each answer is cut at its own). Runs on the model's device (a GPU's
+    work is waited for before each time is read)."""
     import torch
     import torch.nn.functional as F
 
     device = model.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    from jaxunlearn.data.batching import bucket_length, pad_rows
+    from jaxunlearn.data.batching import pad_rows
     from jaxunlearn.data.eval_sets import left_pad
 
     t = time.perf_counter()
@@ -90,8 +97,7 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
         gens = [None] * len(prompts)
         for start in range(0, len(prompts), batch):
             index = list(order[start : start + batch])
-            width = bucket_length(max(len(prompts[i]) for i in index), (64, 128, 256), None)
-            ids, mask = left_pad([prompts[i] for i in index], pad, width)
+            ids, mask = left_pad([prompts[i] for i in index], pad, max(len(prompts[i]) for i in index))
             out = model.generate(
                 input_ids=torch.tensor(ids, dtype=torch.long, device=device),
                 attention_mask=torch.tensor(mask, dtype=torch.long, device=device),
@@ -131,7 +137,8 @@ def child_cold(args) -> dict:
     enable(args.child_cold)
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
     evalset, budgets = evaluation_work(tokenizer, args)
-    times = jax_side(model, tokenizer, evalset, pad_token_id(tokenizer), args.batch, budgets, args.projections)[2]
+    work = (evalset, pad_token_id(tokenizer), args.batch, budgets, args.projections, args.generation_batch)
+    times = jax_side(model, tokenizer, *work)[2]
     print(json.dumps(times))
     return times
 
@@ -140,6 +147,7 @@ def cached_cold_seconds(args) -> float:
     """Cold jaxunlearn time of a second fresh process, after a first one filled the cache."""
     shared = ["--model", args.model, "--split", args.split, "--rows", str(args.rows), "--batch", str(args.batch)]
     shared += ["--max-length", str(args.max_length), "--projections", args.projections]
+    shared += ["--generation-batch", str(args.generation_batch)] if args.generation_batch else []
     shared += ["--data-dir", args.data_dir] if args.data_dir else []
     with tempfile.TemporaryDirectory() as cache:
         for _ in range(2):
@@ -154,7 +162,13 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (path or built-in asset)")
     p.add_argument("--split", default="forget10_perturbed")
     p.add_argument("--rows", type=int, default=20)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="rows per batch: scoring, and transformers' generation")
+    p.add_argument(
+        "--generation-batch",
+        type=int,
+        default=None,
+        help="rows per jaxunlearn decoding batch (default: its evaluation's, even batches of up to 64)",
+    )
     p.add_argument("--max-length", type=int, default=200, help="generation: prompt + answer tokens")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each side, interleaved (medians)")
@@ -194,11 +208,12 @@ def main(argv=None) -> dict:
         )
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
+    options = (args.projections, args.generation_batch)
 
-    _, _, cold = jax_side(model, tokenizer, *work, args.projections)
+    _, _, cold = jax_side(model, tokenizer, *work, *options)
     runs = {"jaxunlearn": [], "transformers": []}
     for _ in range(args.rounds):  # interleaved: jaxunlearn warm, transformers
-        nll_j, gens_j, t = jax_side(model, tokenizer, *work, args.projections)
+        nll_j, gens_j, t = jax_side(model, tokenizer, *work, *options)
         runs["jaxunlearn"].append({**t, "total": t["score"] + t["generate"]})
         nll_t, gens_t, t = torch_side(hf, tokenizer, *work)
         runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
@@ -230,6 +245,7 @@ def main(argv=None) -> dict:
         "rows": len(evalset),
         "candidates": len(evalset.candidates),
         "batch": args.batch,
+        "generation_batch": args.generation_batch or "auto",  # jaxunlearn's decoding batches
         "max_length": args.max_length,
         "device": common.accelerator_name(),
         "decoding_projections": projection_layout(args.projections),  # how decoding multiplied
@@ -245,6 +261,7 @@ def main(argv=None) -> dict:
     print(
         f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
         f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, "
+        f"jaxunlearn decoding batch {result['generation_batch']}, "
         f"{result['device']}, decoding projections {result['decoding_projections']})"
     )
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup", "speedup_range"]))

@@ -264,6 +264,43 @@ def test_generate_texts_matches_step_by_step(tiny_lm, smollm2):
         assert text == tok.decode(steps[:cut], skip_special_tokens=True).strip()
 
 
+def test_decoding_batch_size_makes_the_fewest_even_batches():
+    from jaxunlearn.evaluation.kernels import DECODE_ROWS, DECODE_TOKENS, decoding_batch_size
+
+    assert DECODE_ROWS == 64
+    assert decoding_batch_size(20, None) == 20  # one batch, not 16 + a short 4
+    assert decoding_batch_size(300, None) == 60  # five even batches of at most 64
+    assert decoding_batch_size(65, None) == 33
+    assert decoding_batch_size(21, None, multiple=2) == 22  # rows split evenly over 2 devices
+    assert decoding_batch_size(200, None, multiple=2) == 100  # 64 rows per device
+    assert decoding_batch_size(40, None, row_tokens=DECODE_TOKENS // 8) == 8  # long prompts: a bounded cache
+    assert decoding_batch_size(3, None, row_tokens=10 * DECODE_TOKENS) == 1
+    assert decoding_batch_size(20, 16) == 16 and decoding_batch_size(0, None) == 1
+
+
+def test_generate_texts_default_batches_are_even_and_answer_the_same(tiny_lm, smollm2, monkeypatch):
+    from jaxunlearn.evaluation import generation, kernels
+
+    tok = smollm2[1]
+    model, _ = jaxunlearn.load_pretrained(tiny_lm)
+    words = ("Who wrote this?", "Tell me a story about it", "Why", "Name three books by the author, please")
+    prompts = [np.asarray(tok(t)["input_ids"], np.int32) for t in words] * 2  # 8 prompts
+    budgets = [5, 8, 3, 8, 6, 2, 8, 7]
+    fixed = generate_texts(model, tok, prompts, 2, [2], batch_size=2, budgets=budgets, buckets=(16,))
+    shapes = []
+    real_call = generation.decoding_call
+
+    def spy(model, input_ids, *args, **kwargs):
+        shapes.append(np.shape(input_ids))
+        return real_call(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "decoding_call", spy)
+    monkeypatch.setattr(kernels, "DECODE_ROWS", 3)  # 8 rows: three even batches of 3 (the last padded)
+    even = generate_texts(model, tok, prompts, 2, [2], budgets=budgets, buckets=(16,))
+    assert shapes == [(3, 16)] * 3
+    assert even == fixed and len(set(fixed)) > 2  # greedy answers do not depend on the batching
+
+
 def test_bert_encoder_matches_transformers():
     import torch
     from tokenizers import Tokenizer

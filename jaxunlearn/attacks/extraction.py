@@ -27,7 +27,7 @@ def sampled_extraction(
     prompts, answers = evalset.prompts, evalset.references
     lengths = [len(p) for p in prompts]
     budgets = generation_budgets(lengths, e.generation_budget, e.max_length, e.max_new_tokens, e.tofu_batch_size)
-    pad, eos, batch_size = pad_token_id(tokenizer), tokenizer.eos_token_id, e.batch_size
+    pad, eos, batch_size = pad_token_id(tokenizer), tokenizer.eos_token_id, e.generation_batch_size
     greedy = generate_texts(model, tokenizer, prompts, pad, eos, batch_size, budgets)
     many = [p for p in prompts for _ in range(samples)]
     sampled = generate_texts(

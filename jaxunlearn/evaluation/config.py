@@ -24,7 +24,12 @@ class EvalSection:
         None, "MIA holdout split (null: the holdout of the forget split's size; none: skip)"
     )
     num_rows: int | None = setting(300, "first N rows of each set (TOFU: 300); null: all")
-    batch_size: int = setting(16, "rows per generation batch; scoring packs batch_size x 64 prefix-tree nodes")
+    batch_size: int = setting(16, "scoring: rows per batch (TOFU sets pack batch_size x 64 prefix-tree nodes)")
+    generation_batch_size: int | None = setting(
+        None,
+        "rows per generation batch; null: the fewest even batches of at most 64 rows per device "
+        "(a decoding step reads every weight whatever its rows, so fuller steps are cheaper per answer)",
+    )
     max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")
     generation_budget: Literal["tofu", "open_unlearning", "per_row"] = setting(
         "per_row",

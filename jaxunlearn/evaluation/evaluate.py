@@ -174,7 +174,14 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
                 e.tofu_batch_size,
             )
             done.generations = generate_texts(
-                model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, e.batch_size, budgets, progress=bar
+                model,
+                tokenizer,
+                evalset.prompts,
+                pad,
+                tokenizer.eos_token_id,
+                e.generation_batch_size,
+                budgets,
+                progress=bar,
             )
             done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
             for i in range(n):

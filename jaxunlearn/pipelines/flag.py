@@ -77,7 +77,13 @@ def flag(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = Tru
     lengths = [len(p) for p in evalset.prompts]
     budgets = generation_budgets(lengths, e.generation_budget, e.max_length, e.max_new_tokens, e.tofu_batch_size)
     outputs = generate_texts(
-        model, tokenizer, evalset.prompts, pad_token_id(tokenizer), tokenizer.eos_token_id, e.batch_size, budgets
+        model,
+        tokenizer,
+        evalset.prompts,
+        pad_token_id(tokenizer),
+        tokenizer.eos_token_id,
+        e.generation_batch_size,
+        budgets,
     )
     judged = judge_rows([{**r, "output": o} for r, o in zip(rows, outputs)], judges)
     dialogues = [{"question": r["prompt"], "answer": r["output"], **r} for r in judged]

@@ -36,7 +36,9 @@ def evaluate_suite(cfg: RunConfig, out: Path, model=None, tokenizer=None, progre
         model, tokenizer = load_for_run(cfg, mesh=evaluation_mesh(cfg))
     check_vocab(model, tokenizer)
     if cfg.eval.benchmark == "muse":
-        records, summary = evaluate_muse(model, tokenizer, data, cfg.muse, cfg.eval.batch_size)
+        records, summary = evaluate_muse(
+            model, tokenizer, data, cfg.muse, cfg.eval.batch_size, cfg.eval.generation_batch_size
+        )
     else:
         records, summary = choice_results(cfg, model, tokenizer, tasks, progress)
     if cfg.choice.lm_eval_tasks:

@@ -184,20 +184,24 @@ def muse_data(corpus: str, data_dir, m: MuseSection) -> dict[str, list[dict]]:
     return data
 
 
-def evaluate_muse(model, tokenizer, data: dict, m: MuseSection, batch_size: int = 16):
+def evaluate_muse(
+    model, tokenizer, data: dict, m: MuseSection, batch_size: int = 16, generation_batch_size: int | None = None
+):
     """(records, summary) of the configured MUSE metrics on one model (`data`: muse_data)."""
     summary: dict = {"benchmark": "muse", "corpus": data["corpus"]}
     records: list[dict] = []
     want = set(m.metrics)
     if "forget_verbmem_ROUGE" in want:
         prompts, truths = verbmem_inputs(tokenizer, data["verbmem"], m.verbmem_max_length)
-        gens = _generate(model, tokenizer, prompts, m.verbmem_max_new_tokens, (), batch_size)
+        gens = _generate(model, tokenizer, prompts, m.verbmem_max_new_tokens, (), generation_batch_size)
         summary["forget_verbmem_ROUGE"] = _rouge_records(records, "forget_verbmem", gens, truths)
     for name in ("forget_knowmem", "retain_knowmem"):
         if f"{name}_ROUGE" not in want:
             continue
         prompts, truths = knowmem_inputs(tokenizer, data[name], data[f"{name}_icl"], m)
-        gens = _generate(model, tokenizer, prompts, m.knowmem_max_new_tokens, tuple(m.knowmem_stop), batch_size)
+        gens = _generate(
+            model, tokenizer, prompts, m.knowmem_max_new_tokens, tuple(m.knowmem_stop), generation_batch_size
+        )
         summary[f"{name}_ROUGE"] = _rouge_records(records, name, gens, truths)
     if want & {"extraction_strength", "exact_memorization"}:
         rows = TokenizedRows([], [])
@@ -222,7 +226,7 @@ def evaluate_muse(model, tokenizer, data: dict, m: MuseSection, batch_size: int 
     return records, summary
 
 
-def _generate(model, tokenizer, prompts, new_tokens: int, stops: tuple[str, ...], batch_size: int) -> list[str]:
+def _generate(model, tokenizer, prompts, new_tokens: int, stops: tuple[str, ...], batch_size: int | None) -> list[str]:
     longest = max(len(p) for p in prompts)
     buckets = (64, 128, 256, 512, 1024, 2048) if longest <= 2048 else (longest,)
     return generate_texts(
