@@ -1,22 +1,26 @@
 """The default TOFU evaluation, jaxunlearn against a transformers pipeline, on the same
-model, rows and batches.
+model and rows, each side with its own default batches.
 
     python benchmarks/eval.py                          # SmolLM2-135M-Instruct, 20 forget rows
     python benchmarks/eval.py --rows 40 --max-length 200
 
 Work per row (TOFU's default): the average NLL of the answer, the paraphrased answer and
 every perturbed answer (probability, truth ratio), and a greedy answer of up to
-`--max-length` minus its own prompt new tokens (ROUGE; the per_row budget). jaxunlearn runs its evaluation's own calls,
-`score_candidates` (candidates merged into prefix trees, so each shared prefix, such as
-a question's prompt, is computed once) and `generate_texts` (KV-cache decoding in
-one `lax.while_loop`); the transformers side runs the way open-unlearning evaluates: a
-batched forward over whole (prompt, candidate) rows with an HF loss per row, and batched
-`model.generate` on batches of `--batch` prompts, each left-padded to its longest
-(open-unlearning's collator). Both sides give every prompt the same number of new tokens;
-jaxunlearn decodes in its own batches (`--generation-batch`, default its evaluation's:
-the fewest even batches of up to 64 rows, prompts padded to bucket widths). The outputs must agree: the
-largest NLL difference and the count of identical generations are printed with the times
-(jaxunlearn cold = including compilation, warm = compiled).
+`--max-length` minus its own prompt new tokens (ROUGE; the per_row budget).
+
+jaxunlearn runs its evaluation's own calls with its defaults: `score_candidates`
+(candidates merged into prefix trees, so each shared prefix, such as a question's prompt,
+is computed once; `--batch`, eval.batch_size) and `generate_texts` (KV-cache decoding in
+one `lax.while_loop`, in the fewest even batches of up to 64 rows; `--generation-batch`
+pins a size). The transformers side runs the way open-unlearning evaluates, with its
+TOFU configs' batch sizes: a batched forward over whole (prompt, candidate) rows with an
+HF loss per row (`--torch-batch`, 32 as its Prob metrics), and `model.generate` on
+batches of `--torch-generation-batch` prompts (64 as its ROUGE metrics), each left-padded
+to its longest (its collator). Both sides give every prompt the same number of new
+tokens. The outputs must agree: the largest NLL difference and the count of identical
+generations are printed with the times (jaxunlearn cold = including compilation, warm =
+compiled). `--torch-batch 16 --torch-generation-batch 16 --generation-batch 16` runs
+both sides in the batches of 16 that runs before 2026-12-02 (fourteenth session) used.
 """
 
 from __future__ import annotations
@@ -57,9 +61,10 @@ def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: s
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
-def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
-    """transformers: whole rows, longest first, each batch padded to its longest row (shapes
-    cost eager PyTorch nothing); generation in batches of `batch` prompts, longest first,
+def torch_side(model, tokenizer, evalset, pad, batch: int, budgets, generation_batch: int):
+    """transformers: whole rows, longest first, `batch` at a time, each batch padded to its
+    longest row (shapes cost eager PyTorch nothing); generation in batches of
+    `generation_batch` prompts, longest first,
     each padded to its longest prompt, with each row's new-token budget (the batch runs to
     its largest and each answer is cut at its own). Runs on the model's device (a GPU's
     work is waited for before each time is read)."""
@@ -95,8 +100,8 @@ def torch_side(model, tokenizer, evalset, pad, batch: int, budgets):
         prompts = evalset.prompts
         order = np.argsort([-len(p) for p in prompts], kind="stable")
         gens = [None] * len(prompts)
-        for start in range(0, len(prompts), batch):
-            index = list(order[start : start + batch])
+        for start in range(0, len(prompts), generation_batch):
+            index = list(order[start : start + generation_batch])
             ids, mask = left_pad([prompts[i] for i in index], pad, max(len(prompts[i]) for i in index))
             out = model.generate(
                 input_ids=torch.tensor(ids, dtype=torch.long, device=device),
@@ -162,7 +167,11 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (path or built-in asset)")
     p.add_argument("--split", default="forget10_perturbed")
     p.add_argument("--rows", type=int, default=20)
-    p.add_argument("--batch", type=int, default=16, help="rows per batch: scoring, and transformers' generation")
+    p.add_argument("--batch", type=int, default=16, help="jaxunlearn's scoring batch (eval.batch_size)")
+    p.add_argument("--torch-batch", type=int, default=32, help="transformers' scoring batch (open-unlearning: 32)")
+    p.add_argument(
+        "--torch-generation-batch", type=int, default=64, help="transformers' generation batch (open-unlearning: 64)"
+    )
     p.add_argument(
         "--generation-batch",
         type=int,
@@ -215,7 +224,8 @@ def main(argv=None) -> dict:
     for _ in range(args.rounds):  # interleaved: jaxunlearn warm, transformers
         nll_j, gens_j, t = jax_side(model, tokenizer, *work, *options)
         runs["jaxunlearn"].append({**t, "total": t["score"] + t["generate"]})
-        nll_t, gens_t, t = torch_side(hf, tokenizer, *work)
+        torch_batches = (args.torch_batch, budgets, args.torch_generation_batch)
+        nll_t, gens_t, t = torch_side(hf, tokenizer, evalset, pad_token_id(tokenizer), *torch_batches)
         runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
     same = sum(a == b for a, b in zip(gens_j, gens_t))
     rows = []
@@ -246,6 +256,8 @@ def main(argv=None) -> dict:
         "candidates": len(evalset.candidates),
         "batch": args.batch,
         "generation_batch": args.generation_batch or "auto",  # jaxunlearn's decoding batches
+        "torch_batch": args.torch_batch,
+        "torch_generation_batch": args.torch_generation_batch,
         "max_length": args.max_length,
         "device": common.accelerator_name(),
         "decoding_projections": projection_layout(args.projections),  # how decoding multiplied
@@ -260,8 +272,9 @@ def main(argv=None) -> dict:
     }
     print(
         f"\nTOFU evaluation of {args.model}: {len(evalset)} rows of {args.split} ({len(evalset.candidates)} "
-        f"scored candidates, greedy answers up to {args.max_length} tokens, batch {args.batch}, "
-        f"jaxunlearn decoding batch {result['generation_batch']}, "
+        f"scored candidates, greedy answers up to {args.max_length} tokens; batches: jaxunlearn scoring "
+        f"{args.batch}, decoding {result['generation_batch']}; transformers scoring {args.torch_batch}, "
+        f"generation {args.torch_generation_batch}; "
         f"{result['device']}, decoding projections {result['decoding_projections']})"
     )
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup", "speedup_range"]))

@@ -65,6 +65,8 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
         "1",
         "--projections",  # not this CPU's default everywhere: the layout reaches decoding and the record
         "columns",
+        "--torch-generation-batch",  # transformers in two generation batches, jaxunlearn in one
+        "2",
         "--json",
         str(tmp_path / "e.json"),
     )
@@ -73,6 +75,7 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
     assert result["identical_generations"] == "3/3"
     assert result["max_abs_avg_nll_diff"] < 1e-3
     assert result["decoding_projections"] == "columns" and "decoding projections columns" in out.stdout
+    assert (result["generation_batch"], result["torch_batch"], result["torch_generation_batch"]) == ("auto", 32, 2)
 
 
 def test_memory_benchmark_tiny(tmp_path):
