@@ -187,7 +187,9 @@ def muse_data(corpus: str, data_dir, m: MuseSection) -> dict[str, list[dict]]:
 def evaluate_muse(
     model, tokenizer, data: dict, m: MuseSection, batch_size: int = 16, generation_batch_size: int | None = None
 ):
-    """(records, summary) of the configured MUSE metrics on one model (`data`: muse_data)."""
+    """(records, summary) of the configured MUSE metrics on one model (`data`: muse_data);
+    texts are scored `batch_size` rows at a time and answers decoded in batches of
+    `generation_batch_size` rows (None: `kernels.decoding_batch_size`'s even batches)."""
     summary: dict = {"benchmark": "muse", "corpus": data["corpus"]}
     records: list[dict] = []
     want = set(m.metrics)
