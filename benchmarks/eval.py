@@ -19,8 +19,8 @@ batches of `--torch-generation-batch` prompts (64 as its ROUGE metrics), each le
 to its longest (its collator). Both sides give every prompt the same number of new
 tokens. The outputs must agree: the largest NLL difference and the count of identical
 generations are printed with the times (jaxunlearn cold = including compilation, warm =
-compiled). `--torch-batch 16 --torch-generation-batch 16 --generation-batch 16` runs
-both sides in the batches of 16 that runs before 2026-12-02 (fourteenth session) used.
+compiled). Runs before the fourteenth session (2026-12-02) used batches of 16 on both
+sides: `--torch-batch 16 --torch-generation-batch 16 --generation-batch 16`.
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: s
 def torch_side(model, tokenizer, evalset, pad, batch: int, budgets, generation_batch: int):
     """transformers: whole rows, longest first, `batch` at a time, each batch padded to its
     longest row (shapes cost eager PyTorch nothing); generation in batches of
-    `generation_batch` prompts, longest first,
-    each padded to its longest prompt, with each row's new-token budget (the batch runs to
-    its largest and each answer is cut at its own). Runs on the model's device (a GPU's
-    work is waited for before each time is read)."""
+    `generation_batch` prompts, longest first, each padded to its longest prompt, with each
+    row's new-token budget (the batch runs to its largest and each answer is cut at its
+    own). Runs on the model's device (a GPU's work is waited for before each time is
+    read)."""
     import torch
     import torch.nn.functional as F
 
