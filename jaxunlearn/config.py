@@ -336,6 +336,7 @@ def _LIMITS(cfg: RunConfig):  # noqa: N802 - a table, written as one
         ("output.checkpoint_every", o.checkpoint_every, "at least 1 step (null: only at the end)", 1),
         ("output.checkpoint_minutes", o.checkpoint_minutes, "positive (null: no time-based saves)", 1e-9),
         ("eval.batch_size", e.batch_size, "at least 1", 1),
+        ("eval.generation_batch_size", e.generation_batch_size, "at least 1 (null: even batches of up to 64)", 1),
         ("eval.num_rows", e.num_rows, "at least 1 (null: every row)", 1),
         ("eval.max_length", e.max_length, "at least 1", 1),
         ("eval.max_new_tokens", e.max_new_tokens, "at least 1", 1),

@@ -276,6 +276,8 @@ def test_decoding_batch_size_makes_the_fewest_even_batches():
     assert decoding_batch_size(40, None, row_tokens=DECODE_TOKENS // 8) == 8  # long prompts: a bounded cache
     assert decoding_batch_size(3, None, row_tokens=10 * DECODE_TOKENS) == 1
     assert decoding_batch_size(20, 16) == 16 and decoding_batch_size(0, None) == 1
+    with pytest.raises(ValueError, match="batch_size=0: a decoding batch needs at least 1 row"):
+        decoding_batch_size(20, 0)
 
 
 def test_generate_texts_default_batches_are_even_and_answer_the_same(tiny_lm, smollm2, monkeypatch):

@@ -22,6 +22,7 @@ NONSENSE = [  # (override, what the error must say)
     ("output.keep_checkpoints=0", "output.keep_checkpoints=0 makes no sense"),
     ("output.checkpoint_every=0", "output.checkpoint_every=0"),
     ("eval.batch_size=0", "eval.batch_size=0 makes no sense"),
+    ("eval.generation_batch_size=0", "eval.generation_batch_size=0 makes no sense: it must be at least 1 \\(null"),
     ("eval.num_rows=0", "eval.num_rows=0 makes no sense: it must be at least 1 \\(null: every row\\)"),
     ("eval.max_new_tokens=0", "eval.max_new_tokens=0"),
     ("data.max_length=1", "data.max_length=1"),

@@ -111,6 +111,8 @@ def decoding_batch_size(rows: int, batch_size: int | None, multiple: int = 1, ro
     20; 300 rows: five of 60), so every batch has the same shape and no batch is a short
     remainder that pays a whole step's weight reads for a few rows."""
     if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: a decoding batch needs at least 1 row (None: even batches)")
         return batch_size
     cap = max(1, min(DECODE_ROWS, DECODE_TOKENS // max(row_tokens, 1))) * multiple
     batches = max(1, -(-rows // cap))
