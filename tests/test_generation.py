@@ -57,6 +57,43 @@ def test_kv_cache_decoding_matches_full_forward(tiny_checkpoints):
     assert_kv_cache_matches_full_forward(jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))[0])
 
 
+@pytest.mark.parametrize("loop", ["scan", "unrolled"])
+def test_a_batch_that_shrinks_as_rows_finish_decodes_the_same(tiny_checkpoints, monkeypatch, loop):
+    """Rows with small budgets finish first; the batch continues with its live rows
+    (8 -> 4 -> 2 -> 1 with SHRINK_MIN_ROWS = 1), and every row's tokens equal full-forward
+    greedy decoding's, cut at its budget, and those of the batch that never shrinks."""
+    from jaxunlearn.evaluation import generation
+
+    model = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))[0]
+    rng = np.random.RandomState(2)
+    ids = rng.randint(3, 101, (8, 5)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[3, :2] = 0  # left padding
+    ids[mask == 0] = 0
+    budgets = np.array([1, 2, 1, 8, 3, 1, 5, 2])
+    expected = full_forward_greedy(model, ids, mask, 8)
+    layers = decoding_layers(model, loop)
+    fixed = greedy_generate(model, ids, mask, 8, [-1], 0, layer_params=layers, budgets=budgets, shrink=False)
+    monkeypatch.setattr(generation, "SHRINK_MIN_ROWS", 1)
+    sizes = []
+    resume = generation._resume
+
+    def spy(graphdef, state, layer_params, carry, rows, *args, **kwargs):
+        sizes.append(len(rows))
+        return resume(graphdef, state, layer_params, carry, rows, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "_resume", spy)
+    short = greedy_generate(model, ids, mask, 8, [-1], 0, layer_params=layers, budgets=budgets, shrink=True)
+    assert sizes == [] and (short == fixed).all()  # 8 steps at most: too few to pay for a compile
+    monkeypatch.setattr(generation, "SHRINK_MIN_STEPS", 0)
+    got = greedy_generate(model, ids, mask, 8, [-1], 0, layer_params=layers, budgets=budgets, shrink=True)
+    assert sizes == [4, 2, 1]
+    np.testing.assert_array_equal(got, fixed)
+    for row, budget in enumerate(budgets):
+        np.testing.assert_array_equal(got[row, :budget], expected[row, :budget])
+        assert (got[row, budget:] == 0).all()  # pad after the budget
+
+
 def test_unrolled_decoding_holds_weights_in_the_compute_dtype():
     """fp32 parameters computing in bf16: the per-layer copies are cast once, not every token."""
     from conftest import tiny_llama_config

@@ -37,3 +37,12 @@ class KVCache:
             return self
         n = self.k.shape[0]
         return self.replace(k=tuple(self.k[i] for i in range(n)), v=tuple(self.v[i] for i in range(n)))
+
+    def take_rows(self, rows: jax.Array) -> "KVCache":
+        """The cache of batch rows `rows` (int [b]), in that order."""
+        take = lambda x, axis: jnp.take(x, rows, axis=axis)  # noqa: E731
+        if self.per_layer:
+            k, v = tuple(take(x, 0) for x in self.k), tuple(take(x, 0) for x in self.v)
+        else:  # [layers, B, ...]
+            k, v = take(self.k, 1), take(self.v, 1)
+        return self.replace(k=k, v=v, valid=take(self.valid, 0), positions=take(self.positions, 0))
