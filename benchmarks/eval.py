@@ -218,14 +218,14 @@ def main(argv=None) -> dict:
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
     options = (args.projections, args.generation_batch)
+    torch_work = (evalset, pad_token_id(tokenizer), args.torch_batch, budgets, args.torch_generation_batch)
 
     _, _, cold = jax_side(model, tokenizer, *work, *options)
     runs = {"jaxunlearn": [], "transformers": []}
     for _ in range(args.rounds):  # interleaved: jaxunlearn warm, transformers
         nll_j, gens_j, t = jax_side(model, tokenizer, *work, *options)
         runs["jaxunlearn"].append({**t, "total": t["score"] + t["generate"]})
-        torch_batches = (args.torch_batch, budgets, args.torch_generation_batch)
-        nll_t, gens_t, t = torch_side(hf, tokenizer, evalset, pad_token_id(tokenizer), *torch_batches)
+        nll_t, gens_t, t = torch_side(hf, tokenizer, *torch_work)
         runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
     same = sum(a == b for a, b in zip(gens_j, gens_t))
     rows = []

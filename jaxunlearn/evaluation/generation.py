@@ -28,17 +28,23 @@ def _pick(logits, key, temperature, sample: bool):
 
 
 class Carry(NamedTuple):
-    """The decoding loop's state: the step, each row's next token, the tokens so far
-    [B, max_new_tokens], which rows are done, the KV cache."""
+    """The decoding loop's state: the step, then per row its next token, its tokens so far
+    [B, max_new_tokens], whether it is done, its budget of new tokens; the KV cache."""
 
     i: jax.Array
     tok: jax.Array
     tokens: jax.Array
     done: jax.Array
+    budgets: jax.Array
     cache: object
 
+    def take_rows(self, rows) -> "Carry":
+        """The state of batch rows `rows` (int [b]), in that order."""
+        take = lambda x: jnp.take(x, rows, axis=0)  # noqa: E731
+        return Carry(self.i, *(take(x) for x in self[1:5]), self.cache.take_rows(rows))
 
-def _decode(model, layer_params, carry: Carry, keys, eos_ids, pad_id, budgets, temperature, sample, stop_at, steps):
+
+def _decode(model, layer_params, carry: Carry, keys, eos_ids, pad_id, temperature, sample, stop_at, steps):
     """Decode from `carry` until every row is done, the buffer is full, or at most
     `stop_at` rows are still live (0: never stop early) while a live row's budget leaves
     at least `steps` steps (fewer would not pay for a smaller program's compile)."""
@@ -46,17 +52,17 @@ def _decode(model, layer_params, carry: Carry, keys, eos_ids, pad_id, budgets, t
 
     def cond(c):
         live = jnp.sum(~c.done)
-        left = jnp.max(jnp.where(c.done, 0, budgets)) - c.i
+        left = jnp.max(jnp.where(c.done, 0, c.budgets)) - c.i
         shrink = (live <= stop_at) & (left >= steps)
         return (c.i < max_new_tokens) & (live > 0) & ~shrink
 
     def body(c):
         tok = jnp.where(c.done, pad_id, c.tok)
         tokens = c.tokens.at[:, c.i].set(tok)
-        done = c.done | jnp.isin(tok, eos_ids) | (c.i + 1 >= budgets)  # a row stops at its own budget
+        done = c.done | jnp.isin(tok, eos_ids) | (c.i + 1 >= c.budgets)  # a row stops at its own budget
         step = model.forward(tok[:, None], jnp.ones((b, 1), jnp.int32), cache=c.cache, layer_params=layer_params)
         nxt = _pick(step.logits[:, -1], keys[c.i + 1], temperature, sample)
-        return Carry(c.i + 1, nxt, tokens, done, step.cache)
+        return c._replace(i=c.i + 1, tok=nxt, tokens=tokens, done=done, cache=step.cache)
 
     return jax.lax.while_loop(cond, body, carry)
 
@@ -88,22 +94,16 @@ def _greedy(
     keys = jax.random.split(key if sample else jax.random.key(0), max_new_tokens + 1)
     first = _pick(out.logits[:, -1], keys[0], temperature, sample)
     tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
-    carry = Carry(jnp.int32(0), first, tokens, budgets <= 0, out.cache)
-    return _decode(
-        model, layer_params, carry, keys, eos_ids, pad_id, budgets, temperature, sample, stop_at, steps
-    ), keys
+    carry = Carry(jnp.int32(0), first, tokens, budgets <= 0, budgets, out.cache)
+    return _decode(model, layer_params, carry, keys, eos_ids, pad_id, temperature, sample, stop_at, steps), keys
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sample"))
-def _resume(
-    graphdef, state, layer_params, carry, rows, keys, eos_ids, pad_id, budgets, temperature, sample, stop_at, steps
-):
+def _resume(graphdef, state, layer_params, carry, rows, keys, eos_ids, pad_id, temperature, sample, stop_at, steps):
     """`_decode` continued on the batch rows `rows` of `carry` (a smaller batch)."""
     model = nnx.merge(graphdef, state)
-    take = lambda x: jnp.take(x, rows, axis=0)  # noqa: E731
-    carry = Carry(carry.i, take(carry.tok), take(carry.tokens), take(carry.done), carry.cache.take_rows(rows))
-    budgets = take(budgets)
-    return _decode(model, layer_params, carry, keys, eos_ids, pad_id, budgets, temperature, sample, stop_at, steps)
+    carry = carry.take_rows(rows)
+    return _decode(model, layer_params, carry, keys, eos_ids, pad_id, temperature, sample, stop_at, steps)
 
 
 # A batch shrinks to half its rows once half of them are done (`run_decoding`), down to
@@ -158,8 +158,8 @@ def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_t
 class DecodingCall(NamedTuple):
     """One call of the jitted decoding program: its placed arguments, its keyword arguments
     (`sample` is static; `stop_at` and `steps` say when the batch shrinks, see `_decode`;
-    stop_at 0: never), and `program`, what besides the model sets the compiled program (the prompt
-    batch's shape and placement, the buffer's new tokens, greedy or sampled)."""
+    stop_at 0: never), and `program`, what besides the model sets the compiled program
+    (the prompt batch's shape and placement, the buffer's new tokens, greedy or sampled)."""
 
     args: tuple
     options: dict
@@ -178,35 +178,24 @@ def run_decoding(call: DecodingCall) -> np.ndarray:
     as often as `shrunk_size` allows: the finished rows stop costing a share of every
     step. Greedy tokens do not change (each row's computation is its own)."""
     carry, keys = _greedy(*call.args, **call.options)
-    b = int(carry.tokens.shape[0])
     if not int(call.options["stop_at"]):
         return np.asarray(host_get(carry.tokens))
-    graphdef, state, layer_params, _, _, eos, pad, budgets, max_new_tokens, _, temperature = call.args
-    tokens = np.empty((b, max_new_tokens), np.int32)
-    rows = np.arange(b)  # the original row of each row of the running batch
+    graphdef, state, layer_params, _, _, eos, pad, _, max_new_tokens, _, temperature = call.args
+    tokens = np.empty(carry.tokens.shape, np.int32)
+    rows = np.arange(len(tokens))  # the original row of each row of the running batch
     while True:
-        done, now = (np.asarray(x) for x in host_get((carry.done, carry.tokens)))
+        step, done, now = (np.asarray(x) for x in host_get((carry.i, carry.done, carry.tokens)))
         tokens[rows] = now  # a done row's tokens are final; a live row's are overwritten later
         live = np.flatnonzero(~done)
-        if not len(live) or int(carry.i) >= max_new_tokens:
+        if not len(live) or int(step) >= max_new_tokens:
             return tokens
         size = shrunk_size(len(done))  # the loop stopped at this many live rows or fewer
         keep = np.concatenate([live, np.repeat(np.flatnonzero(done)[:1], size - len(live))])
         options = {**call.options, "stop_at": jnp.int32(shrunk_size(size))}
         carry = _resume(
-            graphdef,
-            state,
-            layer_params,
-            carry,
-            jnp.asarray(keep, jnp.int32),
-            keys,
-            eos,
-            pad,
-            budgets,
-            temperature,
-            **options,
+            graphdef, state, layer_params, carry, jnp.asarray(keep, jnp.int32), keys, eos, pad, temperature, **options
         )
-        rows, budgets = rows[keep], jnp.take(budgets, jnp.asarray(keep), axis=0)
+        rows = rows[keep]
 
 
 def decoding_call(
