@@ -44,20 +44,23 @@ def load_rows(split: str, rows: int, data_dir: str | None):
     return load_tofu(split, data_dir)[:rows]
 
 
-def jax_side(model, tokenizer, evalset, pad, batch: int, budgets, projections: str = "auto", generation_batch=None):
+def jax_side(
+    model, tokenizer, evalset, pad, batch: int, budgets, projections="auto", generation_batch=None, overlap=False
+):
     """evaluate_model's own calls: answer rows with full statistics, the rest log-probs
     only; answers decoded in batches of `generation_batch` rows (None: the evaluation's
-    default)."""
+    default), beside the scoring if `overlap` (then "generate" is the time generation
+    adds after scoring has ended)."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
+    from jaxunlearn.evaluation.overlap import start_generation
 
     t = time.perf_counter()
+    work = (model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, generation_batch, budgets)
+    answers = start_generation(overlap, generate_texts, *work, projections=projections)
     nll = score_candidates(model, evalset, pad, batch)[1]
     scored = time.perf_counter()
-    eos = tokenizer.eos_token_id
-    gens = generate_texts(
-        model, tokenizer, evalset.prompts, pad, eos, generation_batch, budgets, projections=projections
-    )
+    gens = answers()
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
@@ -143,15 +146,25 @@ def child_cold(args) -> dict:
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets, args.projections, args.generation_batch)
-    times = jax_side(model, tokenizer, *work)[2]
+    times = jax_side(model, tokenizer, *work, overlap_generation(args))[2]
     print(json.dumps(times))
     return times
+
+
+def overlap_generation(args) -> bool:
+    """Whether jaxunlearn's side decodes beside its scoring: the flag, or the evaluation's
+    own default (a model loaded here is on one device)."""
+    from jaxunlearn.evaluation.overlap import overlaps_generation
+
+    setting = {"auto": None, "true": True, "false": False}[args.overlap_generation]
+    return overlaps_generation(setting, None)
 
 
 def cached_cold_seconds(args) -> float:
     """Cold jaxunlearn time of a second fresh process, after a first one filled the cache."""
     shared = ["--model", args.model, "--split", args.split, "--rows", str(args.rows), "--batch", str(args.batch)]
     shared += ["--max-length", str(args.max_length), "--projections", args.projections]
+    shared += ["--overlap-generation", args.overlap_generation]
     shared += ["--generation-batch", str(args.generation_batch)] if args.generation_batch else []
     shared += ["--data-dir", args.data_dir] if args.data_dir else []
     with tempfile.TemporaryDirectory() as cache:
@@ -189,6 +202,13 @@ def main(argv=None) -> dict:
         help="how jaxunlearn's decoding multiplies its projections (auto: by CPU, see evaluation.projection_layout)",
     )
     p.add_argument(
+        "--overlap-generation",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="jaxunlearn decodes beside its scoring, on a second thread (eval.overlap_generation; auto: the "
+        "evaluation's default, on for a single-process CPU run)",
+    )
+    p.add_argument(
         "--cached-cold",
         action="store_true",
         help="also time a fresh process whose compilation cache an earlier process filled (what a repeated "
@@ -217,7 +237,7 @@ def main(argv=None) -> dict:
         )
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
-    options = (args.projections, args.generation_batch)
+    options = (args.projections, args.generation_batch, overlap_generation(args))
     torch_work = (evalset, pad_token_id(tokenizer), args.torch_batch, budgets, args.torch_generation_batch)
 
     _, _, cold = jax_side(model, tokenizer, *work, *options)
@@ -261,6 +281,7 @@ def main(argv=None) -> dict:
         "max_length": args.max_length,
         "device": common.accelerator_name(),
         "decoding_projections": projection_layout(args.projections),  # how decoding multiplied
+        "overlap_generation": overlap_generation(args),  # jaxunlearn decoded beside its scoring
         "torch_threads": torch.get_num_threads(),
         "torch_device": args.torch_device,
         "phases": rows,
@@ -275,7 +296,8 @@ def main(argv=None) -> dict:
         f"scored candidates, greedy answers up to {args.max_length} tokens; batches: jaxunlearn scoring "
         f"{args.batch}, decoding {result['generation_batch']}; transformers scoring {args.torch_batch}, "
         f"generation {args.torch_generation_batch}; "
-        f"{result['device']}, decoding projections {result['decoding_projections']})"
+        f"{result['device']}, decoding projections {result['decoding_projections']}; jaxunlearn generation "
+        f"{'beside' if result['overlap_generation'] else 'after'} scoring)"
     )
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup", "speedup_range"]))
     print(f"medians of {args.rounds} interleaved rounds; per-round ratios in speedup_range")

@@ -76,6 +76,7 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
     assert result["max_abs_avg_nll_diff"] < 1e-3
     assert result["decoding_projections"] == "columns" and "decoding projections columns" in out.stdout
     assert (result["generation_batch"], result["torch_batch"], result["torch_generation_batch"]) == ("auto", 32, 2)
+    assert result["overlap_generation"] is True and "jaxunlearn generation beside scoring" in out.stdout  # CPU default
 
 
 def test_memory_benchmark_tiny(tmp_path):

@@ -147,6 +147,49 @@ def test_evaluation_writes_open_unlearning_files_that_read_back(tiny_eval):
     assert theirs["mia_auc"] == pytest.approx(summary["mia_auc"])
 
 
+def test_generation_beside_scoring_gives_the_same_evaluation(tiny_eval, tiny_lm, tmp_path):
+    """tiny_eval decoded each set's answers on a second thread while scoring it (the default
+    for a single-process CPU run on one device); in order, the records are the same."""
+    import jax
+
+    from jaxunlearn.evaluation.overlap import overlaps_generation
+    from jaxunlearn.pipelines.evaluate import evaluate
+
+    if jax.local_device_count() > 1:
+        pytest.skip("the default overlaps only on one device")
+    assert overlaps_generation(None, None) and not overlaps_generation(False, None)
+    assert not overlaps_generation(None, mesh=object())  # a model on a mesh: in order
+    evaluate(_eval_cfg(tiny_lm, tmp_path, "eval.overlap_generation=false"), progress=False)
+    beside, in_order = (read_evaluation(d)[0] for d in (tiny_eval[0], tmp_path))
+    assert len(beside) == len(in_order) and any(r.get("generation") for r in beside)
+    assert beside == in_order
+
+
+def test_start_generation_carries_precision_and_errors():
+    import threading
+
+    import jax
+
+    from jaxunlearn.evaluation.overlap import start_generation
+
+    seen = []
+
+    def generate(x):
+        seen.append((threading.current_thread().name, jax.config.jax_default_matmul_precision))
+        if x < 0:
+            raise ValueError("no answers for a negative row")
+        return x + 1
+
+    with jax.default_matmul_precision("highest"):
+        beside = start_generation(True, generate, 1)
+        later = start_generation(False, generate, 2)
+    assert beside() == 2 and beside() == 2
+    assert seen == [("jaxunlearn-generation", "highest")]  # the worker ran under the caller's precision
+    assert later() == 3 and later() == 3 and len(seen) == 2  # in order: run once, when asked
+    with pytest.raises(ValueError, match="negative row"):
+        start_generation(True, generate, -1)()
+
+
 def test_scored_rows_truncated_at_score_max_length(tiny_lm, tmp_path):
     from jaxunlearn.pipelines.evaluate import evaluate
 

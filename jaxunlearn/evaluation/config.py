@@ -30,6 +30,11 @@ class EvalSection:
         "rows per generation batch; null: the fewest even batches of at most 64 rows per device "
         "(a decoding step reads every weight whatever its rows, so fuller steps are cheaper per answer)",
     )
+    overlap_generation: bool | None = setting(
+        None,
+        "decode a set's answers on a second thread while its candidates are scored; null: on for a "
+        "single-process CPU run on one device (decoding's attention leaves a core idle), off elsewhere",
+    )
     max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")
     generation_budget: Literal["tofu", "open_unlearning", "per_row"] = setting(
         "per_row",

@@ -19,6 +19,7 @@ from .aggregate import aggregate, set_stats
 from .registry import EXAMPLE_METRICS, SetPass
 from .budgets import generation_budgets, warn_unread_budget_settings
 from .kernels import generate_texts, score_rows
+from .overlap import overlaps_generation, start_generation
 from .prefix_trees import score_prefix_trees
 from .config import EvalSection
 from .sets import SetSpec
@@ -122,6 +123,7 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
     warn_unread_budget_settings(e)
     pad = pad_token_id(tokenizer)
     model, mesh = place_for_evaluation(model, e.batch_size)
+    overlap = overlaps_generation(e.overlap_generation, mesh)
     records, summary = [], {"sets": {}}
     for spec in sets:
         evalset = build_eval_set(
@@ -134,12 +136,14 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
             base_key=spec.base_key,
         )
         n = len(evalset)
+        generations = _start_generation(model, tokenizer, evalset, spec, e, pad, overlap, progress)
         bar = tqdm(
             total=n, desc=f"eval {spec.name}: scoring", unit="question", disable=not progress, dynamic_ncols=True
         )
         counter = _QuestionCounter(bar, len(evalset.candidates) / max(n, 1))
         scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, counter)
         bar.update(n - bar.n)  # the shares round
+        bar.close()
         gt, para, pert = _per_candidate(evalset, avg_nll)
         rec = [
             {
@@ -163,26 +167,8 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
         # the registry's per-example metrics, from what this set's single pass produced
         done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
         available = {"scores"}
-        if e.generate and spec.name != "holdout":
-            bar.reset(total=n)
-            bar.set_description(f"eval {spec.name}: generating")
-            budgets = generation_budgets(
-                [len(p) for p in evalset.prompts],
-                e.generation_budget,
-                e.max_length,
-                e.max_new_tokens,
-                e.tofu_batch_size,
-            )
-            done.generations = generate_texts(
-                model,
-                tokenizer,
-                evalset.prompts,
-                pad,
-                tokenizer.eos_token_id,
-                e.generation_batch_size,
-                budgets,
-                progress=bar,
-            )
+        if generations is not None:
+            done.generations = generations()
             done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
             for i in range(n):
                 rec[i]["generation"] = done.generations[i]
@@ -196,7 +182,6 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
                 for field, column in values.items() if isinstance(values, dict) else [(metric.name, values)]:
                     for i in range(n):
                         rec[i][field] = column[i]
-        bar.close()
         records += rec
         summary["sets"][spec.name] = set_stats(spec.name, rec)
     if reference is not None:
@@ -212,6 +197,31 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
     if judge is not None:
         summary["nli_judge"] = judge.name
     return records, summary
+
+
+def _start_generation(model, tokenizer, evalset, spec, e, pad, overlap: bool, progress: bool):
+    """The set's greedy answers as a function that waits for them (`overlap.start_generation`:
+    already decoding beside scoring, or decoded when asked); None when the set has none."""
+    if not e.generate or spec.name == "holdout":
+        return None
+    budgets = generation_budgets(
+        [len(p) for p in evalset.prompts], e.generation_budget, e.max_length, e.max_new_tokens, e.tofu_batch_size
+    )
+
+    def generate():
+        bar = tqdm(
+            total=len(evalset),
+            desc=f"eval {spec.name}: generating",
+            unit="question",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        with bar:
+            eos = tokenizer.eos_token_id
+            prompts = evalset.prompts
+            return generate_texts(model, tokenizer, prompts, pad, eos, e.generation_batch_size, budgets, progress=bar)
+
+    return start_generation(overlap, generate)
 
 
 def _reference_mia(records, reference, tokenizer, template, batch_size, max_length, buckets, pad):
