@@ -249,7 +249,9 @@ def main(argv=None) -> dict:
         runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
     same = sum(a == b for a, b in zip(gens_j, gens_t))
     rows = []
-    for phase, label in (("score", "score"), ("generate", "generate"), ("total", "total (warm)")):
+    overlap = overlap_generation(args)
+    labels = ("score, generation beside it", "generate, after scoring ended") if overlap else ("score", "generate")
+    for phase, label in (("score", labels[0]), ("generate", labels[1]), ("total", "total (warm)")):
         js, ts = ([r[phase] for r in runs[k]] for k in ("jaxunlearn", "transformers"))
         j, t = common.median(js), common.median(ts)
         rows.append(
