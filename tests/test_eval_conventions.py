@@ -165,6 +165,18 @@ def test_generation_beside_scoring_gives_the_same_evaluation(tiny_eval, tiny_lm,
     assert beside == in_order
 
 
+def test_overlap_is_refused_in_a_multi_process_launch(monkeypatch):
+    import jax
+
+    from jaxunlearn.errors import ConfigError
+    from jaxunlearn.evaluation.overlap import overlaps_generation
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert not overlaps_generation(None, None) and not overlaps_generation(False, None)
+    with pytest.raises(ConfigError, match="overlap_generation=true in a launch of 2 processes.*null or false"):
+        overlaps_generation(True, None)
+
+
 def test_start_generation_carries_precision_and_errors():
     import threading
 
