@@ -53,14 +53,14 @@ def jax_side(
     adds after scoring has ended)."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
-    from jaxunlearn.evaluation.overlap import start_generation
+    from jaxunlearn.evaluation.overlap import generation_beside
 
     t = time.perf_counter()
     work = (model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, generation_batch, budgets)
-    answers = start_generation(overlap, generate_texts, *work, projections=projections)
-    nll = score_candidates(model, evalset, pad, batch)[1]
-    scored = time.perf_counter()
-    gens = answers()
+    with generation_beside(overlap, lambda stop: generate_texts(*work, projections=projections)) as answers:
+        nll = score_candidates(model, evalset, pad, batch)[1]
+        scored = time.perf_counter()
+        gens = answers()
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 

@@ -177,29 +177,68 @@ def test_overlap_is_refused_in_a_multi_process_launch(monkeypatch):
         overlaps_generation(True, None)
 
 
-def test_start_generation_carries_precision_and_errors():
+def test_generation_beside_carries_precision_errors_and_stops():
     import threading
+    import time
 
     import jax
 
-    from jaxunlearn.evaluation.overlap import start_generation
+    from jaxunlearn.evaluation.overlap import StopBetweenBatches, generation_beside
 
     seen = []
 
     def generate(x):
-        seen.append((threading.current_thread().name, jax.config.jax_default_matmul_precision))
-        if x < 0:
-            raise ValueError("no answers for a negative row")
-        return x + 1
+        def run(stop):
+            seen.append((threading.current_thread().name, jax.config.jax_default_matmul_precision))
+            if x < 0:
+                raise ValueError("no answers for a negative row")
+            return x + 1
+
+        return run
 
     with jax.default_matmul_precision("highest"):
-        beside = start_generation(True, generate, 1)
-        later = start_generation(False, generate, 2)
-    assert beside() == 2 and beside() == 2
-    assert seen == [("jaxunlearn-generation", "highest")]  # the worker ran under the caller's precision
-    assert later() == 3 and later() == 3 and len(seen) == 2  # in order: run once, when asked
+        with generation_beside(True, generate(1)) as beside:
+            assert beside() == 2 and beside() == 2
+        with generation_beside(False, generate(2)) as later:
+            assert len(seen) == 1  # in order: nothing runs until asked
+            assert later() == 3 and later() == 3
+    assert seen == [("jaxunlearn-generation", "highest"), ("MainThread", "highest")]
     with pytest.raises(ValueError, match="negative row"):
-        start_generation(True, generate, -1)()
+        with generation_beside(True, generate(-1)) as failing:
+            failing()
+
+    batches = []  # a generation of 50 batches whose caller fails after the first
+
+    class Bar:
+        def update(self, n):
+            batches.append(n)
+
+    def slow(stop):
+        for _ in range(50):
+            time.sleep(0.02)
+            StopBetweenBatches(Bar(), stop).update(1)
+
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        with generation_beside(True, slow):
+            time.sleep(0.05)
+            raise RuntimeError("scoring failed")
+    assert 0 < len(batches) < 50  # the worker stopped between batches, and was waited for
+    assert not any(t.name == "jaxunlearn-generation" for t in threading.enumerate())
+
+
+def test_a_failed_scoring_stops_the_generation_beside_it(tiny_lm, tmp_path, monkeypatch):
+    import threading
+
+    from jaxunlearn.evaluation import evaluate as evaluation
+    from jaxunlearn.pipelines.evaluate import evaluate
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(evaluation, "score_candidates", fail)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        evaluate(_eval_cfg(tiny_lm, tmp_path, "eval.overlap_generation=true"), progress=False)
+    assert not any(t.name == "jaxunlearn-generation" for t in threading.enumerate())
 
 
 def test_scored_rows_truncated_at_score_max_length(tiny_lm, tmp_path):

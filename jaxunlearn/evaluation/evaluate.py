@@ -3,6 +3,7 @@ MIA summaries. Pure computation; `report.py` writes the files."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -19,7 +20,7 @@ from .aggregate import aggregate, set_stats
 from .registry import EXAMPLE_METRICS, SetPass
 from .budgets import generation_budgets, warn_unread_budget_settings
 from .kernels import generate_texts, score_rows
-from .overlap import overlaps_generation, start_generation
+from .overlap import StopBetweenBatches, generation_beside, overlaps_generation
 from .prefix_trees import score_prefix_trees
 from .config import EvalSection
 from .sets import SetSpec
@@ -135,53 +136,8 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
             e.num_rows,
             base_key=spec.base_key,
         )
-        n = len(evalset)
-        generations = _start_generation(model, tokenizer, evalset, spec, e, pad, overlap, progress)
-        bar = tqdm(
-            total=n, desc=f"eval {spec.name}: scoring", unit="question", disable=not progress, dynamic_ncols=True
-        )
-        counter = _QuestionCounter(bar, len(evalset.candidates) / max(n, 1))
-        scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, counter)
-        bar.update(n - bar.n)  # the shares round
-        bar.close()
-        gt, para, pert = _per_candidate(evalset, avg_nll)
-        rec = [
-            {
-                "set": spec.name,
-                "index": i,
-                "question": r["question"],
-                "answer": evalset.references[i],
-                "avg_nll": float(gt[i]),
-                "probability": float(np.exp(-gt[i])),
-            }
-            for i, r in enumerate(evalset.rows)
-        ]
-        if evalset.num_perturbed:
-            r = M.truth_ratios(para, pert)
-            for i in range(n):
-                rec[i]["truth_ratio"] = float(r[i])
-                rec[i]["avg_nll_base"] = float(para[i])
-                rec[i]["avg_nll_perturbed"] = pert[i].tolist()
-        elif spec.name != "holdout":
-            log.warning("set %s has no perturbed answers: truth ratio skipped", spec.name)
-        # the registry's per-example metrics, from what this set's single pass produced
-        done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
-        available = {"scores"}
-        if generations is not None:
-            done.generations = generations()
-            done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
-            for i in range(n):
-                rec[i]["generation"] = done.generations[i]
-            available.add("generations")
-            done.embedder, done.judge = embedder, judge
-            available |= {"embeddings"} if embedder is not None else set()
-            available |= {"judge"} if judge is not None else set()
-        for metric in EXAMPLE_METRICS.values():
-            if metric.needs in available:
-                values = metric.compute(done)
-                for field, column in values.items() if isinstance(values, dict) else [(metric.name, values)]:
-                    for i in range(n):
-                        rec[i][field] = column[i]
+        with _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap, progress) as answers:
+            rec = _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answers, embedder, judge)
         records += rec
         summary["sets"][spec.name] = set_stats(spec.name, rec)
     if reference is not None:
@@ -199,16 +155,67 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
     return records, summary
 
 
-def _start_generation(model, tokenizer, evalset, spec, e, pad, overlap: bool, progress: bool):
-    """The set's greedy answers as a function that waits for them (`overlap.start_generation`:
-    already decoding beside scoring, or decoded when asked); None when the set has none."""
+def _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answers, embedder, judge):
+    """One set's records: its candidates scored, its answers from `answers` (a function that
+    waits for them; None: the set has none), then the registry's per-example metrics."""
+    n = len(evalset)
+    bar = tqdm(total=n, desc=f"eval {spec.name}: scoring", unit="question", disable=not progress, dynamic_ncols=True)
+    counter = _QuestionCounter(bar, len(evalset.candidates) / max(n, 1))
+    scores, avg_nll = score_candidates(model, evalset, pad, e.batch_size, mesh, counter)
+    bar.update(n - bar.n)  # the shares round
+    bar.close()
+    gt, para, pert = _per_candidate(evalset, avg_nll)
+    rec = [
+        {
+            "set": spec.name,
+            "index": i,
+            "question": r["question"],
+            "answer": evalset.references[i],
+            "avg_nll": float(gt[i]),
+            "probability": float(np.exp(-gt[i])),
+        }
+        for i, r in enumerate(evalset.rows)
+    ]
+    if evalset.num_perturbed:
+        r = M.truth_ratios(para, pert)
+        for i in range(n):
+            rec[i]["truth_ratio"] = float(r[i])
+            rec[i]["avg_nll_base"] = float(para[i])
+            rec[i]["avg_nll_perturbed"] = pert[i].tolist()
+    elif spec.name != "holdout":
+        log.warning("set %s has no perturbed answers: truth ratio skipped", spec.name)
+    # the registry's per-example metrics, from what this set's single pass produced
+    done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
+    available = {"scores"}
+    if answers is not None:
+        done.generations = answers()
+        done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
+        for i in range(n):
+            rec[i]["generation"] = done.generations[i]
+        available.add("generations")
+        done.embedder, done.judge = embedder, judge
+        available |= {"embeddings"} if embedder is not None else set()
+        available |= {"judge"} if judge is not None else set()
+    for metric in EXAMPLE_METRICS.values():
+        if metric.needs in available:
+            values = metric.compute(done)
+            for field, column in values.items() if isinstance(values, dict) else [(metric.name, values)]:
+                for i in range(n):
+                    rec[i][field] = column[i]
+    return rec
+
+
+def _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap: bool, progress: bool):
+    """A context that yields a function waiting for the set's greedy answers
+    (`overlap.generation_beside`: already decoding beside scoring, or decoded when asked),
+    or None when the set has none."""
     if not e.generate or spec.name == "holdout":
-        return None
+        return contextlib.nullcontext(None)
     budgets = generation_budgets(
         [len(p) for p in evalset.prompts], e.generation_budget, e.max_length, e.max_new_tokens, e.tofu_batch_size
     )
 
-    def generate():
+    def generate(stop):
         bar = tqdm(
             total=len(evalset),
             desc=f"eval {spec.name}: generating",
@@ -217,11 +224,11 @@ def _start_generation(model, tokenizer, evalset, spec, e, pad, overlap: bool, pr
             dynamic_ncols=True,
         )
         with bar:
-            eos = tokenizer.eos_token_id
-            prompts = evalset.prompts
-            return generate_texts(model, tokenizer, prompts, pad, eos, e.generation_batch_size, budgets, progress=bar)
+            eos, prompts, rows = tokenizer.eos_token_id, evalset.prompts, e.generation_batch_size
+            counter = StopBetweenBatches(bar, stop)
+            return generate_texts(model, tokenizer, prompts, pad, eos, rows, budgets, progress=counter)
 
-    return start_generation(overlap, generate)
+    return generation_beside(overlap, generate)
 
 
 def _reference_mia(records, reference, tokenizer, template, batch_size, max_length, buckets, pad):

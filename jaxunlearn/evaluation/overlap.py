@@ -9,12 +9,15 @@ every process of a launch must start its programs in the same order."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import jax
 
 from ..errors import ConfigError
+
+T = TypeVar("T")
 
 
 def overlaps_generation(setting: bool | None, mesh) -> bool:
@@ -32,37 +35,59 @@ def overlaps_generation(setting: bool | None, mesh) -> bool:
     return jax.process_count() == 1 and jax.default_backend() == "cpu" and mesh is None
 
 
-def start_generation(overlap: bool, generate: Callable, *args, **kwargs) -> Callable[[], object]:
-    """Start `generate(*args, **kwargs)` and return a function that waits for its result
-    (and re-raises its error). With `overlap` it runs now on a worker thread, under the
-    caller's matmul precision (a thread-local jax setting the worker would not see);
-    without, it runs when the result is first asked for, so the caller's order holds."""
-    if not overlap:
-        done = []
+class GenerationStopped(Exception):
+    """Raised in the generation thread, between batches, once its caller has stopped waiting."""
 
-        def later():
-            if not done:
-                done.append(generate(*args, **kwargs))
-            return done[0]
 
-        return later
-    precision = jax.config.jax_default_matmul_precision
+class StopBetweenBatches:
+    """A progress bar for `generate_texts` that ends the generation at its next batch
+    once `stop` is set (the batch in flight, a compiled loop, runs to its end)."""
+
+    def __init__(self, bar, stop: threading.Event):
+        self.bar, self.stop = bar, stop
+
+    def update(self, n: int) -> None:
+        if self.stop.is_set():
+            raise GenerationStopped("the evaluation stopped waiting for these answers")
+        self.bar.update(n)
+
+
+@contextlib.contextmanager
+def generation_beside(overlap: bool, generate: Callable[[threading.Event], T]) -> Iterator[Callable[[], T]]:
+    """Yields a function that waits for `generate(stop)`'s result (and re-raises its error).
+
+    With `overlap` the generation starts now on a worker thread, under the caller's matmul
+    precision (a thread-local jax setting the worker would not see), while the caller goes
+    on (scoring); without, it runs when the result is first asked for, so the caller's
+    order holds. Leaving the block sets `stop` and waits for the thread: if the block
+    failed (an error, Ctrl-C), a `generate` that checks `stop` between batches (see
+    `StopBetweenBatches`) ends after the batch in flight instead of running on."""
+    stop = threading.Event()
     outcome: dict = {}
 
     def work():
         try:
             with jax.default_matmul_precision(precision):
-                outcome["result"] = generate(*args, **kwargs)
-        except BaseException as error:  # handed to the caller, who waits for it
+                outcome["result"] = generate(stop)
+        except BaseException as error:  # handed to the caller when it asks for the result
             outcome["error"] = error
 
-    thread = threading.Thread(target=work, name="jaxunlearn-generation")
-    thread.start()
-
-    def wait():
-        thread.join()
+    def result():
+        if overlap:
+            thread.join()
+        elif not outcome:
+            work()
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
 
-    return wait
+    precision = jax.config.jax_default_matmul_precision
+    thread = threading.Thread(target=work, name="jaxunlearn-generation")
+    if overlap:
+        thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        if overlap:
+            thread.join()
