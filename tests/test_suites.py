@@ -174,6 +174,27 @@ def test_muse_prompts_truths_generations_and_mia_match_the_reference(tiny, torch
     assert by_set["privleak_forget"][0]["mia_score"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_muse_generation_beside_scoring_gives_the_same_results(tiny, bench_data):
+    from jaxunlearn.suites.config import MuseSection
+    from jaxunlearn.suites.muse import evaluate_muse, muse_data
+
+    model, tokenizer = tiny
+    m = MuseSection(num_rows=3, verbmem_max_new_tokens=6, knowmem_max_new_tokens=5)
+    data = muse_data("News", bench_data / "muse" / "MUSE-News", m)
+    beside = evaluate_muse(model, tokenizer, data, m, batch_size=4, overlap_generation=True)
+    in_order = evaluate_muse(model, tokenizer, data, m, batch_size=4, overlap_generation=False)
+    assert beside == in_order and list(beside[1]) == list(in_order[1])  # records, summary, its key order
+    sets = [r["set"] for r in beside[0]]
+    assert sets.index("forget_verbmem") < sets.index("retain_knowmem") < sets.index("privleak_forget")
+    assert list(beside[1])[:5] == [
+        "benchmark",
+        "corpus",
+        "forget_verbmem_ROUGE",
+        "forget_knowmem_ROUGE",
+        "retain_knowmem_ROUGE",
+    ]
+
+
 # --- multiple choice: lm-eval's numbers ------------------------------------------------------
 
 

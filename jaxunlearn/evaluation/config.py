@@ -32,7 +32,7 @@ class EvalSection:
     )
     overlap_generation: bool | None = setting(
         None,
-        "decode a set's answers on a second thread while its candidates are scored; null: on for a "
+        "decode answers on a second thread while texts are scored (TOFU sets, MUSE); null: on for a "
         "single-process CPU run on one device (decoding's attention leaves a core idle), off elsewhere",
     )
     max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")

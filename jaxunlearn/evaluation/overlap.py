@@ -40,8 +40,8 @@ class GenerationStopped(Exception):
 
 
 class StopBetweenBatches:
-    """A progress bar for `generate_texts` that ends the generation at its next batch
-    once `stop` is set (the batch in flight, a compiled loop, runs to its end)."""
+    """A progress bar (or None) for `generate_texts` that ends the generation at its next
+    batch once `stop` is set (the batch in flight, a compiled loop, runs to its end)."""
 
     def __init__(self, bar, stop: threading.Event):
         self.bar, self.stop = bar, stop
@@ -49,7 +49,8 @@ class StopBetweenBatches:
     def update(self, n: int) -> None:
         if self.stop.is_set():
             raise GenerationStopped("the evaluation stopped waiting for these answers")
-        self.bar.update(n)
+        if self.bar is not None:
+            self.bar.update(n)
 
 
 @contextlib.contextmanager

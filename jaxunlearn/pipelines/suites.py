@@ -36,8 +36,9 @@ def evaluate_suite(cfg: RunConfig, out: Path, model=None, tokenizer=None, progre
         model, tokenizer = load_for_run(cfg, mesh=evaluation_mesh(cfg))
     check_vocab(model, tokenizer)
     if cfg.eval.benchmark == "muse":
+        e = cfg.eval
         records, summary = evaluate_muse(
-            model, tokenizer, data, cfg.muse, cfg.eval.batch_size, cfg.eval.generation_batch_size
+            model, tokenizer, data, cfg.muse, e.batch_size, e.generation_batch_size, e.overlap_generation
         )
     else:
         records, summary = choice_results(cfg, model, tokenizer, tasks, progress)

@@ -30,7 +30,8 @@ from ..data.muse import load_muse
 from ..data.tokenize import TokenizedRows, pad_token_id
 from ..errors import DataError
 from ..evaluation import metrics as M
-from ..evaluation.kernels import generate_texts, score_rows
+from ..evaluation.kernels import batch_mesh, generate_texts, score_rows
+from ..evaluation.overlap import StopBetweenBatches, generation_beside, overlaps_generation
 from .config import MUSE_METRICS, MuseSection
 
 log = logging.getLogger(__name__)
@@ -185,26 +186,54 @@ def muse_data(corpus: str, data_dir, m: MuseSection) -> dict[str, list[dict]]:
 
 
 def evaluate_muse(
-    model, tokenizer, data: dict, m: MuseSection, batch_size: int = 16, generation_batch_size: int | None = None
+    model,
+    tokenizer,
+    data: dict,
+    m: MuseSection,
+    batch_size: int = 16,
+    generation_batch_size: int | None = None,
+    overlap_generation: bool | None = None,
 ):
     """(records, summary) of the configured MUSE metrics on one model (`data`: muse_data);
     texts are scored `batch_size` rows at a time and answers decoded in batches of
-    `generation_batch_size` rows (None: `kernels.decoding_batch_size`'s even batches)."""
+    `generation_batch_size` rows (None: `kernels.decoding_batch_size`'s even batches), on a
+    second thread while the texts are scored if `overlap_generation` says so
+    (`overlap.overlaps_generation`; None: on for a single-process CPU run on one device)."""
     summary: dict = {"benchmark": "muse", "corpus": data["corpus"]}
-    records: list[dict] = []
     want = set(m.metrics)
+    asked = _generation_inputs(tokenizer, data, m, want)
+
+    def generate_all(stop):
+        return [_generate(model, tokenizer, *inputs[2:], generation_batch_size, stop) for inputs in asked]
+
+    overlap = overlaps_generation(overlap_generation, batch_mesh(model))
+    with generation_beside(overlap, generate_all) as answers:
+        scored, values = _scored_metrics(model, tokenizer, data, m, batch_size, want)
+        generations = answers()
+    records: list[dict] = []
+    for (name, truths, *_), gens in zip(asked, generations):
+        summary[f"{name}_ROUGE"] = _rouge_records(records, name, gens, truths)
+    summary.update(values)  # after the ROUGE values, in the order of the metrics' list
+    return records + scored, summary
+
+
+def _generation_inputs(tokenizer, data: dict, m: MuseSection, want: set) -> list[tuple]:
+    """(set name, truths, prompts, new tokens, stop strings) of each ROUGE metric asked for."""
+    asked = []
     if "forget_verbmem_ROUGE" in want:
         prompts, truths = verbmem_inputs(tokenizer, data["verbmem"], m.verbmem_max_length)
-        gens = _generate(model, tokenizer, prompts, m.verbmem_max_new_tokens, (), generation_batch_size)
-        summary["forget_verbmem_ROUGE"] = _rouge_records(records, "forget_verbmem", gens, truths)
+        asked.append(("forget_verbmem", truths, prompts, m.verbmem_max_new_tokens, ()))
     for name in ("forget_knowmem", "retain_knowmem"):
-        if f"{name}_ROUGE" not in want:
-            continue
-        prompts, truths = knowmem_inputs(tokenizer, data[name], data[f"{name}_icl"], m)
-        gens = _generate(
-            model, tokenizer, prompts, m.knowmem_max_new_tokens, tuple(m.knowmem_stop), generation_batch_size
-        )
-        summary[f"{name}_ROUGE"] = _rouge_records(records, name, gens, truths)
+        if f"{name}_ROUGE" in want:
+            prompts, truths = knowmem_inputs(tokenizer, data[name], data[f"{name}_icl"], m)
+            asked.append((name, truths, prompts, m.knowmem_max_new_tokens, tuple(m.knowmem_stop)))
+    return asked
+
+
+def _scored_metrics(model, tokenizer, data: dict, m: MuseSection, batch_size: int, want: set):
+    """(records, values) of the metrics that score texts: memorization, PrivLeak."""
+    records: list[dict] = []
+    summary: dict = {}
     if want & {"extraction_strength", "exact_memorization"}:
         rows = TokenizedRows([], [])
         for row in data["verbmem"]:
@@ -228,7 +257,8 @@ def evaluate_muse(
     return records, summary
 
 
-def _generate(model, tokenizer, prompts, new_tokens: int, stops: tuple[str, ...], batch_size: int | None) -> list[str]:
+def _generate(model, tokenizer, prompts, new_tokens: int, stops: tuple[str, ...], batch_size, stop) -> list[str]:
+    """Greedy answers; ends between batches once `stop` is set (`overlap.StopBetweenBatches`)."""
     longest = max(len(p) for p in prompts)
     buckets = (64, 128, 256, 512, 1024, 2048) if longest <= 2048 else (longest,)
     return generate_texts(
@@ -241,6 +271,7 @@ def _generate(model, tokenizer, prompts, new_tokens: int, stops: tuple[str, ...]
         budgets=np.full(len(prompts), new_tokens),
         buckets=buckets,
         stop_strings=stops,
+        progress=StopBetweenBatches(None, stop),
     )
 
 
