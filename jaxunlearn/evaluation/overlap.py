@@ -1,4 +1,5 @@
-"""A set's generation run beside its scoring, on a second thread.
+"""Generation run beside scoring, on a second thread (a TOFU set's answers beside its
+candidates, MUSE's continuations and answers beside its memorization and PrivLeak texts).
 
 On a 2-core CPU a decoding step spends about a third of its time in attention that XLA
 runs on one core, so scoring's products fill the other: the TOFU benchmark's 20 rows
