@@ -237,7 +237,8 @@ def main(argv=None) -> dict:
         )
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
-    options = (args.projections, args.generation_batch, overlap_generation(args))
+    overlap = overlap_generation(args)
+    options = (args.projections, args.generation_batch, overlap)
     torch_work = (evalset, pad_token_id(tokenizer), args.torch_batch, budgets, args.torch_generation_batch)
 
     _, _, cold = jax_side(model, tokenizer, *work, *options)
@@ -249,7 +250,6 @@ def main(argv=None) -> dict:
         runs["transformers"].append({**t, "total": t["score"] + t["generate"]})
     same = sum(a == b for a, b in zip(gens_j, gens_t))
     rows = []
-    overlap = overlap_generation(args)
     labels = ("score, generation beside it", "generate, after scoring ended") if overlap else ("score", "generate")
     for phase, label in (("score", labels[0]), ("generate", labels[1]), ("total", "total (warm)")):
         js, ts = ([r[phase] for r in runs[k]] for k in ("jaxunlearn", "transformers"))
@@ -283,7 +283,7 @@ def main(argv=None) -> dict:
         "max_length": args.max_length,
         "device": common.accelerator_name(),
         "decoding_projections": projection_layout(args.projections),  # how decoding multiplied
-        "overlap_generation": overlap_generation(args),  # jaxunlearn decoded beside its scoring
+        "overlap_generation": overlap,  # jaxunlearn decoded beside its scoring
         "torch_threads": torch.get_num_threads(),
         "torch_device": args.torch_device,
         "phases": rows,

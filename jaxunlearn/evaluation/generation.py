@@ -119,6 +119,13 @@ SHRINK_MIN_STEPS = 16
 LAYER_LOOPS = ("auto", "scan", "unrolled")
 
 
+def on_one_cpu(mesh) -> bool:
+    """Whether batches run on the CPU without a mesh: where a decoding step's cost grows
+    with its rows (so batches shrink) and its attention leaves a core idle (so generation
+    runs beside scoring, `overlap.overlaps_generation`)."""
+    return mesh is None and jax.default_backend() == "cpu"
+
+
 def decoding_layers(model, layer_loop: str = "auto", projections: str = "auto"):
     """The per-layer parameters the decoding loop runs unrolled with, or None to scan.
 
@@ -240,7 +247,7 @@ def decoding_call(
     sample = temperature > 0
     program = (ids.shape, str(ids.sharding), int(max_new_tokens), sample)
     if shrink is None:  # the per-row cost of a step that shrinking saves is CPU's
-        shrink = mesh is None and jax.default_backend() == "cpu"
+        shrink = on_one_cpu(mesh)
     stop_at = shrunk_size(len(input_ids)) if shrink else 0
     options = {"sample": sample, "stop_at": jnp.int32(stop_at), "steps": jnp.int32(SHRINK_MIN_STEPS)}
     return DecodingCall(args, options, program)

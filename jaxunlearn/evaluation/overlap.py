@@ -17,6 +17,7 @@ from typing import Callable, Iterator, TypeVar
 import jax
 
 from ..errors import ConfigError
+from .generation import on_one_cpu
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def overlaps_generation(setting: bool | None, mesh) -> bool:
         )
     if setting is not None:
         return setting
-    return jax.process_count() == 1 and jax.default_backend() == "cpu" and mesh is None
+    return jax.process_count() == 1 and on_one_cpu(mesh)
 
 
 class GenerationStopped(Exception):
@@ -84,7 +85,7 @@ def generation_beside(overlap: bool, generate: Callable[[threading.Event], T]) -
         return outcome["result"]
 
     precision = jax.config.jax_default_matmul_precision
-    thread = threading.Thread(target=work, name="jaxunlearn-generation")
+    thread = threading.Thread(target=work, name="jaxunlearn-generation") if overlap else None
     if overlap:
         thread.start()
     try:
