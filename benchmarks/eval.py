@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,22 +46,37 @@ def load_rows(split: str, rows: int, data_dir: str | None):
 
 
 def jax_side(
-    model, tokenizer, evalset, pad, batch: int, budgets, projections="auto", generation_batch=None, overlap=False
+    model,
+    tokenizer,
+    evalset,
+    pad,
+    batch: int,
+    budgets,
+    projections="auto",
+    generation_batch=None,
+    overlap=False,
+    from_scoring=False,
 ):
     """evaluate_model's own calls: answer rows with full statistics, the rest log-probs
     only; answers decoded in batches of `generation_batch` rows (None: the evaluation's
     default), beside the scoring if `overlap` (then "generate" is the time generation
-    adds after scoring has ended)."""
+    adds after scoring has ended), or after it from what scoring showed of them if
+    `from_scoring` (`known_answers`)."""
     from jaxunlearn.evaluation.evaluate import score_candidates
     from jaxunlearn.evaluation.kernels import generate_texts
+    from jaxunlearn.evaluation.known_answers import known_prefixes
     from jaxunlearn.evaluation.overlap import generation_beside
 
     t = time.perf_counter()
     work = (model, tokenizer, evalset.prompts, pad, tokenizer.eos_token_id, generation_batch, budgets)
     with generation_beside(overlap, lambda stop: generate_texts(*work, projections=projections)) as answers:
-        nll = score_candidates(model, evalset, pad, batch)[1]
+        answer_scores, nll = score_candidates(model, evalset, pad, batch)
         scored = time.perf_counter()
-        gens = answers()
+        if from_scoring:
+            known = known_prefixes(evalset, answer_scores, tokenizer.eos_token_id)
+            gens = generate_texts(*work, projections=projections, known=known)
+        else:
+            gens = answers()
     return nll, gens, {"score": scored - t, "generate": time.perf_counter() - scored}
 
 
@@ -146,25 +162,44 @@ def child_cold(args) -> dict:
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets, args.projections, args.generation_batch)
-    times = jax_side(model, tokenizer, *work, overlap_generation(args))[2]
+    times = jax_side(model, tokenizer, *work, *generation_mode(args))[2]
     print(json.dumps(times))
     return times
 
 
-def overlap_generation(args) -> bool:
-    """Whether jaxunlearn's side decodes beside its scoring: the flag, or the evaluation's
-    own default (a model loaded here is on one device)."""
+def generation_mode(args) -> tuple[bool, bool]:
+    """(beside scoring, from what scoring showed) for jaxunlearn's answers: the flags, or
+    the evaluation's own defaults (a model loaded here is on one device)."""
+    from jaxunlearn.evaluation.known_answers import uses_known_answers
     from jaxunlearn.evaluation.overlap import overlaps_generation
 
-    setting = {"auto": None, "true": True, "false": False}[args.overlap_generation]
-    return overlaps_generation(setting, None)
+    flag = {"auto": None, "true": True, "false": False}
+    overlap_setting, known_setting = flag[args.overlap_generation], flag[args.answers_from_scoring]
+    overlap = overlaps_generation(overlap_setting, None)
+    from_scoring = uses_known_answers(known_setting, overlap_setting, overlap)
+    return overlap and not from_scoring, from_scoring
+
+
+def memorized_model(args, out: Path) -> Path:
+    """The benchmark's model finetuned on the benchmark's own rows for args.memorize epochs
+    (the `finetune` command), so that it reproduces their answers as a TOFU target model
+    reproduces its training set's: the case where answers known from scoring save the
+    decoding."""
+    split = args.split.removesuffix("_perturbed")
+    command = [sys.executable, "-m", "jaxunlearn", "finetune", f"model.path={args.model}"]
+    command += [f"data.train_split={split}", f"data.max_train_rows={args.rows}", "data.max_length=128"]
+    command += [f"train.epochs={args.memorize}", "train.lr=2e-4", "train.batch_size=8", "train.warmup_steps=0"]
+    command += [f"output.dir={out}", "--no-progress"] + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    print(f"finetuning {args.model} on the first {args.rows} rows of {split} ({args.memorize} epochs)", flush=True)
+    subprocess.run(command, check=True)
+    return out / "model"
 
 
 def cached_cold_seconds(args) -> float:
     """Cold jaxunlearn time of a second fresh process, after a first one filled the cache."""
     shared = ["--model", args.model, "--split", args.split, "--rows", str(args.rows), "--batch", str(args.batch)]
     shared += ["--max-length", str(args.max_length), "--projections", args.projections]
-    shared += ["--overlap-generation", args.overlap_generation]
+    shared += ["--overlap-generation", args.overlap_generation, "--answers-from-scoring", args.answers_from_scoring]
     shared += ["--generation-batch", str(args.generation_batch)] if args.generation_batch else []
     shared += ["--data-dir", args.data_dir] if args.data_dir else []
     with tempfile.TemporaryDirectory() as cache:
@@ -174,7 +209,7 @@ def cached_cold_seconds(args) -> float:
 
 
 def main(argv=None) -> dict:
-    from jaxunlearn.evaluation.projection_layout import PROJECTION_LAYOUTS, projection_layout
+    from jaxunlearn.evaluation.projection_layout import PROJECTION_LAYOUTS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (path or built-in asset)")
@@ -209,6 +244,21 @@ def main(argv=None) -> dict:
         "evaluation's default, on for a single-process CPU run)",
     )
     p.add_argument(
+        "--answers-from-scoring",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="jaxunlearn starts each answer with what scoring showed the model gives, after scoring "
+        "(eval.answers_from_scoring; auto: the evaluation's default, on when answers are not decoded beside it)",
+    )
+    p.add_argument(
+        "--memorize",
+        type=float,
+        default=0,
+        metavar="EPOCHS",
+        help="first finetune the model on the benchmark's rows for EPOCHS epochs (a model that reproduces its "
+        "answers, as a TOFU target model does); both sides then evaluate that model",
+    )
+    p.add_argument(
         "--cached-cold",
         action="store_true",
         help="also time a fresh process whose compilation cache an earlier process filled (what a repeated "
@@ -219,26 +269,33 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.child_cold:
         return child_cold(args)
+    with tempfile.TemporaryDirectory() as tmp:  # the memorized model lives here while children load it
+        return compare(args, Path(tmp))
 
+
+def compare(args, tmp: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     import jaxunlearn
     from jaxunlearn.data.tokenize import pad_token_id
+    from jaxunlearn.evaluation.projection_layout import projection_layout
 
+    name = args.model
+    if args.memorize:
+        args.model = str(memorized_model(args, tmp / "memorized"))
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
-    with tempfile.TemporaryDirectory() as tmp:  # one HF checkpoint that both sides load
-        jaxunlearn.save_pretrained(model, tokenizer, Path(tmp) / "model")
-        model, tokenizer = jaxunlearn.load_pretrained(Path(tmp) / "model")
-        hf = (
-            AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32, attn_implementation="sdpa")
-            .eval()
-            .to(args.torch_device)
-        )
+    jaxunlearn.save_pretrained(model, tokenizer, tmp / "model")  # one HF checkpoint that both sides load
+    model, tokenizer = jaxunlearn.load_pretrained(tmp / "model")
+    hf = (
+        AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32, attn_implementation="sdpa")
+        .eval()
+        .to(args.torch_device)
+    )
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
-    overlap = overlap_generation(args)
-    options = (args.projections, args.generation_batch, overlap)
+    overlap, from_scoring = generation_mode(args)
+    options = (args.projections, args.generation_batch, overlap, from_scoring)
     torch_work = (evalset, pad_token_id(tokenizer), args.torch_batch, budgets, args.torch_generation_batch)
 
     _, _, cold = jax_side(model, tokenizer, *work, *options)
@@ -272,7 +329,8 @@ def main(argv=None) -> dict:
         phase = "total (jaxunlearn cold, compilation cache of an earlier process)"
         rows.append({"phase": phase, "jaxunlearn_s": c, "transformers_s": t, "speedup": t / c})
     result = {
-        "model": args.model,
+        "model": name,
+        "memorized_epochs": args.memorize,  # finetuned on the benchmark's rows first (0: as loaded)
         "split": args.split,
         "rows": len(evalset),
         "candidates": len(evalset.candidates),
@@ -284,6 +342,7 @@ def main(argv=None) -> dict:
         "device": common.accelerator_name(),
         "decoding_projections": projection_layout(args.projections),  # how decoding multiplied
         "overlap_generation": overlap,  # jaxunlearn decoded beside its scoring
+        "answers_from_scoring": from_scoring,  # jaxunlearn's answers started from what scoring showed
         "torch_threads": torch.get_num_threads(),
         "torch_device": args.torch_device,
         "phases": rows,
@@ -299,7 +358,8 @@ def main(argv=None) -> dict:
         f"{args.batch}, decoding {result['generation_batch']}; transformers scoring {args.torch_batch}, "
         f"generation {args.torch_generation_batch}; "
         f"{result['device']}, decoding projections {result['decoding_projections']}; jaxunlearn generation "
-        f"{'beside' if result['overlap_generation'] else 'after'} scoring)"
+        f"{'beside' if overlap else 'after'} scoring{', from what it showed' if from_scoring else ''}"
+        f"{f'; model finetuned on these rows for {args.memorize:g} epochs' if args.memorize else ''})"
     )
     print(common.table(rows, ["phase", "jaxunlearn_s", "transformers_s", "speedup", "speedup_range"]))
     print(f"medians of {args.rounds} interleaved rounds; per-round ratios in speedup_range")

@@ -79,6 +79,20 @@ def test_eval_benchmark_tiny(tiny_lm, tmp_path):
     assert result["overlap_generation"] is True and "jaxunlearn generation beside scoring" in out.stdout  # CPU default
 
 
+def test_eval_benchmark_memorized_answers_from_scoring(tiny_lm, tmp_path):
+    """--memorize finetunes the model on the benchmark's rows first; jaxunlearn then starts
+    its answers from what scoring showed, and they still match transformers'."""
+    out = run_benchmark(
+        *("eval.py", "--model", str(tiny_lm), "--rows", "3", "--batch", "4", "--max-length", "64", "--rounds", "1"),
+        *("--memorize", "2", "--answers-from-scoring", "true", "--json", str(tmp_path / "e.json")),
+    )
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["memorized_epochs"] == 2 and result["model"] == str(tiny_lm)
+    assert result["answers_from_scoring"] is True and result["overlap_generation"] is False
+    assert result["identical_generations"] == "3/3" and result["max_abs_avg_nll_diff"] < 1e-3
+    assert "finetuning" in out.stdout and "from what it showed" in out.stdout
+
+
 def test_memory_benchmark_tiny(tmp_path):
     out = run_benchmark(
         "memory.py",

@@ -165,6 +165,19 @@ def test_generation_beside_scoring_gives_the_same_evaluation(tiny_eval, tiny_lm,
     assert beside == in_order
 
 
+def test_answers_from_scoring_give_the_same_evaluation(tiny_eval, tiny_lm, tmp_path, caplog):
+    """Each set's answers started from what scoring showed (after scoring, not beside it):
+    the records are the same as tiny_eval's."""
+    import logging
+
+    from jaxunlearn.pipelines.evaluate import evaluate
+
+    with caplog.at_level(logging.INFO, logger="jaxunlearn"):
+        evaluate(_eval_cfg(tiny_lm, tmp_path, "eval.answers_from_scoring=true"), progress=False)
+    assert "tokens of the answers known from scoring" in caplog.text
+    assert read_evaluation(tmp_path)[0] == read_evaluation(tiny_eval[0])[0]
+
+
 def test_overlap_is_refused_in_a_multi_process_launch(monkeypatch):
     import jax
 

@@ -35,6 +35,13 @@ class EvalSection:
         "decode answers on a second thread while texts are scored (TOFU sets, MUSE); null: on for a "
         "single-process CPU run on one device (decoding's attention leaves a core idle), off elsewhere",
     )
+    answers_from_scoring: bool | None = setting(
+        None,
+        "TOFU sets: start each greedy answer with the reference answer's tokens that scoring found the "
+        "model's argmax to give (fp32 models), and decode only the rest; the same answers, far fewer steps "
+        "for a model that reproduces its answers. null: on whenever answers are decoded after scoring "
+        "(overlap_generation off), as on accelerators",
+    )
     max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")
     generation_budget: Literal["tofu", "open_unlearning", "per_row"] = setting(
         "per_row",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -20,6 +22,7 @@ from .aggregate import aggregate, set_stats
 from .registry import EXAMPLE_METRICS, SetPass
 from .budgets import generation_budgets, warn_unread_budget_settings
 from .kernels import generate_texts, score_rows
+from .known_answers import known_prefixes, uses_known_answers
 from .overlap import StopBetweenBatches, generation_beside, overlaps_generation
 from .prefix_trees import score_prefix_trees
 from .config import EvalSection
@@ -125,6 +128,11 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
     pad = pad_token_id(tokenizer)
     model, mesh = place_for_evaluation(model, e.batch_size)
     overlap = overlaps_generation(e.overlap_generation, mesh)
+    from_scoring = uses_known_answers(e.answers_from_scoring, e.overlap_generation, overlap)
+    overlap = overlap and not from_scoring
+    if from_scoring and to_dtype(model.config.compute_dtype) != jnp.float32:
+        log.info("answers decoded from their prompts: answers_from_scoring needs an fp32 model")
+        from_scoring = False
     records, summary = [], {"sets": {}}
     for spec in sets:
         evalset = build_eval_set(
@@ -136,7 +144,7 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
             e.num_rows,
             base_key=spec.base_key,
         )
-        with _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap, progress) as answers:
+        with _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap, from_scoring, progress) as answers:
             rec = _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answers, embedder, judge)
         records += rec
         summary["sets"][spec.name] = set_stats(spec.name, rec)
@@ -156,8 +164,9 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
 
 
 def _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answers, embedder, judge):
-    """One set's records: its candidates scored, its answers from `answers` (a function that
-    waits for them; None: the set has none), then the registry's per-example metrics."""
+    """One set's records: its candidates scored, its answers from `answers` (a function of
+    the reference answers' scores that waits for them; None: the set has none), then the
+    registry's per-example metrics."""
     n = len(evalset)
     bar = tqdm(total=n, desc=f"eval {spec.name}: scoring", unit="question", disable=not progress, dynamic_ncols=True)
     counter = _QuestionCounter(bar, len(evalset.candidates) / max(n, 1))
@@ -188,7 +197,7 @@ def _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answe
     done = SetPass(spec.name, spec.kind, evalset, scores, tokenizer, e)
     available = {"scores"}
     if answers is not None:
-        done.generations = answers()
+        done.generations = answers(scores)
         done.references = [row.get(spec.reference_key, row["answer"]) for row in evalset.rows]
         for i in range(n):
             rec[i]["generation"] = done.generations[i]
@@ -205,17 +214,20 @@ def _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answe
     return rec
 
 
-def _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap: bool, progress: bool):
-    """A context that yields a function waiting for the set's greedy answers
-    (`overlap.generation_beside`: already decoding beside scoring, or decoded when asked),
-    or None when the set has none."""
+@contextlib.contextmanager
+def _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap: bool, from_scoring: bool, progress: bool):
+    """A context that yields a function of the reference answers' scores that waits for the
+    set's greedy answers, or None when the set has none. With `overlap` they are already
+    decoding beside scoring (`overlap.generation_beside`); else they are decoded when asked,
+    after what scoring showed of them (`known_answers`) when `from_scoring`."""
     if not e.generate or spec.name == "holdout":
-        return contextlib.nullcontext(None)
+        yield None
+        return
     budgets = generation_budgets(
         [len(p) for p in evalset.prompts], e.generation_budget, e.max_length, e.max_new_tokens, e.tofu_batch_size
     )
 
-    def generate(stop):
+    def generate(stop, known=None):
         bar = tqdm(
             total=len(evalset),
             desc=f"eval {spec.name}: generating",
@@ -226,9 +238,21 @@ def _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap: bool, prog
         with bar:
             eos, prompts, rows = tokenizer.eos_token_id, evalset.prompts, e.generation_batch_size
             counter = StopBetweenBatches(bar, stop)
-            return generate_texts(model, tokenizer, prompts, pad, eos, rows, budgets, progress=counter)
+            return generate_texts(model, tokenizer, prompts, pad, eos, rows, budgets, progress=counter, known=known)
 
-    return generation_beside(overlap, generate)
+    if from_scoring:
+
+        def known_then_rest(scores):
+            known = known_prefixes(evalset, scores, tokenizer.eos_token_id)
+            whole = sum(len(k) > 0 and k[-1] == tokenizer.eos_token_id for k in known)
+            tokens = sum(len(k) for k in known)
+            log.info("eval %s: %d tokens of the answers known from scoring, %d answers whole", spec.name, tokens, whole)
+            return generate(threading.Event(), known)
+
+        yield known_then_rest
+        return
+    with generation_beside(overlap, generate) as result:
+        yield lambda scores: result()
 
 
 def _reference_mia(records, reference, tokenizer, template, batch_size, max_length, buckets, pad):

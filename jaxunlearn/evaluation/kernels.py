@@ -1,7 +1,8 @@
 """Jitted scoring of many (prompt, candidate) rows, and batched generation, per bucket shape.
 
 `score_rows` returns, per row, the supervised tokens' log-probs, whether the argmax equals
-the token (exact memorization, extraction strength) and the mean/std of the log-prob
+the token (exact memorization, extraction strength; `clear`: by a margin that rounding
+cannot overturn, so greedy decoding is known to produce it) and the mean/std of the log-prob
 under the model's own next-token distribution (Min-K%++). Rows are grouped by length
 into fixed-size batches padded to bucket lengths, so each shape compiles once; the batch
 axis is split over the mesh's data axis when a mesh is given.
@@ -23,13 +24,23 @@ from ..data.tokenize import TokenizedRows
 from ..parallel import batch_ways, host_get, params_mesh, place_rows
 from .budgets import generation_budgets
 from .generation import compile_decoding, decoding_call, decoding_layers, run_decoding, strip_after_eos
-from ..objectives.token_stats import log_probs, shifted
+from ..objectives.token_stats import IGNORE, log_probs, shifted
+
+
+# The argmax is `clear` when it leads the runner-up by CLEAR_ULPS units of the logits'
+# precision times the leading logit's size: far more than a differently ordered forward
+# pass (decoding's, a prefix tree's) moves an fp32 logit, so greedy decoding picks the
+# same token. In bf16 that margin is about 8 x the logit, i.e. never: there the two
+# passes' rounding differs too much to say.
+CLEAR_ULPS = 1024
 
 
 def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     """Per position of logits lg [..., V] predicting targets [...] (supervised where sup):
     the target's log-prob, and with full_stats the mean/std of the log-prob under the
-    model's own distribution (Min-K%++) and whether the argmax is the target."""
+    model's own distribution (Min-K%++), whether the argmax is the target (`correct`) and
+    whether it is so by a margin rounding cannot overturn (`clear`, see CLEAR_ULPS)."""
+    eps = jnp.finfo(lg.dtype).eps
     lg = lg.astype(jnp.float32)
     if not full_stats:  # log p(target) only: a logsumexp and a gather, no [..., V] temporaries
         tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
@@ -40,6 +51,7 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
             "mu": zeros,
             "sigma": zeros,
             "correct": jnp.zeros_like(sup),
+            "clear": jnp.zeros_like(sup),
         }
     logp = log_probs(lg)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -47,8 +59,19 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     mu = (p * logp).sum(-1)
     # centred, not E[logp^2] - mu^2: in fp32 that difference of two ~17s lost 3 digits of a 0.1
     sigma = jnp.sqrt((p * jnp.square(logp - mu[..., None])).sum(-1))
-    correct = jnp.argmax(lg, axis=-1) == targets
-    return {"token_logp": jnp.where(sup, tok, 0.0), "mask": sup, "mu": mu, "sigma": sigma, "correct": correct & sup}
+    best = jnp.argmax(lg, axis=-1)
+    correct = (best == targets) & sup
+    top = jnp.max(lg, axis=-1)
+    runner_up = jnp.max(jnp.where(jnp.arange(lg.shape[-1]) == best[..., None], -jnp.inf, lg), axis=-1)
+    clear = correct & (top - runner_up > CLEAR_ULPS * eps * jnp.maximum(jnp.abs(top), 1.0))
+    return {
+        "token_logp": jnp.where(sup, tok, 0.0),
+        "mask": sup,
+        "mu": mu,
+        "sigma": sigma,
+        "correct": correct,
+        "clear": clear,
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "full_stats"))
@@ -65,6 +88,7 @@ class RowScores:
     correct: list[np.ndarray]
     mu: list[np.ndarray]
     sigma: list[np.ndarray]
+    clear: list[np.ndarray]  # correct by a margin greedy decoding cannot overturn (CLEAR_ULPS)
 
     @property
     def sum_logp(self) -> np.ndarray:
@@ -80,6 +104,13 @@ class RowScores:
 
     def take(self, index) -> "RowScores":
         return RowScores(*([getattr(self, f.name)[i] for i in index] for f in dataclasses.fields(self)))
+
+
+def supervised_tokens(rows: TokenizedRows, r: int) -> np.ndarray:
+    """Token indices of row r that are scored, in the order its statistics come back
+    (token 0 is never predicted)."""
+    sup = np.flatnonzero(rows.labels[r] != IGNORE)
+    return sup[sup > 0]
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -137,12 +168,12 @@ def score_rows(
 ) -> RowScores:
     """Score every row; rows are processed longest-first in fixed-size batches.
 
-    full_stats=False computes only the token log-probs (mu, sigma, correct come back 0)."""
+    full_stats=False computes only the token log-probs (mu, sigma, correct, clear come back 0)."""
     graphdef, params = nnx.split(model)
     mesh = batch_mesh(model, mesh)
     n = len(rows)
     order = np.argsort(-rows.lengths(), kind="stable")
-    out = {k: [None] * n for k in ("token_logp", "correct", "mu", "sigma")}
+    out = {k: [None] * n for k in ("token_logp", "correct", "mu", "sigma", "clear")}
     for start in range(0, n, batch_size):
         index = list(order[start : start + batch_size])
         real = len(index)
@@ -156,6 +187,7 @@ def score_rows(
             i = index[j]
             out["token_logp"][i] = res["token_logp"][j][m].astype(np.float64)
             out["correct"][i] = res["correct"][j][m]
+            out["clear"][i] = res["clear"][j][m]
             out["mu"][i] = res["mu"][j][m].astype(np.float64)
             out["sigma"][i] = res["sigma"][j][m].astype(np.float64)
         if progress is not None:
@@ -185,6 +217,7 @@ def generate_texts(
     strip: bool = True,
     mesh=None,
     projections: str = "auto",
+    known=None,
 ) -> list[str]:
     """Greedy answers from left-padded prompts, each at most its budget of new tokens
     (`evaluation.budgets`; default: 200 - its own prompt). Prompt padding never counts
@@ -197,19 +230,43 @@ def generate_texts(
     the parameters span (none: the default device). `batch_size`: rows per decoding batch
     (a short last batch pads to the next power of two); None: `decoding_batch_size`'s even
     batches of up to DECODE_ROWS rows per device. Greedy answers do not depend on the
-    batching; sampled ones do (each batch draws from its own stream)."""
+    batching; sampled ones do (each batch draws from its own stream). `known`: per row, the
+    tokens its greedy answer is known to start with (`known_answers.known_prefixes`); its
+    decoding resumes after them, and a row known to its EOS or its budget is not decoded."""
     mesh = batch_mesh(model, mesh)
     n = len(prompts)
     if budgets is None:
         budgets = generation_budgets([len(p) for p in prompts], "per_row", 200)
     budgets = np.asarray(budgets, np.int64)
-    order = np.argsort([-len(p) for p in prompts], kind="stable")
-    texts: list[str | None] = [None] * n
     eos = sorted(set(np.atleast_1d(eos_ids).tolist()))
+    texts: list[str | None] = [None] * n
+
+    def finish(i: int, tokens: list[int]) -> None:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in stop_strings:
+            text = text.split(stop)[0] if stop else text
+        texts[i] = text.strip() if strip else text
+
+    starts, ended = [np.zeros(0, np.int32)] * n, [False] * n
+    if known is not None:  # decode the rest of each answer after what is known of it
+        if temperature > 0:
+            raise ValueError("known answer starts are greedy decoding's; sampling (temperature > 0) has none")
+        starts = [np.asarray(k[: budgets[i]], np.int32) for i, k in enumerate(known)]
+        ended = [len(k) == budgets[i] or (len(k) > 0 and int(k[-1]) in eos) for i, k in enumerate(starts)]
+        for i in np.flatnonzero(ended):
+            finish(int(i), strip_after_eos(starts[i][None], eos)[0])
+        if progress is not None and any(ended):
+            progress.update(int(sum(ended)))
+        prompts = [np.concatenate([p, k]) for p, k in zip(prompts, starts)]
+        budgets = budgets - np.asarray([len(k) for k in starts], np.int64)
+    order = [i for i in np.argsort([-len(p) for p in prompts], kind="stable") if not ended[i]]
+    if not order:
+        return texts
+    n = len(order)
     layer_params = decoding_layers(model, projections=projections)
     ways = batch_ways(mesh)
-    longest = max([1, *(len(p) for p in prompts)])
-    cache = prompt_width(longest, buckets) + round_up(max(1, int(budgets.max(initial=1))), 32)
+    longest = max([1, *(len(prompts[i]) for i in order)])
+    cache = prompt_width(longest, buckets) + round_up(max(1, int(budgets[order].max(initial=1))), 32)
     size = decoding_batch_size(n, batch_size, ways, cache)
     batches = []  # (rows, real rows, the decoding call)
     for start in range(0, n, size):
@@ -227,10 +284,7 @@ def generate_texts(
     compile_decoding([call for _, _, call in batches])
     for index, real, call in batches:
         for j, row in enumerate(strip_after_eos(run_decoding(call)[:real], eos)):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            for stop in stop_strings:
-                text = text.split(stop)[0] if stop else text
-            texts[index[j]] = text.strip() if strip else text
+            finish(index[j], starts[index[j]].tolist() + row)
         if progress is not None:
             progress.update(real)
     return texts

@@ -26,9 +26,8 @@ from flax import nnx
 
 from ..data.batching import bucket_length
 from ..data.tokenize import TokenizedRows
-from ..objectives.token_stats import IGNORE
 from ..parallel import batch_ways, host_get, place_rows
-from .kernels import RowScores, batch_mesh, padded_batch, round_up, token_statistics
+from .kernels import RowScores, batch_mesh, padded_batch, round_up, supervised_tokens, token_statistics
 
 # Sequence widths and full-statistics counts pad to these (few compiled shapes).
 LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -164,13 +163,7 @@ def _score_sequences(graphdef, params, b: dict):
         b["full_at"] >= 0,
         full_stats=True,
     )
-    return {"token_logp": light["token_logp"], "mu": full["mu"], "sigma": full["sigma"], "correct": full["correct"]}
-
-
-def _supervised(rows: TokenizedRows, r: int) -> np.ndarray:
-    """Token indices of row r that are scored (token 0 is never predicted)."""
-    sup = np.flatnonzero(rows.labels[r] != IGNORE)
-    return sup[sup > 0]
+    return {"token_logp": light["token_logp"], **{k: full[k] for k in ("mu", "sigma", "correct", "clear")}}
 
 
 def score_prefix_trees(
@@ -196,7 +189,7 @@ def score_prefix_trees(
     multiple = batch_ways(mesh)
     per_batch = round_up(max(1, batch_size * TOKENS_PER_ROW // width), multiple)
     members = [np.flatnonzero(trees.row_sequence == s) for s in range(len(trees.ids))]
-    scored = [trees.row_slots[r][_supervised(rows, r)] for r in range(len(rows))]  # slots of supervised tokens
+    scored = [trees.row_slots[r][supervised_tokens(rows, r)] for r in range(len(rows))]  # slots of supervised tokens
     # per sequence, the sorted slots scored (the head runs there) and, among them, those
     # that need full statistics
     none = np.zeros(0, np.int64)
@@ -208,7 +201,7 @@ def score_prefix_trees(
     width_scored = bucket_length(max([1, *(len(x) for x in scored_slots)]), LENGTH_BUCKETS, None)  # one per call
     count = bucket_length(max([1, *(len(x) for x in full_at)]), LENGTH_BUCKETS, None)
     graphdef, params = nnx.split(model)
-    out = {k: [None] * len(rows) for k in ("token_logp", "correct", "mu", "sigma")}
+    out = {k: [None] * len(rows) for k in ("token_logp", "correct", "mu", "sigma", "clear")}
     for start in range(0, len(trees.ids), per_batch):
         batch = list(range(start, min(start + per_batch, len(trees.ids))))
         size = padded_batch(len(batch), per_batch, multiple)
@@ -231,9 +224,10 @@ def score_prefix_trees(
                     out["mu"][r] = res["mu"][j][k].astype(np.float64)
                     out["sigma"][r] = res["sigma"][j][k].astype(np.float64)
                     out["correct"][r] = res["correct"][j][k]
+                    out["clear"][r] = res["clear"][j][k]
                 else:
                     out["mu"][r] = out["sigma"][r] = np.zeros(len(at))
-                    out["correct"][r] = np.zeros(len(at), bool)
+                    out["correct"][r] = out["clear"][r] = np.zeros(len(at), bool)
             if progress is not None:
                 progress.update(len(members[s]))
     return RowScores(**out)
