@@ -33,7 +33,10 @@ def test_known_prefixes_by_hand():
     x = IGNORE
     # prompt [5, 6, 7]; the scored text is the prompt, answer tokens 8 9 10 and the EOS 2
     ids, labels = [5, 6, 7, 8, 9, 10, 2], [x, x, x, 8, 9, 10, 2]
-    known = lambda clear, prompt=(5, 6, 7), i=ids, lab=labels: known_prefixes(_set(prompt, i, lab), _scores(clear), 2)
+
+    def known(clear, prompt=(5, 6, 7), i=ids, lab=labels):
+        return known_prefixes(_set(prompt, i, lab), _scores(clear), 2)
+
     assert known([1, 1, 1, 1])[0].tolist() == [8, 9, 10, 2]  # the whole answer, to its EOS
     assert known([1, 0, 1, 1])[0].tolist() == [8]  # up to the first token not clearly the argmax
     assert known([0, 1, 1, 1])[0].tolist() == []
