@@ -53,6 +53,9 @@ SETS = {
             "--precompute-reference",
         ],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
+        "eval_tofu_memorized": [
+            *("eval.py", "--rows", "20", "--rounds", "3", "--memorize", "10", "--answers-from-scoring", "true"),
+        ],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "1000", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "1000", "--rounds", "1"],
         **TPU_PLANS,
@@ -69,6 +72,9 @@ SETS = {
             "--precompute-reference",
         ],
         "eval_tofu": ["eval.py", "--rows", "20", "--rounds", "3", "--cached-cold"],
+        "eval_tofu_memorized": [
+            *("eval.py", "--rows", "20", "--rounds", "3", "--memorize", "10", "--answers-from-scoring", "true"),
+        ],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],
         **TPU_PLANS,

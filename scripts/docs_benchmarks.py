@@ -133,8 +133,9 @@ def speed_summary(results: dict) -> str:
             cold = next(x for x in r["phases"] if x["phase"].startswith("total (jaxunlearn cold, incl"))["speedup"]
             cached = [x["speedup"] for x in r["phases"] if "compilation cache" in x["phase"]]
             again = f" ({cached[0]:.2f}x when an earlier run left its compilation cache)" if cached else ""
+            model = " of a model finetuned on them (answers from scoring)" if r.get("memorized_epochs") else ""
             parts.append(
-                f"TOFU evaluation ({r['rows']} rows) {warm:.2f}x the transformers pipeline warm, {cold:.2f}x "
+                f"TOFU evaluation ({r['rows']} rows{model}) {warm:.2f}x the transformers pipeline warm, {cold:.2f}x "
                 f"cold{again}, answers identical ({r['identical_generations']})"
             )
         elif name.startswith("choice"):
