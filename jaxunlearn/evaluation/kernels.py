@@ -24,7 +24,7 @@ from ..data.tokenize import TokenizedRows
 from ..parallel import batch_ways, host_get, params_mesh, place_rows
 from .budgets import generation_budgets
 from .generation import compile_decoding, decoding_call, decoding_layers, run_decoding, strip_after_eos
-from ..objectives.token_stats import IGNORE, log_probs, shifted
+from ..objectives.token_stats import IGNORE, shifted
 
 
 # The argmax is `clear` when it leads the runner-up by CLEAR_ULPS units of the logits'
@@ -35,6 +35,14 @@ from ..objectives.token_stats import IGNORE, log_probs, shifted
 CLEAR_ULPS = 1024
 
 
+def vocab_sum(x: jax.Array) -> jax.Array:
+    """Sum over the last (vocabulary) axis, in fp32, as a product with ones: XLA:CPU runs a
+    reduction over [tokens, V] on one core but a product on all of them (a 1024 x 49152
+    log-partition: 130 -> 80 ms on 2 cores)."""
+    ones = jnp.ones((x.shape[-1],), jnp.float32)
+    return jnp.einsum("...v,v->...", x, ones, precision=jax.lax.Precision.HIGHEST)
+
+
 def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     """Per position of logits lg [..., V] predicting targets [...] (supervised where sup):
     the target's log-prob, and with full_stats the mean/std of the log-prob under the
@@ -42,8 +50,10 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     whether it is so by a margin rounding cannot overturn (`clear`, see CLEAR_ULPS)."""
     eps = jnp.finfo(lg.dtype).eps
     lg = lg.astype(jnp.float32)
-    if not full_stats:  # log p(target) only: a logsumexp and a gather, no [..., V] temporaries
-        tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
+    top = jnp.max(lg, axis=-1)
+    log_partition = top + jnp.log(vocab_sum(jnp.exp(lg - top[..., None])))
+    if not full_stats:  # log p(target) only: a log-partition and a gather, no [..., V] temporaries
+        tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - log_partition
         zeros = jnp.zeros_like(tok)
         return {
             "token_logp": jnp.where(sup, tok, 0.0),
@@ -53,15 +63,14 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
             "correct": jnp.zeros_like(sup),
             "clear": jnp.zeros_like(sup),
         }
-    logp = log_probs(lg)
+    logp = lg - log_partition[..., None]
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     p = jnp.exp(logp)
-    mu = (p * logp).sum(-1)
+    mu = vocab_sum(p * logp)
     # centred, not E[logp^2] - mu^2: in fp32 that difference of two ~17s lost 3 digits of a 0.1
-    sigma = jnp.sqrt((p * jnp.square(logp - mu[..., None])).sum(-1))
+    sigma = jnp.sqrt(vocab_sum(p * jnp.square(logp - mu[..., None])))
     best = jnp.argmax(lg, axis=-1)
     correct = (best == targets) & sup
-    top = jnp.max(lg, axis=-1)
     runner_up = jnp.max(jnp.where(jnp.arange(lg.shape[-1]) == best[..., None], -jnp.inf, lg), axis=-1)
     clear = correct & (top - runner_up > CLEAR_ULPS * eps * jnp.maximum(jnp.abs(top), 1.0))
     return {

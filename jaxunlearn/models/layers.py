@@ -125,12 +125,17 @@ def _attention(qg, k, v, allowed, scale, softcap):
 def _attention_fwd(qg, k, v, allowed, scale, softcap):
     b, kv, rows, _ = qg.shape
     scores, _ = _scores(qg, k, allowed, scale, softcap)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, rows, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
     # the softmax's max and normalizer, kept apart: a fully masked row's max + log(S) rounds
     # back to the max in fp32, so one log-partition would give it weights of 1, not 1/S
     top = jnp.max(scores, axis=-1)
-    norm = jnp.sum(jnp.exp(scores - top[..., None]), axis=-1)
+    weights = jnp.exp(scores - top[..., None])
+    # The normalizer as a product with ones, and the division after the product with the
+    # values (over D columns, not S): XLA:CPU runs a reduction on one core but a product on
+    # all of them (30 layers of a 2 x 512-token scoring batch: 250 -> 198 ms on 2 cores).
+    ones = jnp.ones((weights.shape[-1],), jnp.float32)
+    norm = jnp.einsum("...s,s->...", weights, ones, precision=jax.lax.Precision.HIGHEST)
+    out = jnp.einsum("bkqs,bksd->bkqd", weights.astype(v.dtype).reshape(b, kv, rows, -1), v)
+    out = (out.astype(jnp.float32) / norm.reshape(b, kv, rows, 1)).astype(v.dtype)
     return out, (qg, k, v, allowed, out, top, norm)
 
 
