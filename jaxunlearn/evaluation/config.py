@@ -40,7 +40,7 @@ class EvalSection:
         "TOFU sets: start each greedy answer with the reference answer's tokens that scoring found the "
         "model's argmax to give (fp32 models), and decode only the rest; the same answers, far fewer steps "
         "for a model that reproduces its answers. null: on whenever answers are decoded after scoring "
-        "(overlap_generation off), as on accelerators",
+        "(overlap_generation off), as on accelerators; on a CPU set true to evaluate finetuned models",
     )
     max_length: int = setting(200, "generation: prompt + answer tokens (budgets tofu and per_row)")
     generation_budget: Literal["tofu", "open_unlearning", "per_row"] = setting(
