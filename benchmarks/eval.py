@@ -236,20 +236,19 @@ def main(argv=None) -> dict:
         choices=PROJECTION_LAYOUTS,
         help="how jaxunlearn's decoding multiplies its projections (auto: by CPU, see evaluation.projection_layout)",
     )
-    p.add_argument(
-        "--overlap-generation",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="jaxunlearn decodes beside its scoring, on a second thread (eval.overlap_generation; auto: the "
-        "evaluation's default, on for a single-process CPU run)",
-    )
-    p.add_argument(
-        "--answers-from-scoring",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="jaxunlearn starts each answer with what scoring showed the model gives, after scoring "
-        "(eval.answers_from_scoring; auto: the evaluation's default, on when answers are not decoded beside it)",
-    )
+    for flag, meaning in (
+        (
+            "--overlap-generation",
+            "jaxunlearn decodes beside its scoring, on a second thread (eval.overlap_generation; auto: the "
+            "evaluation's default, on for a single-process CPU run)",
+        ),
+        (
+            "--answers-from-scoring",
+            "jaxunlearn starts each answer with what scoring showed the model gives, after scoring "
+            "(eval.answers_from_scoring; auto: the evaluation's default, on when answers are not decoded beside it)",
+        ),
+    ):
+        p.add_argument(flag, default="auto", choices=("auto", "true", "false"), help=meaning)
     p.add_argument(
         "--memorize",
         type=float,
