@@ -23,7 +23,7 @@ from .attacks.config import ATTACKS, AttackSection
 from .checkpoints.config import ModelSection
 from .data.config import DataSection
 from .errors import ConfigError
-from .evaluation.config import EvalSection
+from .evaluation.config import EvalSection, check_answer_order
 from .evaluation.selection import CRITERION
 from .flagging.config import FlagSection
 from .models.lora import LoRASection
@@ -313,6 +313,7 @@ def validate(cfg: RunConfig) -> None:
             f"{' and '.join(given)} set, but data.source={d.source} does not read files: set data.source=files "
             "(question/answer rows) or data.source=corpus (text), or leave the files out"
         )
+    check_answer_order(cfg.eval.answers_from_scoring, cfg.eval.overlap_generation)
     if cfg.eval.best_by and not CRITERION.match(cfg.eval.best_by):
         raise ConfigError(f"eval.best_by={cfg.eval.best_by!r}: write max:KEY or min:KEY, e.g. max:forget_quality")
     unknown = [x for x in cfg.attack.attacks if x not in ATTACKS]

@@ -65,6 +65,16 @@ def test_when_answers_start_from_scoring():
         uses_known_answers(True, True, overlapping=True)
 
 
+def test_both_orders_at_once_are_refused_before_anything_runs(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli(
+        "eval", "eval.answers_from_scoring=true", "eval.overlap_generation=true", f"output.dir={tmp_path / 'e'}"
+    )
+    assert out.returncode != 0 and "eval.overlap_generation=true" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "e").exists()
+
+
 def test_generate_texts_decodes_nothing_for_answers_known_whole(smollm2, monkeypatch):
     from jaxunlearn.evaluation import kernels
 

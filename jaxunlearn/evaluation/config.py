@@ -5,7 +5,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ..errors import ConfigError
 from ..settings import setting
+
+
+def check_answer_order(answers_from_scoring: bool | None, overlap_generation: bool | None) -> None:
+    """Refuse both true: answers from scoring wait for the scores, answers beside scoring
+    run while they are computed."""
+    if answers_from_scoring and overlap_generation:
+        raise ConfigError(
+            "eval.answers_from_scoring=true decodes answers after scoring, eval.overlap_generation=true beside "
+            "it: set one of them to null or false"
+        )
 
 
 @dataclasses.dataclass

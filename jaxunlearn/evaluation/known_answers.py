@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.eval_sets import GT, EvalSet
-from ..errors import ConfigError
+from .config import check_answer_order
 from .kernels import RowScores, supervised_tokens
 
 
@@ -25,11 +25,7 @@ def uses_known_answers(setting: bool | None, overlap_setting: bool | None, overl
     generation runs after scoring anyway (not beside it, `overlap.overlaps_generation`).
     True with eval.overlap_generation=true is refused: the answers cannot wait for the
     scores and run beside them."""
-    if setting and overlap_setting:
-        raise ConfigError(
-            "eval.answers_from_scoring=true decodes answers after scoring, eval.overlap_generation=true beside "
-            "it: set one of them to null or false"
-        )
+    check_answer_order(setting, overlap_setting)
     return not overlapping if setting is None else setting
 
 
