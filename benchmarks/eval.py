@@ -162,22 +162,19 @@ def child_cold(args) -> dict:
     model, tokenizer = jaxunlearn.load_pretrained(args.model)
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets, args.projections, args.generation_batch)
-    times = jax_side(model, tokenizer, *work, *generation_mode(args))[2]
+    times = jax_side(model, tokenizer, *work, *generation_mode(args, model))[2]
     print(json.dumps(times))
     return times
 
 
-def generation_mode(args) -> tuple[bool, bool]:
+def generation_mode(args, model) -> tuple[bool, bool]:
     """(beside scoring, from what scoring showed) for jaxunlearn's answers: the flags, or
     the evaluation's own defaults (a model loaded here is on one device)."""
-    from jaxunlearn.evaluation.known_answers import uses_known_answers
-    from jaxunlearn.evaluation.overlap import overlaps_generation
+    from jaxunlearn.evaluation.known_answers import answer_order
 
     flag = {"auto": None, "true": True, "false": False}
-    overlap_setting, known_setting = flag[args.overlap_generation], flag[args.answers_from_scoring]
-    overlap = overlaps_generation(overlap_setting, None)
-    from_scoring = uses_known_answers(known_setting, overlap_setting, overlap)
-    return overlap and not from_scoring, from_scoring
+    settings = flag[args.answers_from_scoring], flag[args.overlap_generation]
+    return answer_order(*settings, None, model.config.compute_dtype)
 
 
 def memorized_model(args, out: Path) -> Path:
@@ -293,7 +290,7 @@ def compare(args, tmp: Path) -> dict:
     )
     evalset, budgets = evaluation_work(tokenizer, args)
     work = (evalset, pad_token_id(tokenizer), args.batch, budgets)
-    overlap, from_scoring = generation_mode(args)
+    overlap, from_scoring = generation_mode(args, model)
     options = (args.projections, args.generation_batch, overlap, from_scoring)
     torch_work = (evalset, pad_token_id(tokenizer), args.torch_batch, budgets, args.torch_generation_batch)
 

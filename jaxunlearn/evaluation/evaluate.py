@@ -7,7 +7,6 @@ import contextlib
 import logging
 import threading
 
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -22,8 +21,8 @@ from .aggregate import aggregate, set_stats
 from .registry import EXAMPLE_METRICS, SetPass
 from .budgets import generation_budgets, warn_unread_budget_settings
 from .kernels import generate_texts, score_rows
-from .known_answers import known_prefixes, uses_known_answers
-from .overlap import StopBetweenBatches, generation_beside, overlaps_generation
+from .known_answers import answer_order, known_prefixes
+from .overlap import StopBetweenBatches, generation_beside
 from .prefix_trees import score_prefix_trees
 from .config import EvalSection
 from .sets import SetSpec
@@ -127,12 +126,7 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
     warn_unread_budget_settings(e)
     pad = pad_token_id(tokenizer)
     model, mesh = place_for_evaluation(model, e.batch_size)
-    overlap = overlaps_generation(e.overlap_generation, mesh)
-    from_scoring = uses_known_answers(e.answers_from_scoring, e.overlap_generation, overlap)
-    overlap = overlap and not from_scoring
-    if from_scoring and to_dtype(model.config.compute_dtype) != jnp.float32:
-        log.info("answers decoded from their prompts: answers_from_scoring needs an fp32 model")
-        from_scoring = False
+    overlap, from_scoring = answer_order(e.answers_from_scoring, e.overlap_generation, mesh, model.config.compute_dtype)
     records, summary = [], {"sets": {}}
     for spec in sets:
         evalset = build_eval_set(
@@ -144,7 +138,7 @@ def _evaluate_model(model, tokenizer, template, sets, e, max_length, buckets, em
             e.num_rows,
             base_key=spec.base_key,
         )
-        with _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap, from_scoring, progress) as answers:
+        with _set_answers(model, tokenizer, evalset, spec, e, pad, overlap, from_scoring, progress) as answers:
             rec = _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answers, embedder, judge)
         records += rec
         summary["sets"][spec.name] = set_stats(spec.name, rec)
@@ -215,7 +209,7 @@ def _evaluate_set(model, tokenizer, evalset, spec, e, pad, mesh, progress, answe
 
 
 @contextlib.contextmanager
-def _answers_beside(model, tokenizer, evalset, spec, e, pad, overlap: bool, from_scoring: bool, progress: bool):
+def _set_answers(model, tokenizer, evalset, spec, e, pad, overlap: bool, from_scoring: bool, progress: bool):
     """A context that yields a function of the reference answers' scores that waits for the
     set's greedy answers, or None when the set has none. With `overlap` they are already
     decoding beside scoring (`overlap.generation_beside`); else they are decoded when asked,

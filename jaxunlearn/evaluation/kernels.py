@@ -24,6 +24,7 @@ from ..data.tokenize import TokenizedRows
 from ..parallel import batch_ways, host_get, params_mesh, place_rows
 from .budgets import generation_budgets
 from .generation import compile_decoding, decoding_call, decoding_layers, run_decoding, strip_after_eos
+from ..models.layers import row_sum
 from ..objectives.token_stats import IGNORE, shifted
 
 
@@ -35,28 +36,24 @@ from ..objectives.token_stats import IGNORE, shifted
 CLEAR_ULPS = 1024
 
 
-def vocab_sum(x: jax.Array) -> jax.Array:
-    """Sum over the last (vocabulary) axis, in fp32, as a product with ones: XLA:CPU runs a
-    reduction over [tokens, V] on one core but a product on all of them (a 1024 x 49152
-    log-partition: 130 -> 80 ms on 2 cores)."""
-    ones = jnp.ones((x.shape[-1],), jnp.float32)
-    return jnp.einsum("...v,v->...", x, ones, precision=jax.lax.Precision.HIGHEST)
-
-
-def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
+def token_statistics(lg, targets, sup, full_stats: bool, log_partition=None) -> dict:
     """Per position of logits lg [..., V] predicting targets [...] (supervised where sup):
-    the target's log-prob, and with full_stats the mean/std of the log-prob under the
-    model's own distribution (Min-K%++), whether the argmax is the target (`correct`) and
-    whether it is so by a margin rounding cannot overturn (`clear`, see CLEAR_ULPS)."""
+    the target's log-prob and the log-partition, and with full_stats the mean/std of the
+    log-prob under the model's own distribution (Min-K%++), whether the argmax is the
+    target (`correct`) and whether it is so by a margin rounding cannot overturn (`clear`,
+    see CLEAR_ULPS). `log_partition`: already computed for these positions (a lighter pass
+    over the same logits), so not again."""
     eps = jnp.finfo(lg.dtype).eps
     lg = lg.astype(jnp.float32)
-    top = jnp.max(lg, axis=-1)
-    log_partition = top + jnp.log(vocab_sum(jnp.exp(lg - top[..., None])))
+    if log_partition is None:
+        top = jnp.max(lg, axis=-1)
+        log_partition = top + jnp.log(row_sum(jnp.exp(lg - top[..., None])))
     if not full_stats:  # log p(target) only: a log-partition and a gather, no [..., V] temporaries
         tok = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - log_partition
         zeros = jnp.zeros_like(tok)
         return {
             "token_logp": jnp.where(sup, tok, 0.0),
+            "log_partition": log_partition,
             "mask": sup,
             "mu": zeros,
             "sigma": zeros,
@@ -66,15 +63,17 @@ def token_statistics(lg, targets, sup, full_stats: bool) -> dict:
     logp = lg - log_partition[..., None]
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     p = jnp.exp(logp)
-    mu = vocab_sum(p * logp)
+    mu = row_sum(p * logp)
     # centred, not E[logp^2] - mu^2: in fp32 that difference of two ~17s lost 3 digits of a 0.1
-    sigma = jnp.sqrt(vocab_sum(p * jnp.square(logp - mu[..., None])))
+    sigma = jnp.sqrt(row_sum(p * jnp.square(logp - mu[..., None])))
     best = jnp.argmax(lg, axis=-1)
+    top = jnp.take_along_axis(lg, best[..., None], axis=-1)[..., 0]
     correct = (best == targets) & sup
     runner_up = jnp.max(jnp.where(jnp.arange(lg.shape[-1]) == best[..., None], -jnp.inf, lg), axis=-1)
     clear = correct & (top - runner_up > CLEAR_ULPS * eps * jnp.maximum(jnp.abs(top), 1.0))
     return {
         "token_logp": jnp.where(sup, tok, 0.0),
+        "log_partition": log_partition,
         "mask": sup,
         "mu": mu,
         "sigma": sigma,

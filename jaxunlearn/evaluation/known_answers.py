@@ -13,11 +13,18 @@ to far below the margin."""
 
 from __future__ import annotations
 
+import logging
+
+import jax.numpy as jnp
 import numpy as np
 
 from ..data.eval_sets import GT, EvalSet
+from ..models.config import to_dtype
 from .config import check_answer_order
 from .kernels import RowScores, supervised_tokens
+from .overlap import overlaps_generation
+
+log = logging.getLogger(__name__)
 
 
 def uses_known_answers(setting: bool | None, overlap_setting: bool | None, overlapping: bool) -> bool:
@@ -27,6 +34,18 @@ def uses_known_answers(setting: bool | None, overlap_setting: bool | None, overl
     scores and run beside them."""
     check_answer_order(setting, overlap_setting)
     return not overlapping if setting is None else setting
+
+
+def answer_order(setting: bool | None, overlap_setting: bool | None, mesh, compute_dtype) -> tuple[bool, bool]:
+    """(decoded beside scoring, started from scoring) for an evaluation's answers, from the
+    two settings, where the model runs and its compute dtype: answers from scoring need an
+    fp32 model (bf16 passes round too differently), and then wait for the scores."""
+    overlap = overlaps_generation(overlap_setting, mesh)
+    from_scoring = uses_known_answers(setting, overlap_setting, overlap)
+    if from_scoring and to_dtype(compute_dtype) != jnp.float32:
+        log.info("answers decoded from their prompts: eval.answers_from_scoring needs an fp32 model")
+        from_scoring = False
+    return overlap and not from_scoring, from_scoring
 
 
 def known_prefixes(evalset: EvalSet, answer_scores: RowScores, eos_ids) -> list[np.ndarray]:

@@ -162,6 +162,7 @@ def _score_sequences(graphdef, params, b: dict):
         jnp.take_along_axis(targets, at, axis=1),
         b["full_at"] >= 0,
         full_stats=True,
+        log_partition=jnp.take_along_axis(light["log_partition"], at, axis=1),
     )
     return {"token_logp": light["token_logp"], **{k: full[k] for k in ("mu", "sigma", "correct", "clear")}}
 
