@@ -56,6 +56,7 @@ SETS = {
         "eval_tofu_memorized": [
             *("eval.py", "--rows", "20", "--rounds", "3", "--memorize", "10", "--answers-from-scoring", "true"),
         ],
+        "floor_eval": ["floor.py", "--rows", "20"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "1000", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "1000", "--rounds", "1"],
         **TPU_PLANS,
@@ -75,6 +76,7 @@ SETS = {
         "eval_tofu_memorized": [
             *("eval.py", "--rows", "20", "--rounds", "3", "--memorize", "10", "--answers-from-scoring", "true"),
         ],
+        "floor_eval": ["floor.py", "--rows", "20"],
         "choice_wmdp": ["choice.py", "--task", "wmdp", "--questions", "100", "--rounds", "3"],
         "choice_mmlu": ["choice.py", "--task", "mmlu", "--questions", "100", "--rounds", "1"],
         **TPU_PLANS,

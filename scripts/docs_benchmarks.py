@@ -81,6 +81,55 @@ def choice_table(entries: dict) -> str:
     return "\n".join(lines)
 
 
+def floor_ceilings(entries: dict) -> dict[str, dict]:
+    """Per eval entry bounded by the floor entry: its case, floors, and the ceiling ratios
+    against that eval entry's transformers time in this same results file."""
+    out = {}
+    for name, e in entries.items():
+        if not name.startswith("floor"):
+            continue
+        for case, row in e["result"]["cases"].items():
+            eval_entry = entries.get(row["eval_entry"])
+            phases = eval_entry["result"]["phases"] if eval_entry else []
+            warm = next((x for x in phases if x["phase"] == "total (warm)"), None)
+            theirs = warm["transformers_s"] if warm else row["transformers_s"]
+            out[row["eval_entry"]] = {
+                **row,
+                "case": case,
+                "transformers_s": theirs,
+                "measured_ratio": warm["speedup"] if warm else row["measured_ratio"],
+                **{f"{fw}_ceiling": theirs / row[f"{fw}_floor_s"] if theirs else None for fw in ("xla", "torch")},
+            }
+    return out
+
+
+def floor_table(entries: dict) -> str:
+    lines = [
+        "| eval entry | answers | products TFLOP | floor s at XLA's / PyTorch's rates | transformers s "
+        "| ceiling ratio at XLA's / PyTorch's rates | measured ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry, row in floor_ceilings(entries).items():
+        ceilings = " / ".join(
+            "—" if row[f"{fw}_ceiling"] is None else f"{row[f'{fw}_ceiling']:.2f}x" for fw in ("xla", "torch")
+        )
+        measured = "—" if row["measured_ratio"] is None else f"{row['measured_ratio']:.2f}x"
+        lines.append(
+            f"| `{entry}` | {row['case']} | {_f(row['work_TFLOP'])} | {_f(row['xla_floor_s'])} / "
+            f"{_f(row['torch_floor_s'])} | {_f(row['transformers_s'])} | **{ceilings}** | {measured} |"
+        )
+    for name, e in entries.items():
+        if name.startswith("floor"):
+            every, one = e["result"]["GFLOP_per_s"]["all_cores"], e["result"]["GFLOP_per_s"]["one_core"]
+            parts = [
+                f"{rows} rows: XLA {every[f'xla_{rows}']:.0f} ({one[f'xla_{rows}']:.0f} on one core), "
+                f"PyTorch {every[f'torch_{rows}']:.0f} ({one[f'torch_{rows}']:.0f})"
+                for rows in (1024, e["result"]["work"]["decoding_batch"])
+            ]
+            lines.append(f"\nProduct rates (`{e['command']}`), GFLOP/s: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def memory_table(entries: dict) -> str:
     lines = [
         "| compiled for | policy | remat | arguments GiB | temporaries GiB | total GiB per chip | TPU compiler |",
@@ -126,6 +175,7 @@ def environment_block(results: dict) -> str:
 def speed_summary(results: dict) -> str:
     """One sentence for the README: each comparison's median ratio, the environment in brief."""
     entries, parts = results["entries"], []
+    ceilings = floor_ceilings(entries)
     for name, e in entries.items():
         r = e["result"]
         if name.startswith("eval"):
@@ -134,9 +184,11 @@ def speed_summary(results: dict) -> str:
             cached = [x["speedup"] for x in r["phases"] if "compilation cache" in x["phase"]]
             again = f" ({cached[0]:.2f}x when an earlier run left its compilation cache)" if cached else ""
             model = " of a model finetuned on them (answers from scoring)" if r.get("memorized_epochs") else ""
+            ceiling = ceilings.get(name, {}).get("xla_ceiling")
+            bound = f" (at most {ceiling:.2f}x at this CPU's product rates)" if ceiling else ""
             parts.append(
-                f"TOFU evaluation ({r['rows']} rows{model}) {warm:.2f}x the transformers pipeline warm, {cold:.2f}x "
-                f"cold{again}, answers identical ({r['identical_generations']})"
+                f"TOFU evaluation ({r['rows']} rows{model}) {warm:.2f}x the transformers pipeline warm{bound}, "
+                f"{cold:.2f}x cold{again}, answers identical ({r['identical_generations']})"
             )
         elif name.startswith("choice"):
             same = "equal" if r["acc_jaxunlearn"] == r["acc_lm_eval"] else "DIFFERENT"
@@ -162,6 +214,7 @@ RENDERERS = {
     "eval": eval_table,
     "choice": choice_table,
     "memory": memory_table,
+    "floor": floor_table,
     "summary": speed_summary,
 }
 WHOLE = {"environment", "summary"}  # renderers that read the whole results file

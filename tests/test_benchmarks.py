@@ -170,3 +170,74 @@ def test_run_all_skips_a_tpu_plan_without_libtpu(monkeypatch, tmp_path, capsys):
     assert results["entries"]["memory_tpu_v5e8"]["result"] == [earlier]
     table = docs_benchmarks.memory_table(results["entries"])
     assert "| tpu-v5e-8 | mixed | full | | | | refused: Ran out of memory on HBM |" in table
+
+
+def test_floor_arithmetic(monkeypatch):
+    """The floor is the larger of the decoding chain at its best rate and the core-seconds
+    of all the work at the best per-core rates; known answers drop decoding and prefill."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import floor
+
+    work = {
+        "scoring_layer_rows": 90,
+        "prefill_layer_rows": 10,
+        "scoring_head_rows": 0,
+        "decoding_layer_rows": 50,
+        "decoding_head_rows": 0,
+        "decoding_batch": 20,
+    }
+    all_cores = {"xla_1024": 200.0, "xla_20": 80.0, "torch_1024": 300.0, "torch_20": 200.0}
+    one_core = {"xla_1024": 120.0, "xla_20": 50.0, "torch_1024": 100.0, "torch_20": 150.0}
+    cases = floor.floors(work, all_cores, one_core, cores=2, layer_flops=1e9, head_flops=1e9)
+    decoded, known = cases["answers decoded to their budgets"], cases["answers known from scoring"]
+    # XLA: chain 50/80 = 0.625 s; core-seconds (50/max(50, 40) + 100/max(120, 100)) / 2 = 0.9167 s
+    assert decoded["xla_floor_s"] == pytest.approx((1.0 + 100 / 120) / 2)
+    # PyTorch: chain 50/200 = 0.25 s; core-seconds (50/max(150, 100) + 100/max(100, 150)) / 2 = 0.5 s
+    assert decoded["torch_floor_s"] == pytest.approx(0.5)
+    assert decoded["work_TFLOP"] == pytest.approx(0.15) and known["work_TFLOP"] == pytest.approx(0.09)
+    assert known["xla_floor_s"] == pytest.approx(90 / 120 / 2)
+    one_core["torch_20"] = 20.0  # a slow one-core rate: the chain on both cores is the floor
+    assert floor.floors(work, all_cores, one_core, 2, 1e9, 1e9)["answers decoded to their budgets"][
+        "torch_floor_s"
+    ] == pytest.approx(max(50 / 200, (50 / 100 + 100 / 150) / 2))
+
+
+def test_floor_benchmark_tiny(tiny_lm, tmp_path):
+    out = run_benchmark(
+        *("floor.py", "--model", str(tiny_lm), "--rows", "3", "--max-length", "64", "--rounds", "1"),
+        *("--transformers-seconds", "10", "--json", str(tmp_path / "f.json")),
+    )
+    result = json.loads((tmp_path / "f.json").read_text())
+    w = result["work"]
+    assert w["rows"] == 3 and w["candidates"] > 3 and w["decoding_batch"] == 3
+    assert w["decoding_head_rows"] - w["decoding_layer_rows"] == 3  # the first token comes from the prefill
+    assert 0 < w["scoring_head_rows"] < w["scoring_layer_rows"]
+    rates = result["GFLOP_per_s"]
+    assert set(rates) == {"all_cores", "one_core"} and all(v > 0 for r in rates.values() for v in r.values())
+    for case in result["cases"].values():
+        assert case["transformers_s"] == 10 and case["xla_ceiling"] == pytest.approx(10 / case["xla_floor_s"])
+    decoded, known = result["cases"].values()
+    assert known["work_TFLOP"] < decoded["work_TFLOP"] and known["xla_floor_s"] < decoded["xla_floor_s"]
+    assert "GFLOP/s of the product stack" in out.stdout
+
+
+def test_floor_table_reads_the_eval_entries_of_the_same_file(monkeypatch):
+    """The ceiling in the docs divides the eval entry's transformers time in the results
+    file by the floor, not the time the floor benchmark read when it ran."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import docs_benchmarks
+
+    case = {"eval_entry": "eval_tofu", "work_TFLOP": 2.0, "xla_floor_s": 10.0, "torch_floor_s": 8.0}
+    rates = {"xla_1024": 1.0, "xla_20": 1.0, "torch_1024": 1.0, "torch_20": 1.0}
+    floor_result = {
+        "cases": {"answers decoded to their budgets": {**case, "transformers_s": 99.0, "measured_ratio": 9.0}},
+        "GFLOP_per_s": {"all_cores": rates, "one_core": rates},
+        "work": {"decoding_batch": 20},
+    }
+    phases = [{"phase": "total (warm)", "transformers_s": 30.0, "speedup": 1.5}]
+    entries = {
+        "eval_tofu": {"result": {"phases": phases}},
+        "floor_eval": {"command": "python benchmarks/floor.py", "result": floor_result},
+    }
+    table = docs_benchmarks.floor_table(entries)
+    assert "| `eval_tofu` | answers decoded to their budgets | 2 | 10 / 8 | 30 | **3.00x / 3.75x** | 1.50x |" in table
