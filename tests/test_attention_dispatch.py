@@ -135,6 +135,38 @@ def test_recomputing_backward_equals_autodiff(softcap):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
 
 
+def test_query_blocks_equal_whole_attention():
+    """Queries in blocks, each against the keys up to its own end, give the whole attention
+    (value and gradient) where no query sees a later slot: a prefix tree's ancestors mask."""
+    from jaxunlearn.models.layers import dot_product_attention
+
+    rng = np.random.RandomState(1)
+    b, t, h, kv, d = 2, 12, 4, 2, 8
+    q, k, v = (jnp.asarray(rng.randn(b, t, n, d), jnp.float32) for n in (h, kv, kv))
+    parent = rng.randint(-1, np.arange(t))  # each slot's parent comes before it (-1: a root)
+    seen = np.eye(t, dtype=bool)
+    for i, p in enumerate(parent):
+        if p >= 0:
+            seen[i] |= seen[p]
+    allowed = jnp.asarray(np.stack([seen, np.tril(np.ones((t, t), bool))]))
+
+    def attend(blocks):
+        def f(q, k, v):
+            kt, vt = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+            return dot_product_attention(q, kt, vt, allowed, 0.3, query_blocks=blocks)
+
+        return f
+
+    whole = attend(1)(q, k, v)
+    for blocks in (2, 3, 4):
+        np.testing.assert_allclose(attend(blocks)(q, k, v), whole, rtol=1e-5, atol=1e-6)
+        g1 = jax.grad(lambda *a: (attend(blocks)(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+        g2 = jax.grad(lambda *a: (attend(1)(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+        for a, b_ in zip(g1, g2):
+            np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(attend(5)(q, k, v), whole)  # 12 queries do not split in 5: whole
+
+
 SPLASH_ON_A_MESH = """
 import sys
 sys.path.insert(0, "tests")

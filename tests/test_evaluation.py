@@ -233,7 +233,7 @@ def test_tree_width_is_the_one_of_least_estimated_compute(smollm2):
     assert choose_trees(rows(shot), 0, config, width=1024).ids.shape[1] == 1024  # a width given is kept
 
 
-@pytest.mark.parametrize("width", [None, 48])
+@pytest.mark.parametrize("width", [None, 48, 256])  # 256: attention in two blocks of 128 queries
 def test_prefix_tree_scoring_equals_whole_rows(tiny_checkpoints, width):
     model, _ = jaxunlearn.load_pretrained(tiny_checkpoints("llama_gqa"))
     rows = _candidate_rows()

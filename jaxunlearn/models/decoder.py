@@ -135,7 +135,7 @@ def _mlp(c: ModelConfig, p: dict, x, key=None):
     return proj(c, p, "down_proj", up, p.get("down_bias"), key)
 
 
-def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=None, kernel=None):
+def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=None, kernel=None, query_blocks=1):
     """One decoder layer with the configured norm placement and residual wiring (`key`:
     this layer's LoRA-dropout key, training only; `kernel`: (fused attention kernel, key
     lengths [B]) for a right-padded causal forward, else the XLA path)."""
@@ -152,7 +152,13 @@ def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=
     else:
         cache_kv, k, v = layer_keys_values(cache_kv, k, v, cache_index)
         attn = L.dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), allowed, scale=c.arch.attn_scale, softcap=c.arch.attn_softcap
+            q,
+            k.astype(q.dtype),
+            v.astype(q.dtype),
+            allowed,
+            scale=c.arch.attn_scale,
+            softcap=c.arch.attn_softcap,
+            query_blocks=query_blocks,
         )
     attn = proj(c, p, "o_proj", attn.reshape(b, t, -1), p.get("o_bias"), key)
     residual = c.arch.residual
@@ -206,6 +212,7 @@ class DecoderForCausalLM(nnx.Module):
         dropout_key=None,
         vocab_chunk: int = 0,
         right_padded: bool = False,
+        query_blocks: int = 1,
     ) -> CausalLMOutput:
         """As LlamaForCausalLM.forward; `dropout_key` turns on LoRA dropout (training).
         vocab_chunk > 0: no logits; `head` (a VocabHead) for blockwise statistics over blocks
@@ -252,7 +259,7 @@ class DecoderForCausalLM(nnx.Module):
 
         def layer(p, h, layer_cache, x):
             mask = jnp.where(x["local"], local, allowed) if sliding else allowed
-            return block(c, p, h, rope, mask, layer_cache, start, x.get("key"), kernel)
+            return block(c, p, h, rope, mask, layer_cache, start, x.get("key"), kernel, query_blocks)
 
         h_emb = h
         h, per_layer, kv_out = scan_layers(c, layer, h, block_params, cache, per_layer_x, output_hidden_states)

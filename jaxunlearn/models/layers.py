@@ -84,6 +84,7 @@ def dot_product_attention(
     allowed: jax.Array,
     scale: float | None = None,
     softcap: float | None = None,
+    query_blocks: int = 1,
 ) -> jax.Array:
     """Grouped-query attention.
 
@@ -98,7 +99,23 @@ def dot_product_attention(
     The backward recomputes the probabilities from the saved max and normalizer (a custom VJP,
     as flash attention does), so training keeps [B, KV, groups, T] per layer instead of the
     fp32 [B, H, T, S] scores and probabilities.
+
+    query_blocks > 1 (self-attention, T == S, a multiple of it): the queries go in that many
+    blocks, each against the keys up to its own end only, which skips the products above the
+    diagonal. The caller vouches that no query sees a later slot and every query sees one at
+    least (prefix trees: ancestors come first, and each node sees itself); a fully masked
+    row would get uniform weights over its block's keys, not over all of them.
     """
+    t, s = q.shape[1], k.shape[-1]
+    if query_blocks > 1 and t == s and t % query_blocks == 0:
+        size = t // query_blocks
+        parts = [
+            dot_product_attention(
+                q[:, i * size : end], k[..., :end], v[:, :, :end], allowed[:, i * size : end, :end], scale, softcap
+            )
+            for i, end in enumerate(range(size, t + 1, size))
+        ]
+        return jnp.concatenate(parts, axis=1)
     b, t, h, d = q.shape
     kv = k.shape[1]
     groups = h // kv
