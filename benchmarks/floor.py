@@ -67,7 +67,7 @@ def work(model, tokenizer, rows: int, max_length: int) -> dict:
     import eval as eval_benchmark
 
     from jaxunlearn.data.tokenize import pad_token_id
-    from jaxunlearn.evaluation.kernels import supervised_tokens
+    from jaxunlearn.evaluation.kernels import decoding_batch_size, supervised_tokens
     from jaxunlearn.evaluation.prefix_trees import choose_trees
 
     args = types.SimpleNamespace(split="forget10_perturbed", rows=rows, data_dir=None, max_length=max_length)
@@ -87,7 +87,7 @@ def work(model, tokenizer, rows: int, max_length: int) -> dict:
         "prefill_layer_rows": int(sum(len(p) for p in evalset.prompts)),
         "decoding_layer_rows": int((budgets - 1).sum()),
         "decoding_head_rows": int(budgets.sum()),
-        "decoding_batch": min(rows, 64),  # generate_texts' batches: up to DECODE_ROWS rows
+        "decoding_batch": decoding_batch_size(rows, None),  # generate_texts' even batches
     }
 
 

@@ -138,7 +138,8 @@ def _mlp(c: ModelConfig, p: dict, x, key=None):
 def block(c: ModelConfig, p: dict, h, rope, allowed, cache_kv, cache_index, key=None, kernel=None, query_blocks=1):
     """One decoder layer with the configured norm placement and residual wiring (`key`:
     this layer's LoRA-dropout key, training only; `kernel`: (fused attention kernel, key
-    lengths [B]) for a right-padded causal forward, else the XLA path)."""
+    lengths [B]) for a right-padded causal forward, else the XLA path, with `query_blocks`
+    as L.dot_product_attention takes it)."""
     b, t, _ = h.shape
     x = norm(c, p, "attn_norm", h)
     q, k, v = _qkv(c, p, x, key)
@@ -218,7 +219,10 @@ class DecoderForCausalLM(nnx.Module):
         vocab_chunk > 0: no logits; `head` (a VocabHead) for blockwise statistics over blocks
         of about that many vocabulary columns (models.vocab_head). right_padded: the caller
         vouches that attention_mask [B, T] is ones then zeros in every row, so a fused
-        attention kernel may serve (models.attention_kernels, config.attention)."""
+        attention kernel may serve (models.attention_kernels, config.attention).
+        query_blocks > 1: the caller vouches that no token sees a later slot and each sees
+        one at least, so attention skips the blocks above the diagonal
+        (L.dot_product_attention; prefix-tree scoring)."""
         c = self.config
         dt = to_dtype(c.compute_dtype)
         t = input_ids.shape[1]
