@@ -150,11 +150,15 @@ def _rate(run, layer_shapes, head_shape, rows: int, layers: int, rounds: int) ->
     return flops / common.median(times) / 1e9
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def rates(config, decoding_rows: int, rounds: int) -> dict:
     """GFLOP/s of the product stack per framework and row count, with this process's cores."""
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(usable_cores())
     layer, head = shapes(config)
     out = {}
     for rows in (SCORING_ROWS, decoding_rows):
@@ -232,9 +236,11 @@ def main(argv=None) -> dict:
         print(json.dumps(rates(model.config, args.child_one_core, args.rounds)))
         return {}
     w = work(model, tokenizer, args.rows, args.max_length)
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     all_cores = rates(model.config, w["decoding_batch"], args.rounds)
-    one_core = one_core_rates(args, w["decoding_batch"]) if cores > 1 else all_cores
+    # one core needs pinning (Linux); elsewhere the all-cores rates stand for it too
+    pinnable = cores > 1 and hasattr(os, "sched_setaffinity")
+    one_core = one_core_rates(args, w["decoding_batch"]) if pinnable else all_cores
     layer, head = shapes(model.config)
     layer_flops = 2 * model.config.num_layers * sum(a * b for a, b in layer)
     result = {
