@@ -249,6 +249,24 @@ def spread_text(xs) -> str:
     return f"{min(xs):.3g}-{max(xs):.3g} (n={len(xs)})"
 
 
+def warm_total(eval_result: dict) -> dict | None:
+    """The "total (warm)" phase of an eval benchmark's result (None for other results)."""
+    return next((x for x in eval_result.get("phases", []) if x["phase"] == "total (warm)"), None)
+
+
+def ceilings(floor_case: dict, transformers_s: float | None, measured_ratio: float | None) -> dict:
+    """A floor case's best ratios over the transformers time, at each framework's product
+    rates, beside the ratio measured (benchmarks/floor.py)."""
+    return {
+        "transformers_s": transformers_s,
+        "measured_ratio": measured_ratio,
+        **{
+            f"{fw}_ceiling": transformers_s / floor_case[f"{fw}_floor_s"] if transformers_s else None
+            for fw in ("xla", "torch")
+        },
+    }
+
+
 def ratio_range(ours, theirs) -> str:
     """The range of per-round speed ratios theirs / ours (rounds interleaved, paired)."""
     ratios = [b / a for a, b in zip(ours, theirs)]

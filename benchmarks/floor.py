@@ -91,63 +91,54 @@ def work(model, tokenizer, rows: int, max_length: int) -> dict:
     }
 
 
-def _xla_stack(layer_shapes, head_shape, rows: int, layers: int, rounds: int) -> float:
-    """GFLOP/s of one jitted stack of the products at `rows` rows (median of rounds)."""
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(0)
-    ws = [[jnp.asarray(rng.standard_normal(s, np.float32) * 0.02) for s in layer_shapes] for _ in range(layers)]
-    head = jnp.asarray(rng.standard_normal(head_shape, np.float32) * 0.02)
-    x = jnp.asarray(rng.standard_normal((rows, head_shape[0]), np.float32))
-
-    @jax.jit
-    def stack(x, ws, head):
-        outs = []
-        for q, k, v, o, *mlp, down in ws:
-            a = (x @ q) @ o
-            outs += [x @ k, x @ v]
-            m = jax.nn.silu(x @ mlp[0]) * (x @ mlp[1]) if len(mlp) == 2 else jax.nn.gelu(x @ mlp[0])
-            x = x + a + m @ down
-        return x @ head, outs
-
-    return _rate(lambda: jax.block_until_ready(stack(x, ws, head)), layer_shapes, head_shape, rows, layers, rounds)
+def row_flops(config) -> tuple[float, float]:
+    """FLOPs one row costs in the layers' products and in the LM head's."""
+    layer, (d, vocab) = shapes(config)
+    return 2.0 * config.num_layers * sum(a * b for a, b in layer), 2.0 * d * vocab
 
 
-def _torch_stack(layer_shapes, head_shape, rows: int, layers: int, rounds: int) -> float:
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    ws = [[torch.randn(s, generator=g) * 0.02 for s in layer_shapes] for _ in range(layers)]
-    head = torch.randn(head_shape, generator=g) * 0.02
-    x0 = torch.randn((rows, head_shape[0]), generator=g)
-
-    @torch.no_grad()
-    def stack():
-        x, outs = x0, []
-        for q, k, v, o, *mlp, down in ws:
-            a = (x @ q) @ o
-            outs += [x @ k, x @ v]
-            m = (
-                torch.nn.functional.silu(x @ mlp[0]) * (x @ mlp[1])
-                if len(mlp) == 2
-                else torch.nn.functional.gelu(x @ mlp[0])
-            )
-            x = x + a + m @ down
-        return x @ head, outs
-
-    return _rate(stack, layer_shapes, head_shape, rows, layers, rounds)
+def _stack(x, ws, head, silu, gelu):
+    """The model's products on rows x, layer by layer, then the head: the same code for
+    jax arrays and torch tensors (`silu`, `gelu`: the framework's)."""
+    outs = []
+    for q, k, v, o, *mlp, down in ws:
+        a = (x @ q) @ o
+        outs += [x @ k, x @ v]
+        m = silu(x @ mlp[0]) * (x @ mlp[1]) if len(mlp) == 2 else gelu(x @ mlp[0])
+        x = x + a + m @ down
+    return x @ head, outs
 
 
-def _rate(run, layer_shapes, head_shape, rows: int, layers: int, rounds: int) -> float:
-    flops = 2 * rows * (layers * sum(a * b for a, b in layer_shapes) + head_shape[0] * head_shape[1])
+def _median_seconds(run, rounds: int) -> float:
     run()  # compile / warm up
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
-    return flops / common.median(times) / 1e9
+    return common.median(times)
+
+
+def stack_rates(config, rows: int, rounds: int) -> dict:
+    """GFLOP/s of the product stack at `rows` rows in XLA (jitted) and in PyTorch, on the
+    same random weights."""
+    import jax
+    import torch
+
+    layer_shapes, head_shape = shapes(config)
+    rng = np.random.default_rng(0)
+    ws = [[rng.standard_normal(s, np.float32) * 0.02 for s in layer_shapes] for _ in range(config.num_layers)]
+    head = rng.standard_normal(head_shape, np.float32) * 0.02
+    x = rng.standard_normal((rows, head_shape[0]), np.float32)
+    on_jax = jax.tree.map(jax.numpy.asarray, (x, ws, head))
+    on_torch = jax.tree.map(torch.from_numpy, (x, ws, head))
+    jitted = jax.jit(lambda *a: _stack(*a, jax.nn.silu, jax.nn.gelu))
+    layer_flops, head_flops = row_flops(config)
+    flops = rows * (layer_flops + head_flops)
+    xla = _median_seconds(lambda: jax.block_until_ready(jitted(*on_jax)), rounds)
+    with torch.no_grad():
+        eager = _median_seconds(lambda: _stack(*on_torch, torch.nn.functional.silu, torch.nn.functional.gelu), rounds)
+    return {f"xla_{rows}": flops / xla / 1e9, f"torch_{rows}": flops / eager / 1e9}
 
 
 def usable_cores() -> int:
@@ -159,12 +150,7 @@ def rates(config, decoding_rows: int, rounds: int) -> dict:
     import torch
 
     torch.set_num_threads(usable_cores())
-    layer, head = shapes(config)
-    out = {}
-    for rows in (SCORING_ROWS, decoding_rows):
-        out[f"xla_{rows}"] = _xla_stack(layer, head, rows, config.num_layers, rounds)
-        out[f"torch_{rows}"] = _torch_stack(layer, head, rows, config.num_layers, rounds)
-    return out
+    return {**stack_rates(config, SCORING_ROWS, rounds), **stack_rates(config, decoding_rows, rounds)}
 
 
 def one_core_rates(args, decoding_rows: int) -> dict:
@@ -202,16 +188,9 @@ def floors(w: dict, all_cores: dict, one_core: dict, cores: int, layer_flops: fl
 
 
 def transformers_seconds(results: Path) -> dict:
-    """Per eval entry of a results file: the transformers pipeline's warm total."""
-    if not results.exists():
-        return {}
-    entries = json.loads(results.read_text()).get("entries", {})
-    out = {}
-    for name, e in entries.items():
-        for phase in e.get("result", {}).get("phases", []):
-            if phase["phase"].startswith("total (warm)"):
-                out[name] = {"seconds": phase["transformers_s"], "measured_ratio": phase["speedup"]}
-    return out
+    """Per eval entry of a results file: its warm total phase (`common.warm_total`)."""
+    entries = json.loads(results.read_text()).get("entries", {}) if results.exists() else {}
+    return {name: warm for name, e in entries.items() if (warm := common.warm_total(e["result"]))}
 
 
 def main(argv=None) -> dict:
@@ -241,25 +220,20 @@ def main(argv=None) -> dict:
     # one core needs pinning (Linux); elsewhere the all-cores rates stand for it too
     pinnable = cores > 1 and hasattr(os, "sched_setaffinity")
     one_core = one_core_rates(args, w["decoding_batch"]) if pinnable else all_cores
-    layer, head = shapes(model.config)
-    layer_flops = 2 * model.config.num_layers * sum(a * b for a, b in layer)
     result = {
         "model": args.model,
         "work": w,
         "cores": cores,
         "GFLOP_per_s": {"all_cores": all_cores, "one_core": one_core},
-        "cases": floors(w, all_cores, one_core, cores, layer_flops, 2 * head[0] * head[1]),
+        "cases": floors(w, all_cores, one_core, cores, *row_flops(model.config)),
         "environment": common.environment(),
     }
     measured = transformers_seconds(Path(args.results))
     for case, (entry, _) in CASES.items():
         row = result["cases"][case]
-        theirs = args.transformers_seconds or measured.get(entry, {}).get("seconds")
+        warm = {} if args.transformers_seconds else measured.get(entry, {})
         row["eval_entry"] = entry
-        row["transformers_s"] = theirs
-        row["measured_ratio"] = None if args.transformers_seconds else measured.get(entry, {}).get("measured_ratio")
-        for fw in ("xla", "torch"):
-            row[f"{fw}_ceiling"] = theirs / row[f"{fw}_floor_s"] if theirs else None
+        row.update(common.ceilings(row, args.transformers_seconds or warm.get("transformers_s"), warm.get("speedup")))
     print(f"work of {w['rows']} rows ({w['candidates']} candidates): {json.dumps(w)}")
     rate_rows = [
         {

@@ -90,16 +90,11 @@ def floor_ceilings(entries: dict) -> dict[str, dict]:
             continue
         for case, row in e["result"]["cases"].items():
             eval_entry = entries.get(row["eval_entry"])
-            phases = eval_entry["result"]["phases"] if eval_entry else []
-            warm = next((x for x in phases if x["phase"] == "total (warm)"), None)
-            theirs = warm["transformers_s"] if warm else row["transformers_s"]
-            out[row["eval_entry"]] = {
-                **row,
-                "case": case,
-                "transformers_s": theirs,
-                "measured_ratio": warm["speedup"] if warm else row["measured_ratio"],
-                **{f"{fw}_ceiling": theirs / row[f"{fw}_floor_s"] if theirs else None for fw in ("xla", "torch")},
-            }
+            warm = common.warm_total(eval_entry["result"]) if eval_entry else None
+            theirs = (
+                (warm["transformers_s"], warm["speedup"]) if warm else (row["transformers_s"], row["measured_ratio"])
+            )
+            out[row["eval_entry"]] = {**row, "case": case, **common.ceilings(row, *theirs)}
     return out
 
 
@@ -179,7 +174,7 @@ def speed_summary(results: dict) -> str:
     for name, e in entries.items():
         r = e["result"]
         if name.startswith("eval"):
-            warm = next(x for x in r["phases"] if x["phase"] == "total (warm)")["speedup"]
+            warm = common.warm_total(r)["speedup"]
             cold = next(x for x in r["phases"] if x["phase"].startswith("total (jaxunlearn cold, incl"))["speedup"]
             cached = [x["speedup"] for x in r["phases"] if "compilation cache" in x["phase"]]
             again = f" ({cached[0]:.2f}x when an earlier run left its compilation cache)" if cached else ""

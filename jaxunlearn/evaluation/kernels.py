@@ -38,11 +38,11 @@ CLEAR_ULPS = 1024
 
 def token_statistics(lg, targets, sup, full_stats: bool, log_partition=None) -> dict:
     """Per position of logits lg [..., V] predicting targets [...] (supervised where sup):
-    the target's log-prob and the log-partition, and with full_stats the mean/std of the
-    log-prob under the model's own distribution (Min-K%++), whether the argmax is the
-    target (`correct`) and whether it is so by a margin rounding cannot overturn (`clear`,
-    see CLEAR_ULPS). `log_partition`: already computed for these positions (a lighter pass
-    over the same logits), so not again."""
+    the target's log-prob, and with full_stats the mean/std of the log-prob under the
+    model's own distribution (Min-K%++), whether the argmax is the target (`correct`) and
+    whether it is so by a margin rounding cannot overturn (`clear`, see CLEAR_ULPS).
+    `log_partition`: already computed for these positions (prefix trees: by the blockwise
+    head at every scored slot), so not again."""
     eps = jnp.finfo(lg.dtype).eps
     lg = lg.astype(jnp.float32)
     if log_partition is None:
@@ -53,7 +53,6 @@ def token_statistics(lg, targets, sup, full_stats: bool, log_partition=None) -> 
         zeros = jnp.zeros_like(tok)
         return {
             "token_logp": jnp.where(sup, tok, 0.0),
-            "log_partition": log_partition,
             "mask": sup,
             "mu": zeros,
             "sigma": zeros,
@@ -73,7 +72,6 @@ def token_statistics(lg, targets, sup, full_stats: bool, log_partition=None) -> 
     clear = correct & (top - runner_up > CLEAR_ULPS * eps * jnp.maximum(jnp.abs(top), 1.0))
     return {
         "token_logp": jnp.where(sup, tok, 0.0),
-        "log_partition": log_partition,
         "mask": sup,
         "mu": mu,
         "sigma": sigma,
